@@ -1,0 +1,29 @@
+# Makefile for the alipayplus_cancel PostgreSQL extension (PGXS)
+
+MODULE_big = alipayplus_cancel
+OBJS = \
+	src/module.o \
+	src/settings.o \
+	src/signing.o \
+	src/json.o \
+	src/transport.o \
+	src/cancel.o \
+	src/guard.o
+
+EXTENSION = alipayplus_cancel
+DATA = extension/alipayplus_cancel--1.0.sql
+PGFILEDESC = "alipayplus_cancel - Alipay+ cancelPayment from SQL"
+
+# pg_regress suites in sql/ and expected/, isolation specs in specs/.
+# They need the cluster, fake gateway and keys set up by scripts/test.sh.
+REGRESS = $(shell cat test/schedule 2>/dev/null)
+REGRESS_OPTS = --load-extension=alipayplus_cancel
+ISOLATION = $(shell cat test/isolation_schedule 2>/dev/null)
+
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags libcurl openssl 2>/dev/null)
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
+SHLIB_LINK = $(shell pkg-config --libs libcurl openssl 2>/dev/null || echo -lcurl -lssl -lcrypto)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# scripts/lib.sh: the test rig shared by scripts/demo.sh and scripts/test.sh.
+#
+# It installs what is missing (apt-get), builds and installs the extension,
+# makes a fresh CA, TLS certificate and key pairs, starts the fake Alipay+
+# gateway (test/fake_gateway.py) over HTTPS and a throwaway PostgreSQL 15
+# cluster running as the unprivileged "postgres" user, configured for that
+# gateway.  Everything lives in $RIG (default /tmp/alipayplus_rig), which is
+# wiped at every start, so both commands can run again and again.
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RIG=/tmp/alipayplus_rig
+PGBIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PGBIN/pg_config
+PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
+PY=/usr/bin/python3
+CLIENT_ID=SANDBOX_5X00000000000000
+SPEC=${ALIPAYPLUS_SPEC:-$REPO/../shared/spec/alipayplus-cancelpayment.md}
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography"
+
+export PGHOST=$RIG PGPORT=$PGPORT_RIG PGUSER=postgres PGDATABASE=postgres
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+rig_install_deps() {
+	local missing=()
+	for p in $PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		say "installing ${missing[*]}"
+		apt-get update -q
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	fi
+}
+
+rig_build() {
+	say "building and installing the extension"
+	make -C "$REPO" -s PG_CONFIG=$PG_CONFIG
+	make -C "$REPO" -s PG_CONFIG=$PG_CONFIG install
+}
+
+# Stop whatever an earlier run left behind.
+rig_stop() {
+	if [ -f "$RIG/pgdata/postmaster.pid" ]; then
+		as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -m immediate stop >/dev/null 2>&1 || true
+	fi
+	if [ -f "$RIG/gateway.pid" ]; then
+		kill "$(cat "$RIG/gateway.pid")" 2>/dev/null || true
+		sleep 0.2
+	fi
+}
+
+# A CA per run, a server certificate for localhost, and the key pairs.
+rig_keys() {
+	say "making a CA, a TLS certificate and key pairs in $RIG"
+	local k=$RIG/keys
+	mkdir -p "$k"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=alipayplus test CA" \
+		-keyout "$k/ca.key" -out "$k/ca.pem" 2>/dev/null
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=unrelated CA" \
+		-keyout "$k/other_ca.key" -out "$k/other_ca.pem" 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+		-keyout "$k/server.key" -out "$k/server.csr" 2>/dev/null
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$k/server.ext"
+	openssl x509 -req -in "$k/server.csr" -CA "$k/ca.pem" -CAkey "$k/ca.key" -CAcreateserial \
+		-days 2 -extfile "$k/server.ext" -out "$k/server.crt" 2>/dev/null
+	# the acquirer's key pair: PKCS#8 PEM, and the same key as PKCS#1 PEM, DER and bare base64
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/client.pem" 2>/dev/null
+	openssl pkey -in "$k/client.pem" -pubout -out "$k/client_pub.pem"
+	openssl pkey -in "$k/client.pem" -traditional -out "$k/client_pkcs1.pem"
+	openssl pkey -in "$k/client.pem" -outform DER -out "$k/client.der"
+	openssl pkey -in "$k/client.pem" -outform DER | base64 -w0 >"$k/client.b64"
+	# a second acquirer key, for the reload and file-change tests
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/client2.pem" 2>/dev/null
+	# Alipay+'s key pair, used by the gateway to sign its answers
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/gateway.pem" 2>/dev/null
+	openssl pkey -in "$k/gateway.pem" -pubout -out "$k/gateway_pub.pem"
+	openssl pkey -in "$k/gateway.pem" -pubout -outform DER | base64 -w0 >"$k/gateway_pub.b64"
+	# the spec's test vector B key pair, taken from the spec (not kept in the repo)
+	if [ -f "$SPEC" ]; then
+		sed -n '/^-----BEGIN PRIVATE KEY-----$/,/^-----END PRIVATE KEY-----$/p' "$SPEC" | head -n 28 >"$k/vector_b.pem"
+		sed -n '/^-----BEGIN PUBLIC KEY-----$/,/^-----END PUBLIC KEY-----$/p' "$SPEC" | head -n 9 >"$k/vector_b_pub.pem"
+	else
+		echo "spec not found at $SPEC (set ALIPAYPLUS_SPEC)" >&2
+		return 1
+	fi
+	openssl pkey -in "$k/vector_b.pem" -noout 2>/dev/null || { echo "vector B key not found in $SPEC" >&2; return 1; }
+	# broken and badly protected files for the error tests
+	printf 'this is not a key\n' >"$k/garbage.pem"
+	cp "$k/client.pem" "$k/world_readable.pem"
+	chown -R postgres:postgres "$k"
+	chmod 0600 "$k"/*.pem "$k"/*.key "$k"/*.der "$k"/*.b64
+	chmod 0644 "$k/ca.pem" "$k/other_ca.pem" "$k/client_pub.pem" "$k/gateway_pub.pem" "$k/vector_b_pub.pem" "$k/gateway_pub.b64"
+	chmod 0644 "$k/world_readable.pem"
+}
+
+rig_gateway() {
+	say "starting the fake Alipay+ gateway"
+	local k=$RIG/keys
+	rm -f "$RIG/gateway.port"
+	$PY "$REPO/test/fake_gateway.py" --host 127.0.0.1 --port 0 \
+		--portfile "$RIG/gateway.port" --pidfile "$RIG/gateway.pid" \
+		--cert "$k/server.crt" --key "$k/server.key" \
+		--client-id "$CLIENT_ID" --client-pubkey "$k/client_pub.pem" \
+		--sign-key "$k/gateway.pem" --log "$RIG/gateway.jsonl" \
+		>"$RIG/gateway.out" 2>&1 &
+	for _ in $(seq 1 100); do
+		[ -s "$RIG/gateway.port" ] && break
+		sleep 0.1
+	done
+	[ -s "$RIG/gateway.port" ] || { cat "$RIG/gateway.out" >&2; return 1; }
+	GATEWAY_PORT=$(cat "$RIG/gateway.port")
+	echo "gateway listening on https://localhost:$GATEWAY_PORT"
+}
+
+rig_cluster() {
+	say "starting a PostgreSQL 15 cluster on port $PGPORT_RIG (user postgres)"
+	as_postgres $PGBIN/initdb -D "$RIG/pgdata" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+	cat >>"$RIG/pgdata/postgresql.conf" <<CONF
+port = $PGPORT_RIG
+listen_addresses = 'localhost'
+unix_socket_directories = '$RIG'
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+max_connections = 50
+fsync = off
+log_line_prefix = '%m [%p] %q%u@%d '
+alipayplus.gateway_url = 'https://localhost:$GATEWAY_PORT'
+alipayplus.client_id = '$CLIENT_ID'
+alipayplus.private_key_file = '$RIG/keys/client.pem'
+alipayplus.public_key_file = '$RIG/keys/gateway_pub.pem'
+alipayplus.ca_file = '$RIG/keys/ca.pem'
+alipayplus.connect_timeout_ms = 2000
+alipayplus.timeout_ms = 5000
+alipayplus.retry_base_ms = 200
+CONF
+	as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -l "$RIG/postgres.log" -w start >/dev/null
+	as_postgres $PGBIN/psql -X -q -d postgres -c "CREATE EXTENSION pg_cron"
+}
+
+# The whole set-up: deps, build, keys, gateway, cluster.
+rig_up() {
+	[ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and switches to the postgres user)" >&2; exit 1; }
+	rig_install_deps
+	rig_stop
+	rm -rf "$RIG"
+	mkdir -p "$RIG"
+	chown postgres:postgres "$RIG"
+	chmod 0755 "$RIG"
+	rig_build
+	rig_keys
+	rig_gateway
+	rig_cluster
+}
+
+psql_rig() { $PGBIN/psql -X -v ON_ERROR_STOP=1 "$@"; }

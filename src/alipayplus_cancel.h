@@ -1,0 +1,94 @@
+/*-------------------------------------------------------------------------
+ *
+ * alipayplus_cancel.h
+ *	  Declarations shared by the files of the alipayplus_cancel extension:
+ *	  settings, signing, JSON, transport and the cancel call itself.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ALIPAYPLUS_CANCEL_H
+#define ALIPAYPLUS_CANCEL_H
+
+#include "postgres.h"
+
+#include <openssl/evp.h>
+
+/* Extension-specific SQLSTATEs (class ZA), documented in README.md */
+#define ERRCODE_APS_CANCELLED_STATE_VIOLATION	MAKE_SQLSTATE('Z','A','0','0','1')
+
+/* The largest response body we accept from the gateway */
+#define APS_MAX_RESPONSE_BYTES	(1024 * 1024)
+
+/* Longest paymentId / paymentRequestId the API accepts, in characters */
+#define APS_MAX_ID_CHARS	64
+
+/* settings.c */
+extern char *aps_gateway_url;
+extern char *aps_cancel_path;
+extern char *aps_client_id;
+extern char *aps_private_key_file;
+extern char *aps_public_key_file;
+extern int	aps_key_version;
+extern char *aps_ca_file;
+extern char *aps_proxy;
+extern int	aps_connect_timeout_ms;
+extern int	aps_timeout_ms;
+
+extern void aps_define_settings(void);
+extern void aps_require_setting(const char *name, const char *value);
+
+/* signing.c */
+extern EVP_PKEY *aps_private_key(void);
+extern EVP_PKEY *aps_public_key(void);
+extern char *aps_content_to_sign(const char *path, const char *client_id,
+								 const char *time, const char *body,
+								 size_t body_len, size_t *content_len);
+extern char *aps_sign(EVP_PKEY *key, const char *content, size_t len);
+extern bool aps_verify_signature(EVP_PKEY *key, const char *content,
+								 size_t len, const char *signature);
+extern char *aps_signature_header(const char *base64_signature);
+
+/* json.c */
+typedef struct ApsResult
+{
+	char	   *result_status;	/* "S", "F" or "U" */
+	char	   *result_code;
+	char	   *result_message;
+	char	   *acquirer_id;
+	char	   *psp_id;
+} ApsResult;
+
+extern char *aps_cancel_body(const char *field, const char *value);
+extern bool aps_parse_result(const char *body, size_t len, ApsResult *result,
+							 char **problem);
+
+/* transport.c */
+typedef struct ApsHttpExchange
+{
+	/* what to send */
+	const char *url;
+	const char *body;
+	size_t		body_len;
+	const char *client_id;
+	const char *request_time;
+	const char *signature;
+
+	/* what came back */
+	int			curl_code;		/* a CURLcode; 0 is success */
+	char	   *curl_error;		/* libcurl's message when curl_code != 0 */
+	long		http_status;
+	char	   *response;		/* NUL-terminated copy of the body */
+	size_t		response_len;
+	size_t		response_cap;
+	bool		response_too_large;
+	bool		response_no_memory;
+	char	   *hdr_signature;	/* response headers, NULL when absent */
+	char	   *hdr_response_time;
+	char	   *hdr_client_id;
+	double		latency_ms;
+} ApsHttpExchange;
+
+extern void aps_http_post(ApsHttpExchange *exchange);
+extern const char *aps_transport_failure_code(int curl_code);
+
+#endif							/* ALIPAYPLUS_CANCEL_H */

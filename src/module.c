@@ -1,0 +1,37 @@
+/*-------------------------------------------------------------------------
+ *
+ * module.c
+ *	  Loading of the alipayplus_cancel library: settings and libcurl.
+ *
+ * The library needs no shared_preload_libraries entry; it is loaded by
+ * the first call of one of its functions in a session.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "fmgr.h"
+
+#include "alipayplus_cancel.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	CURLcode	rc;
+
+	aps_define_settings();
+
+	/* libcurl's global set-up is not thread-safe; do it once, here */
+	rc = curl_global_init(CURL_GLOBAL_ALL);
+	if (rc != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not initialize libcurl: %s",
+						curl_easy_strerror(rc))));
+}

@@ -1,0 +1,238 @@
+/*-------------------------------------------------------------------------
+ *
+ * settings.c
+ *	  The alipayplus.* configuration parameters.
+ *
+ * Every parameter is PGC_SUSET: only superusers (or roles granted SET on
+ * the parameter) can change it, in postgresql.conf, ALTER SYSTEM or SET.
+ * The key file names are GUC_SUPERUSER_ONLY so that other roles cannot even
+ * read them.  Values are read afresh on every call, so a pg_reload_conf()
+ * takes effect in running sessions at their next statement.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "utils/guc.h"
+
+#include "alipayplus_cancel.h"
+
+char	   *aps_gateway_url = NULL;
+char	   *aps_cancel_path = NULL;
+char	   *aps_client_id = NULL;
+char	   *aps_private_key_file = NULL;
+char	   *aps_public_key_file = NULL;
+int			aps_key_version = 1;
+char	   *aps_ca_file = NULL;
+char	   *aps_proxy = NULL;
+int			aps_connect_timeout_ms = 3000;
+int			aps_timeout_ms = 10000;
+
+/* Read by the SQL ledger functions through current_setting() */
+static int	aps_max_attempts = 10;
+static int	aps_retry_base_ms = 5000;
+static int	aps_retry_max_ms = 900000;
+
+/*
+ * alipayplus.gateway_url must be "https://host[:port]", with nothing after
+ * the authority: the path comes from alipayplus.cancel_path.
+ */
+static bool
+check_gateway_url(char **newval, void **extra, GucSource source)
+{
+	const char *url = *newval;
+	const char *authority;
+	const char *p;
+
+	if (url == NULL || url[0] == '\0')
+		return true;
+	if (pg_strncasecmp(url, "https://", 8) != 0)
+	{
+		GUC_check_errdetail("The gateway URL must start with \"https://\"; plain HTTP is not supported.");
+		return false;
+	}
+	authority = url + 8;
+	if (*authority == '\0' || *authority == '/' || *authority == ':')
+	{
+		GUC_check_errdetail("The gateway URL has no host name.");
+		return false;
+	}
+	for (p = authority; *p; p++)
+	{
+		if (*p == '/' && p[1] == '\0')
+			break;				/* one trailing slash is tolerated */
+		if (*p == '/' || *p == '?' || *p == '#' || *p == '@' ||
+			(unsigned char) *p <= ' ')
+		{
+			GUC_check_errdetail("The gateway URL must be scheme://host[:port] only; set the path in alipayplus.cancel_path.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* alipayplus.cancel_path must be an absolute path without blanks */
+static bool
+check_cancel_path(char **newval, void **extra, GucSource source)
+{
+	const char *path = *newval;
+	const char *p;
+
+	if (path == NULL || path[0] != '/')
+	{
+		GUC_check_errdetail("The cancel path must start with \"/\".");
+		return false;
+	}
+	for (p = path; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == '#')
+		{
+			GUC_check_errdetail("The cancel path must not contain blanks, control characters or \"#\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* alipayplus.client_id goes into a header and into the signed content */
+static bool
+check_client_id(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	for (p = *newval; p && *p; p++)
+	{
+		if ((unsigned char) *p < ' ' || *p == 0x7f || *p == '.')
+		{
+			GUC_check_errdetail("The client id must not contain control characters or \".\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+void
+aps_define_settings(void)
+{
+	DefineCustomStringVariable("alipayplus.gateway_url",
+							   "Base URL of the Alipay+ gateway, https://host[:port].",
+							   NULL,
+							   &aps_gateway_url,
+							   "",
+							   PGC_SUSET, 0,
+							   check_gateway_url, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.cancel_path",
+							   "Request path of the cancelPayment API.",
+							   NULL,
+							   &aps_cancel_path,
+							   "/aps/api/v1/payments/cancelPayment",
+							   PGC_SUSET, 0,
+							   check_cancel_path, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.client_id",
+							   "Client-Id assigned by Alipay+ to this acquirer.",
+							   NULL,
+							   &aps_client_id,
+							   "",
+							   PGC_SUSET, 0,
+							   check_client_id, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.private_key_file",
+							   "File holding the acquirer's RSA private key (PEM or DER, PKCS#8 or PKCS#1).",
+							   "The file must not be readable by other operating system users.",
+							   &aps_private_key_file,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.public_key_file",
+							   "File holding Alipay+'s RSA public key, used to verify responses.",
+							   NULL,
+							   &aps_public_key_file,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.key_version",
+							"keyVersion sent in the Signature header.",
+							NULL,
+							&aps_key_version,
+							1, 1, INT_MAX,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.ca_file",
+							   "CA bundle used to verify the gateway's certificate; empty means the system bundle.",
+							   "Certificate verification is always on.",
+							   &aps_ca_file,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.proxy",
+							   "HTTPS proxy for gateway calls; empty means no proxy (environment variables are ignored).",
+							   NULL,
+							   &aps_proxy,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.connect_timeout_ms",
+							"Time allowed to connect to the gateway, TLS handshake included.",
+							NULL,
+							&aps_connect_timeout_ms,
+							3000, 1, 600000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.timeout_ms",
+							"Time allowed for a whole cancelPayment call.",
+							NULL,
+							&aps_timeout_ms,
+							10000, 1, 3600000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.max_attempts",
+							"Attempts without a result after which a cancellation needs a human.",
+							NULL,
+							&aps_max_attempts,
+							10, 1, 100000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.retry_base_ms",
+							"First retry delay; it doubles with every attempt, with jitter.",
+							NULL,
+							&aps_retry_base_ms,
+							5000, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.retry_max_ms",
+							"Longest delay between two attempts.",
+							NULL,
+							&aps_retry_max_ms,
+							900000, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("alipayplus");
+}
+
+/*
+ * Raise a clear error when a setting the call needs is empty.
+ */
+void
+aps_require_setting(const char *name, const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("configuration parameter \"%s\" is not set", name),
+				 errhint("A superuser must set it, for example with ALTER SYSTEM SET %s = '...'; followed by SELECT pg_reload_conf();",
+						 name)));
+}

@@ -1,0 +1,545 @@
+/*-------------------------------------------------------------------------
+ *
+ * signing.c
+ *	  RSA-SHA256 signing and verification of Alipay+ messages, and the
+ *	  per-backend cache of the parsed keys.
+ *
+ * The string signed is "POST <path>\n<client-id>.<time>.<body>"; the
+ * Signature header is "algorithm=RSA256,keyVersion=<n>,signature=<s>" where
+ * <s> is the percent-encoded standard base64 of the PKCS#1 v1.5 signature.
+ *
+ * Keys are read from the files named by alipayplus.private_key_file and
+ * alipayplus.public_key_file, decoded with OpenSSL's decoders (PEM or DER,
+ * PKCS#8, PKCS#1 or SubjectPublicKeyInfo, or bare base64 DER as Alipay+'s
+ * developer center hands them out) and cached.  A cached key is reused
+ * while the setting names the same file and the file's identity, size and
+ * modification time are unchanged.  Key material never leaves this file: it
+ * is not logged, not returned and not quoted in error messages.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/stat.h>
+
+#include <curl/curl.h>
+#include <openssl/decoder.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "storage/fd.h"
+#include "utils/builtins.h"
+
+#include "alipayplus_cancel.h"
+
+PG_FUNCTION_INFO_V1(alipayplus_signature);
+PG_FUNCTION_INFO_V1(alipayplus_verify);
+
+/* Key files larger than this are certainly not a single RSA key */
+#define APS_MAX_KEY_FILE_BYTES	(64 * 1024)
+
+typedef struct ApsKeyCache
+{
+	char		path[MAXPGPATH];
+	dev_t		dev;
+	ino_t		ino;
+	off_t		size;
+	struct timespec mtime;
+	EVP_PKEY   *key;
+} ApsKeyCache;
+
+static ApsKeyCache private_cache;
+static ApsKeyCache public_cache;
+
+/* A passphrase callback that refuses, so that OpenSSL never prompts */
+static int
+no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	return -1;
+}
+
+/* The reason of the most recent OpenSSL error, or a fallback text */
+static const char *
+openssl_reason(void)
+{
+	unsigned long e = ERR_get_error();
+	const char *reason = e ? ERR_reason_error_string(e) : NULL;
+
+	ERR_clear_error();
+	return reason ? reason : "no further detail";
+}
+
+/*
+ * Decode key bytes into an EVP_PKEY holding an RSA key, or return NULL.
+ * "selection" is OSSL_KEYMGMT_SELECT_PRIVATE_KEY or _PUBLIC_KEY.  Bytes
+ * without a PEM armour line are taken as base64 of the DER form.
+ */
+static EVP_PKEY *
+decode_key(const char *data, size_t len, int selection)
+{
+	EVP_PKEY   *pkey = NULL;
+	OSSL_DECODER_CTX *dctx;
+	unsigned char *der = NULL;
+	const unsigned char *in = (const unsigned char *) data;
+	size_t		inlen = len;
+	size_t		dersize = 0;
+
+	if (memmem(data, len, "-----BEGIN", 10) == NULL)
+	{
+		/* bare base64: strip white space, then decode */
+		char	   *clean = palloc(len + 1);
+		size_t		n = 0;
+		int			derlen;
+
+		for (size_t i = 0; i < len; i++)
+			if (!isspace((unsigned char) data[i]))
+				clean[n++] = data[i];
+		clean[n] = '\0';
+		dersize = n / 4 * 3 + 3;
+		der = palloc(dersize);
+		derlen = (n > 0 && n % 4 == 0) ?
+			EVP_DecodeBlock(der, (unsigned char *) clean, (int) n) : -1;
+		/* EVP_DecodeBlock counts '=' padding as zero bytes */
+		for (size_t i = n; derlen > 0 && i > 0 && clean[i - 1] == '='; i--)
+			derlen--;
+		explicit_bzero(clean, n);
+		pfree(clean);
+		if (derlen > 0)
+		{
+			in = der;
+			inlen = (size_t) derlen;
+		}
+		/* else: perhaps raw DER; let the decoder judge the original bytes */
+	}
+
+	dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, NULL, NULL, "RSA", selection,
+										 NULL, NULL);
+	if (dctx != NULL)
+	{
+		OSSL_DECODER_CTX_set_pem_password_cb(dctx, no_passphrase, NULL);
+		if (!OSSL_DECODER_from_data(dctx, &in, &inlen))
+			pkey = NULL;
+		OSSL_DECODER_CTX_free(dctx);
+	}
+	if (der != NULL)
+	{
+		explicit_bzero(der, dersize);
+		pfree(der);
+	}
+	return pkey;
+}
+
+/*
+ * Return the key named by setting "name" (value "path"), from the cache
+ * when the file has not changed, else freshly read and decoded.
+ */
+static EVP_PKEY *
+cached_key(ApsKeyCache *cache, const char *name, const char *path,
+		   bool is_private)
+{
+	struct stat st;
+	FILE	   *fp;
+	char	   *buf;
+	size_t		nread;
+	EVP_PKEY   *pkey;
+
+	aps_require_setting(name, path);
+
+	if (stat(path, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not access key file \"%s\" named by %s: %m",
+						path, name)));
+	if (!S_ISREG(st.st_mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("key file \"%s\" named by %s is not a regular file",
+						path, name)));
+
+	if (cache->key != NULL &&
+		strcmp(cache->path, path) == 0 &&
+		cache->dev == st.st_dev && cache->ino == st.st_ino &&
+		cache->size == st.st_size &&
+		cache->mtime.tv_sec == st.st_mtim.tv_sec &&
+		cache->mtime.tv_nsec == st.st_mtim.tv_nsec)
+		return cache->key;
+
+	/* the file or the setting changed: forget the old key first */
+	if (cache->key != NULL)
+	{
+		EVP_PKEY_free(cache->key);
+		cache->key = NULL;
+	}
+
+	if (is_private && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0 &&
+		(st.st_uid != 0 || (st.st_mode & S_IRWXO) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("private key file \"%s\" has group or world access",
+						path),
+				 errdetail("File must have permissions u=rw (0600) or less if owned by the database user, or permissions u=rw,g=r (0640) or less if owned by root."),
+				 errhint("Run chmod 0600 on the file.")));
+
+	if (st.st_size <= 0 || st.st_size > APS_MAX_KEY_FILE_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("key file \"%s\" named by %s is empty or too large to be a key",
+						path, name)));
+
+	fp = AllocateFile(path, PG_BINARY_R);
+	if (fp == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open key file \"%s\" named by %s: %m",
+						path, name)));
+	buf = palloc(st.st_size + 1);
+	nread = fread(buf, 1, st.st_size, fp);
+	FreeFile(fp);
+	buf[nread] = '\0';
+
+	ERR_clear_error();
+	pkey = decode_key(buf, nread,
+					  is_private ? OSSL_KEYMGMT_SELECT_PRIVATE_KEY :
+					  OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
+	explicit_bzero(buf, nread);
+	pfree(buf);
+
+	if (pkey == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("key file \"%s\" named by %s does not hold a usable RSA %s key",
+						path, name, is_private ? "private" : "public"),
+				 errdetail_internal("OpenSSL: %s", openssl_reason()),
+				 errhint("Give a PEM or DER file: PKCS#8 or PKCS#1 for a private key, SubjectPublicKeyInfo for a public key; encrypted keys are not supported.")));
+
+	strlcpy(cache->path, path, sizeof(cache->path));
+	cache->dev = st.st_dev;
+	cache->ino = st.st_ino;
+	cache->size = st.st_size;
+	cache->mtime = st.st_mtim;
+	cache->key = pkey;
+	return pkey;
+}
+
+EVP_PKEY *
+aps_private_key(void)
+{
+	return cached_key(&private_cache, "alipayplus.private_key_file",
+					  aps_private_key_file, true);
+}
+
+EVP_PKEY *
+aps_public_key(void)
+{
+	return cached_key(&public_cache, "alipayplus.public_key_file",
+					  aps_public_key_file, false);
+}
+
+/*
+ * Build the content to sign or verify:
+ *	"POST" SP path LF client-id "." time "." body
+ */
+char *
+aps_content_to_sign(const char *path, const char *client_id,
+					const char *time, const char *body, size_t body_len,
+					size_t *content_len)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "POST %s\n%s.%s.", path, client_id, time);
+	appendBinaryStringInfo(&buf, body, (int) body_len);
+	*content_len = buf.len;
+	return buf.data;
+}
+
+/*
+ * Sign content with RSASSA-PKCS1-v1_5 / SHA-256 and return the standard
+ * base64 text of the signature, without line breaks.
+ */
+char *
+aps_sign(EVP_PKEY *key, const char *content, size_t len)
+{
+	size_t		siglen = (size_t) EVP_PKEY_get_size(key);
+	unsigned char *sig = palloc(siglen);
+	char	   *b64 = palloc(4 * ((siglen + 2) / 3) + 1);
+	EVP_MD_CTX *ctx;
+	bool		ok;
+
+	/* no palloc or ereport while the OpenSSL context is alive */
+	ERR_clear_error();
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+		EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *) content,
+					   len) == 1;
+	EVP_MD_CTX_free(ctx);
+
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not sign the request with the private key"),
+				 errdetail_internal("OpenSSL: %s", openssl_reason())));
+
+	EVP_EncodeBlock((unsigned char *) b64, sig, (int) siglen);
+	pfree(sig);
+	return b64;
+}
+
+/*
+ * Percent-encode (curl's escaping: everything but A-Z a-z 0-9 - . _ ~,
+ * uppercase hex) into palloc'd memory.
+ */
+static char *
+percent_encode(const char *s)
+{
+	char	   *esc = curl_easy_escape(NULL, s, (int) strlen(s));
+	char	   *volatile result = NULL;
+
+	if (esc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	PG_TRY();
+	{
+		result = pstrdup(esc);
+	}
+	PG_FINALLY();
+	{
+		curl_free(esc);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* "algorithm=RSA256,keyVersion=<n>,signature=<percent-encoded base64>" */
+char *
+aps_signature_header(const char *base64_signature)
+{
+	char	   *enc = percent_encode(base64_signature);
+
+	return psprintf("algorithm=RSA256,keyVersion=%d,signature=%s",
+					aps_key_version, enc);
+}
+
+/*
+ * Take the encoded signature out of a Signature header value.  The value
+ * is a comma-separated list of key=value pairs, possibly with blanks after
+ * the commas; a text without "signature=" is taken as the encoded
+ * signature itself.  Returns NULL if no signature can be found.
+ */
+static char *
+signature_value(const char *header)
+{
+	char	   *copy = pstrdup(header);
+	char	   *pair;
+	char	   *save = NULL;
+
+	if (strstr(copy, "signature=") == NULL)
+	{
+		char	   *s = copy;
+		char	   *e;
+
+		while (isspace((unsigned char) *s))
+			s++;
+		e = s + strlen(s);
+		while (e > s && isspace((unsigned char) e[-1]))
+			*--e = '\0';
+		return *s ? s : NULL;
+	}
+
+	for (pair = strtok_r(copy, ",", &save); pair; pair = strtok_r(NULL, ",", &save))
+	{
+		char	   *eq;
+		char	   *e;
+
+		while (isspace((unsigned char) *pair))
+			pair++;
+		eq = strchr(pair, '=');
+		if (eq == NULL)
+			continue;
+		e = eq;
+		while (e > pair && isspace((unsigned char) e[-1]))
+			e--;
+		if ((size_t) (e - pair) == strlen("signature") &&
+			pg_strncasecmp(pair, "signature", e - pair) == 0)
+		{
+			char	   *v = eq + 1;
+
+			while (isspace((unsigned char) *v))
+				v++;
+			e = v + strlen(v);
+			while (e > v && isspace((unsigned char) e[-1]))
+				*--e = '\0';
+			return *v ? v : NULL;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Turn the encoded signature into raw bytes: percent-decode (a '+' stays a
+ * '+'), then base64-decode, accepting the URL-safe alphabet and missing
+ * padding.  Returns false if it is not decodable.
+ */
+static bool
+decode_signature(const char *encoded, unsigned char **raw, size_t *rawlen)
+{
+	int			declen = 0;
+	char	   *dec = curl_easy_unescape(NULL, encoded, 0, &declen);
+	char	   *b64;
+	int			n = 0;
+	int			pad = 0;
+	int			len;
+
+	if (dec == NULL)
+		return false;
+	/* copy into palloc'd memory, normalised, before anything can error */
+	b64 = palloc(declen + 4);
+	for (int i = 0; i < declen; i++)
+	{
+		char		c = dec[i];
+
+		if (c == '-')
+			c = '+';
+		else if (c == '_')
+			c = '/';
+		else if (isspace((unsigned char) c))
+			continue;
+		b64[n++] = c;
+	}
+	curl_free(dec);
+
+	while (n % 4 != 0)
+		b64[n++] = '=';
+	b64[n] = '\0';
+	if (n == 0)
+		return false;
+	for (int i = n - 1; i >= 0 && b64[i] == '='; i--)
+		pad++;
+	if (pad > 2)
+		return false;
+
+	*raw = palloc(n / 4 * 3);
+	len = EVP_DecodeBlock(*raw, (unsigned char *) b64, n);
+	if (len < 0)
+		return false;
+	*rawlen = (size_t) (len - pad);
+	return true;
+}
+
+/*
+ * Verify an encoded signature (a whole Signature header value, or only
+ * its signature part) over content with the given public key.
+ */
+bool
+aps_verify_signature(EVP_PKEY *key, const char *content, size_t len,
+					 const char *signature)
+{
+	char	   *encoded = signature_value(signature);
+	unsigned char *raw;
+	size_t		rawlen;
+	EVP_MD_CTX *ctx;
+	bool		ok;
+
+	if (encoded == NULL || !decode_signature(encoded, &raw, &rawlen))
+		return false;
+
+	/* no palloc or ereport while the OpenSSL context is alive */
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+		EVP_DigestVerify(ctx, raw, rawlen, (const unsigned char *) content,
+						 len) == 1;
+	EVP_MD_CTX_free(ctx);
+	ERR_clear_error();
+	return ok;
+}
+
+/*
+ * alipayplus_signature(path, client_id, request_time, body) returns the
+ * complete Signature header value, signed with the configured key.
+ */
+Datum
+alipayplus_signature(PG_FUNCTION_ARGS)
+{
+	text	   *path = PG_GETARG_TEXT_PP(0);
+	text	   *client_id = PG_GETARG_TEXT_PP(1);
+	text	   *request_time = PG_GETARG_TEXT_PP(2);
+	text	   *body = PG_GETARG_TEXT_PP(3);
+	EVP_PKEY   *key = aps_private_key();
+	char	   *content;
+	size_t		content_len;
+	char	   *sig;
+
+	content = aps_content_to_sign(text_to_cstring(path),
+								  text_to_cstring(client_id),
+								  text_to_cstring(request_time),
+								  VARDATA_ANY(body),
+								  VARSIZE_ANY_EXHDR(body),
+								  &content_len);
+	sig = aps_sign(key, content, content_len);
+	PG_RETURN_TEXT_P(cstring_to_text(aps_signature_header(sig)));
+}
+
+/*
+ * alipayplus_verify(path, client_id, response_time, body, signature,
+ * public_key DEFAULT NULL) returns whether signature is a valid signature
+ * of the message.  public_key is PEM text; NULL means the configured
+ * Alipay+ public key.
+ */
+Datum
+alipayplus_verify(PG_FUNCTION_ARGS)
+{
+	EVP_PKEY   *key;
+	EVP_PKEY   *volatile own_key = NULL;
+	text	   *body;
+	char	   *content;
+	size_t		content_len;
+	volatile bool ok = false;
+
+	for (int i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			PG_RETURN_NULL();
+	body = PG_GETARG_TEXT_PP(3);
+
+	if (PG_ARGISNULL(5))
+		key = aps_public_key();
+	else
+	{
+		text	   *pem = PG_GETARG_TEXT_PP(5);
+
+		ERR_clear_error();
+		own_key = decode_key(VARDATA_ANY(pem), VARSIZE_ANY_EXHDR(pem),
+							 OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
+		if (own_key == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("public_key is not an RSA public key"),
+					 errdetail_internal("OpenSSL: %s", openssl_reason()),
+					 errhint("Pass PEM text beginning with \"-----BEGIN PUBLIC KEY-----\".")));
+		key = own_key;
+	}
+
+	PG_TRY();
+	{
+		content = aps_content_to_sign(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+									  text_to_cstring(PG_GETARG_TEXT_PP(1)),
+									  text_to_cstring(PG_GETARG_TEXT_PP(2)),
+									  VARDATA_ANY(body),
+									  VARSIZE_ANY_EXHDR(body),
+									  &content_len);
+		ok = aps_verify_signature(key, content, content_len,
+								  text_to_cstring(PG_GETARG_TEXT_PP(4)));
+	}
+	PG_FINALLY();
+	{
+		if (own_key != NULL)
+			EVP_PKEY_free(own_key);
+	}
+	PG_END_TRY();
+
+	PG_RETURN_BOOL(ok);
+}

@@ -1,0 +1,336 @@
+/*-------------------------------------------------------------------------
+ *
+ * transport.c
+ *	  HTTPS transport to the Alipay+ gateway with libcurl.
+ *
+ * Each backend keeps one curl multi handle and one easy handle for its
+ * whole life, so connections and TLS sessions are reused from call to call.
+ * A call adds the easy handle to the multi handle and drives it with
+ * curl_multi_poll() in slices of at most 100 ms; between slices it looks at
+ * PostgreSQL's pending-interrupt flags and at postmaster death.  When one
+ * is set, the transfer is abandoned, every curl resource is released, and
+ * only then does CHECK_FOR_INTERRUPTS() raise PostgreSQL's own error
+ * (57014 for a query cancel or statement_timeout).  No callback ever
+ * raises an error or allocates with palloc's error-raising variants, so no
+ * longjmp crosses libcurl.  The multi interface is also what a batch mode
+ * needs: several easy handles can be added to the same loop later.
+ *
+ * Security: HTTPS only, peer and host verification always on, redirects
+ * never followed, the response body capped at APS_MAX_RESPONSE_BYTES, no
+ * proxy unless alipayplus.proxy names one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/pmsignal.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "alipayplus_cancel.h"
+
+#define APS_USER_AGENT "alipayplus_cancel/1.0"
+
+/* longest slice of waiting before interrupts are looked at again */
+#define APS_POLL_SLICE_MS 100
+
+static CURLM *aps_multi = NULL;
+static CURL *aps_easy = NULL;
+
+/*
+ * Append received bytes to the exchange's buffer.  Runs inside libcurl:
+ * it must not raise an error, so it allocates with MCXT_ALLOC_NO_OOM and
+ * reports trouble by returning a short count, which aborts the transfer.
+ */
+static size_t
+write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	ApsHttpExchange *ex = (ApsHttpExchange *) userdata;
+	size_t		n = size * nmemb;
+
+	if (ex->response_len + n > APS_MAX_RESPONSE_BYTES)
+	{
+		ex->response_too_large = true;
+		return 0;
+	}
+	if (ex->response_len + n + 1 > ex->response_cap)
+	{
+		size_t		newcap = Max(ex->response_cap * 2, ex->response_len + n + 1);
+		char	   *newbuf;
+
+		newcap = Max(newcap, 1024);
+		newcap = Min(newcap, APS_MAX_RESPONSE_BYTES + 1);
+		newbuf = palloc_extended(newcap, MCXT_ALLOC_NO_OOM);
+		if (newbuf == NULL)
+		{
+			ex->response_no_memory = true;
+			return 0;
+		}
+		if (ex->response != NULL)
+		{
+			memcpy(newbuf, ex->response, ex->response_len);
+			pfree(ex->response);
+		}
+		ex->response = newbuf;
+		ex->response_cap = newcap;
+	}
+	memcpy(ex->response + ex->response_len, ptr, n);
+	ex->response_len += n;
+	ex->response[ex->response_len] = '\0';
+	return n;
+}
+
+/* Create the per-backend handles on first use */
+static void
+ensure_handles(void)
+{
+	if (aps_multi == NULL)
+	{
+		aps_multi = curl_multi_init();
+		if (aps_multi == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl multi handle")));
+	}
+	if (aps_easy == NULL)
+	{
+		aps_easy = curl_easy_init();
+		if (aps_easy == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl easy handle")));
+	}
+}
+
+/* Copy a response header (case-insensitive name) into palloc'd memory */
+static char *
+response_header(const char *name)
+{
+	struct curl_header *h = NULL;
+
+	if (curl_easy_header(aps_easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
+		h == NULL || h->value == NULL)
+		return NULL;
+	return pstrdup(h->value);
+}
+
+/* Set every option of a request; returns the first failing CURLcode */
+static CURLcode
+set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
+{
+	CURLcode	rc = CURLE_OK;
+
+#define SETOPT(opt, val) \
+	do { if (rc == CURLE_OK) rc = curl_easy_setopt(aps_easy, opt, val); } while (0)
+
+	SETOPT(CURLOPT_ERRORBUFFER, errbuf);
+	SETOPT(CURLOPT_URL, ex->url);
+	SETOPT(CURLOPT_PROTOCOLS_STR, "https");
+	SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
+	SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+	SETOPT(CURLOPT_NOSIGNAL, 1L);
+	SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
+	SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
+	if (aps_ca_file != NULL && aps_ca_file[0] != '\0')
+		SETOPT(CURLOPT_CAINFO, aps_ca_file);
+	SETOPT(CURLOPT_PROXY, aps_proxy ? aps_proxy : "");
+	SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long) aps_connect_timeout_ms);
+	SETOPT(CURLOPT_TIMEOUT_MS, (long) aps_timeout_ms);
+	SETOPT(CURLOPT_TCP_NODELAY, 1L);
+	SETOPT(CURLOPT_USERAGENT, APS_USER_AGENT);
+	SETOPT(CURLOPT_POST, 1L);
+	SETOPT(CURLOPT_POSTFIELDS, ex->body);
+	SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) ex->body_len);
+	SETOPT(CURLOPT_HTTPHEADER, headers);
+	SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) APS_MAX_RESPONSE_BYTES);
+	SETOPT(CURLOPT_WRITEFUNCTION, write_body);
+	SETOPT(CURLOPT_WRITEDATA, ex);
+#undef SETOPT
+	return rc;
+}
+
+/*
+ * Append one "Name: value" header.  Returns the new list, or NULL when
+ * libcurl is out of memory, in which case the old list has been freed.
+ */
+static struct curl_slist *
+add_header(struct curl_slist *list, const char *name, const char *value)
+{
+	char		line[2048];
+	struct curl_slist *next;
+
+	snprintf(line, sizeof(line), "%s: %s", name, value);
+	next = curl_slist_append(list, line);
+	if (next == NULL)
+		curl_slist_free_all(list);
+	return next;
+}
+
+/*
+ * POST ex->body to ex->url with the signed Alipay+ headers and fill in
+ * the outcome.  Network trouble is reported in ex->curl_code, never as an
+ * error; errors are raised only for interrupts and local resource failure.
+ */
+void
+aps_http_post(ApsHttpExchange *ex)
+{
+	struct curl_slist *volatile headers = NULL;
+	volatile bool added = false;
+	volatile bool interrupted = false;
+	volatile bool postmaster_died = false;
+	char		errbuf[CURL_ERROR_SIZE];
+	TimestampTz start;
+
+	ensure_handles();
+	curl_easy_reset(aps_easy);
+	errbuf[0] = '\0';
+
+	headers = add_header(NULL, "Content-Type", "application/json; charset=UTF-8");
+	if (headers)
+		headers = add_header(headers, "Client-Id", ex->client_id);
+	if (headers)
+		headers = add_header(headers, "Request-Time", ex->request_time);
+	if (headers)
+		headers = add_header(headers, "Signature", ex->signature);
+	if (headers)
+		headers = add_header(headers, "Expect", "");
+	if (headers == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory while building request headers")));
+
+	PG_TRY();
+	{
+		CURLcode	rc;
+		CURLMcode	mc = CURLM_OK;
+		int			running = 1;
+
+		rc = set_options(ex, headers, errbuf);
+		if (rc != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("could not configure libcurl: %s",
+							curl_easy_strerror(rc))));
+
+		start = GetCurrentTimestamp();
+		mc = curl_multi_add_handle(aps_multi, aps_easy);
+		if (mc != CURLM_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("could not start the transfer: %s",
+							curl_multi_strerror(mc))));
+		added = true;
+
+		pgstat_report_wait_start(PG_WAIT_EXTENSION);
+		while (mc == CURLM_OK)
+		{
+			mc = curl_multi_perform(aps_multi, &running);
+			if (mc != CURLM_OK || running == 0)
+				break;
+			if (QueryCancelPending || ProcDiePending)
+			{
+				interrupted = true;
+				break;
+			}
+			if (!PostmasterIsAlive())
+			{
+				postmaster_died = true;
+				break;
+			}
+			mc = curl_multi_poll(aps_multi, NULL, 0, APS_POLL_SLICE_MS, NULL);
+		}
+		pgstat_report_wait_end();
+
+		if (mc != CURLM_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("libcurl failed: %s", curl_multi_strerror(mc))));
+
+		if (!interrupted && !postmaster_died)
+		{
+			CURLMsg    *msg;
+			int			left;
+
+			ex->curl_code = CURLE_OK;
+			while ((msg = curl_multi_info_read(aps_multi, &left)) != NULL)
+				if (msg->msg == CURLMSG_DONE && msg->easy_handle == aps_easy)
+					ex->curl_code = msg->data.result;
+
+			ex->latency_ms = (double) (GetCurrentTimestamp() - start) / 1000.0;
+			curl_easy_getinfo(aps_easy, CURLINFO_RESPONSE_CODE, &ex->http_status);
+			if (ex->curl_code != CURLE_OK)
+				ex->curl_error = pstrdup(errbuf[0] ? errbuf :
+										 curl_easy_strerror(ex->curl_code));
+			else
+			{
+				ex->hdr_signature = response_header("Signature");
+				ex->hdr_response_time = response_header("Response-Time");
+				ex->hdr_client_id = response_header("Client-Id");
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		pgstat_report_wait_end();
+		if (added)
+			curl_multi_remove_handle(aps_multi, aps_easy);
+		/* the easy handle must not keep pointers into this call's memory */
+		curl_easy_setopt(aps_easy, CURLOPT_HTTPHEADER, NULL);
+		curl_easy_setopt(aps_easy, CURLOPT_WRITEDATA, NULL);
+		curl_easy_setopt(aps_easy, CURLOPT_ERRORBUFFER, NULL);
+		curl_slist_free_all(headers);
+	}
+	PG_END_TRY();
+
+	if (postmaster_died)
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("terminating connection because the postmaster died during an Alipay+ call")));
+	if (interrupted)
+	{
+		CHECK_FOR_INTERRUPTS();
+		/* interrupts were held off by our caller: report the cancel anyway */
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling Alipay+ call because of a pending interrupt")));
+	}
+}
+
+/*
+ * The local result code for a transport failure.  Local codes are lower
+ * case and start with "local." so that they can never be mistaken for an
+ * Alipay+ result code.
+ */
+const char *
+aps_transport_failure_code(int curl_code)
+{
+	switch ((CURLcode) curl_code)
+	{
+		case CURLE_OPERATION_TIMEDOUT:
+			return "local.timeout";
+		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_COULDNT_RESOLVE_PROXY:
+		case CURLE_COULDNT_CONNECT:
+			return "local.connect_failed";
+		case CURLE_SSL_CONNECT_ERROR:
+		case CURLE_PEER_FAILED_VERIFICATION:
+		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CERTPROBLEM:
+		case CURLE_SSL_CIPHER:
+		case CURLE_SSL_ISSUER_ERROR:
+		case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+		case CURLE_SSL_INVALIDCERTSTATUS:
+		case CURLE_SSL_CRL_BADFILE:
+		case CURLE_USE_SSL_FAILED:
+			return "local.tls_failed";
+		case CURLE_FILESIZE_EXCEEDED:
+			return "local.response_too_large";
+		default:
+			return "local.transport_error";
+	}
+}

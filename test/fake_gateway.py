@@ -1,0 +1,573 @@
+#!/usr/bin/python3
+"""
+fake_gateway.py -- a fake Alipay+ gateway for the extension's test rig.
+
+It serves the Alipay+ (ACQP -> Alipay+) cancelPayment API over HTTPS, checks
+each request the way the real gateway is specified to (Client-Id,
+Content-Type, RSA256 request signature, body shape; see
+shared/spec/alipayplus-cancelpayment.md sections 1-4), and answers with a
+scripted outcome picked by the prefix of the paymentRequestId / paymentId:
+
+  (no prefix)            S SUCCESS, signed
+  f-CODE-...             F CODE, signed          u-CODE-...   U CODE, signed
+  slow-MS-...            sleep MS ms, then S     http500-...  HTTP 500, unsigned
+  badjson-...            signed body that is not JSON
+  noresult-...           signed JSON without "result"
+  unsigned-S-... / unsigned-F-CODE-... / unsigned-U-CODE-...   no signature
+  badsig-...             S with a signature that does not verify
+  halfsigned-...         S with Signature but no Response-Time
+  otherclient-...        S signed for client OTHER_CLIENT_0001
+  spaced-...             S, "a=b, c=d" header, lowercase hex and header names
+  huge-...               S with a ~2 MiB body
+  reset-...              TCP reset instead of a response
+  seq-T1.T2...-...       n-th request for the id gets token n (last repeats):
+                         S, U (UNKNOWN_EXCEPTION), F (PROCESS_FAIL), R (reset),
+                         E (HTTP 500), W (sleep 2000 ms, then S)
+
+Every request is appended as one JSON line to the --log file.  It is written
+independently of the extension and uses only the stdlib plus "cryptography".
+The signing helpers below are also imported by test_fake_gateway.py.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import ssl
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+DEFAULT_PATH = "/aps/api/v1/payments/cancelPayment"
+JSON_TYPE = "application/json; charset=UTF-8"
+ACQUIRER_ID = "1022188000000000001"
+PSP_ID = "1022172000000000001"
+OTHER_CLIENT_ID = "OTHER_CLIENT_0001"
+ID_FIELDS = ("paymentRequestId", "paymentId")
+HUGE_PADDING = 2 * 1024 * 1024
+UTC8 = timezone(timedelta(hours=8))
+
+MESSAGES = {
+    "SUCCESS": "success.",
+    "PROCESS_FAIL": "A general business failure occurred. Do not retry.",
+    "UNKNOWN_EXCEPTION": "An API call failed for unknown reasons.",
+    "PARAM_ILLEGAL": "Illegal parameters exist.",
+    "INVALID_CLIENT": "The client is invalid.",
+    "INVALID_SIGNATURE": "The signature is invalid.",
+    "MEDIA_TYPE_NOT_ACCEPTABLE": "The media type is not acceptable.",
+    "ACCESS_DENIED": "Access is denied.",
+    "REQUEST_TRAFFIC_EXCEED_LIMIT": "The request traffic exceeds the limit.",
+}
+
+
+# --------------------------------------------------------------------------
+# Signing helpers (spec section 4); str arguments are encoded as UTF-8.
+# --------------------------------------------------------------------------
+
+def _b(x):
+    return x if isinstance(x, bytes) else x.encode("utf-8")
+
+
+def content_to_sign(path, client_id, timestamp, body):
+    """'POST ' + path + LF + client_id + '.' + time + '.' + body, as bytes."""
+    return (b"POST " + _b(path) + b"\n" + _b(client_id) + b"." +
+            _b(timestamp) + b"." + _b(body))
+
+
+def sign_b64(private_key, content):
+    """RSASSA-PKCS1-v1_5 / SHA-256 signature as standard base64 text."""
+    sig = private_key.sign(_b(content), padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(sig).decode("ascii")
+
+
+def verify(public_key, content, signature):
+    """True if the raw signature bytes verify over content."""
+    try:
+        public_key.verify(signature, _b(content), padding.PKCS1v15(),
+                          hashes.SHA256())
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+
+
+def pct_encode(b64, lowercase_hex=False):
+    """Percent-encode base64 text (+ / = become %2B %2F %3D)."""
+    enc = urllib.parse.quote(b64, safe="")
+    if lowercase_hex:
+        enc = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), enc)
+    return enc
+
+
+def signature_header(b64, key_version="1", spaced=False, lowercase_hex=False):
+    """Build 'algorithm=RSA256,keyVersion=1,signature=<pct-encoded b64>'."""
+    sep = ", " if spaced else ","
+    return sep.join(["algorithm=RSA256", "keyVersion=" + key_version,
+                     "signature=" + pct_encode(b64, lowercase_hex)])
+
+
+def parse_signature_header(value):
+    """Parse 'k=v, k=v' into a dict; split each pair at the first '='.
+    Raises ValueError on an empty element, a pair without '=' or a
+    repeated key."""
+    params = {}
+    for item in value.split(","):
+        item = item.strip(" \t")
+        key, eq, val = item.partition("=")
+        if not eq or not key or key in params:
+            raise ValueError("malformed Signature header")
+        params[key] = val
+    return params
+
+
+def decode_signature_value(value):
+    """Percent-decode (keeping '+' as '+') then strict standard base64."""
+    return base64.b64decode(urllib.parse.unquote(value), validate=True)
+
+
+def load_rsa_key(path, private):
+    """PEM RSA key: private as PKCS#8 or PKCS#1, public as SPKI or PKCS#1."""
+    with open(path, "rb") as f:
+        pem = f.read()
+    if private:
+        key, want = serialization.load_pem_private_key(pem, None), rsa.RSAPrivateKey
+    else:
+        key, want = serialization.load_pem_public_key(pem), rsa.RSAPublicKey
+    if not isinstance(key, want):
+        raise ValueError("%s: not an RSA key" % path)
+    return key
+
+
+def response_time_now():
+    """Current time, ISO 8601 with +08:00 offset, e.g. 2025-01-15T10:30:01+08:00."""
+    return datetime.now(UTC8).isoformat(timespec="seconds")
+
+
+def result_body(status, code, message=None, extra=None):
+    """Compact JSON response body; extra fields go before 'result'."""
+    body = dict(extra or {})
+    body["result"] = {"resultCode": code,
+                      "resultMessage": message or MESSAGES.get(
+                          code, "Scripted result from the fake gateway."),
+                      "resultStatus": status}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def parse_request_body(raw):
+    """Return (id_field, id_value, ok).  ok means: a JSON object with exactly
+    one key, paymentRequestId or paymentId, whose value is a non-empty
+    string.  id_field/id_value are filled in best-effort for the log."""
+    def no_dupes(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=no_dupes)
+    except (ValueError, RecursionError):
+        return None, None, False
+    if not isinstance(obj, dict):
+        return None, None, False
+    present = [k for k in ID_FIELDS if k in obj]
+    field = present[0] if len(present) == 1 else None
+    value = obj.get(field) if field else None
+    if not isinstance(value, str):
+        value = None
+    return field, value, bool(field and value and len(obj) == 1)
+
+
+# --------------------------------------------------------------------------
+# Scripted outcomes
+# --------------------------------------------------------------------------
+
+class Plan:
+    """What to answer.  kind: 'result' (JSON body), 'http500' or 'reset'.
+    sign: 'normal', 'none', 'bad', 'half', 'other' or 'spaced'."""
+
+    def __init__(self, outcome, kind="result", status="S", code="SUCCESS",
+                 sign="normal", delay_ms=0, body=None, huge=False):
+        self.outcome, self.kind, self.status, self.code = outcome, kind, status, code
+        self.sign, self.delay_ms, self.body, self.huge = sign, delay_ms, body, huge
+
+
+SEQ_TOKENS = {
+    "S": lambda: Plan("S"),
+    "U": lambda: Plan("U:UNKNOWN_EXCEPTION", status="U", code="UNKNOWN_EXCEPTION"),
+    "F": lambda: Plan("F:PROCESS_FAIL", status="F", code="PROCESS_FAIL"),
+    "R": lambda: Plan("reset", kind="reset"),
+    "E": lambda: Plan("http500", kind="http500"),
+    "W": lambda: Plan("slow:2000", delay_ms=2000),
+}
+
+# Prefixes without parameters: outcome label = prefix, Plan arguments.
+SIMPLE_PREFIXES = {
+    "http500": {"kind": "http500"},
+    "reset": {"kind": "reset"},
+    "badjson": {"body": b'{"result": not json'},
+    "noresult": {"body": b'{"acquirerId":"1"}'},
+    "badsig": {"sign": "bad"},
+    "halfsigned": {"sign": "half"},
+    "otherclient": {"sign": "other"},
+    "spaced": {"sign": "spaced"},
+    "huge": {"huge": True},
+}
+
+CODE = r"([A-Za-z0-9_]+)"
+
+
+def plan_for(ident, count):
+    """Pick the scripted outcome for id value `ident` (count = n-th request)."""
+    def m(prefix):
+        return re.match(prefix + r"(?:-|$)", ident)
+
+    if r := m(r"seq-([SUFREW](?:\.[SUFREW])*)"):
+        tokens = r.group(1).split(".")
+        return SEQ_TOKENS[tokens[min(count, len(tokens)) - 1]]()
+    if r := m(r"f-" + CODE):
+        return Plan("F:" + r.group(1), status="F", code=r.group(1))
+    if r := m(r"u-" + CODE):
+        return Plan("U:" + r.group(1), status="U", code=r.group(1))
+    if r := m(r"slow-(\d+)"):
+        return Plan("slow:" + r.group(1), delay_ms=int(r.group(1)))
+    if r := m(r"unsigned-([FU])-" + CODE):
+        return Plan("unsigned-%s:%s" % r.groups(), status=r.group(1),
+                    code=r.group(2), sign="none")
+    if m(r"unsigned-S"):
+        return Plan("unsigned-S", sign="none")
+    for prefix, kwargs in SIMPLE_PREFIXES.items():
+        if m(prefix):
+            return Plan(prefix, **kwargs)
+    return Plan("S")
+
+
+# --------------------------------------------------------------------------
+# Gateway state: configuration, keys, per-id counters, request log
+# --------------------------------------------------------------------------
+
+class Gateway:
+    def __init__(self, args):
+        self.path = args.path
+        self.client_id = args.client_id
+        self.client_pub = load_rsa_key(args.client_pubkey, private=False)
+        self.sign_key = load_rsa_key(args.sign_key, private=True)
+        self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ssl_ctx.load_cert_chain(args.cert, args.key)
+        self.lock = threading.Lock()
+        self.counts = {}
+        fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+        except OSError:
+            pass
+        self.log_file = open(fd, "a", buffering=1, encoding="utf-8")
+
+    def next_count(self, ident):
+        with self.lock:
+            n = self.counts.get(ident, 0) + 1
+            self.counts[ident] = n
+            return n
+
+    def log(self, entry):
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self.lock:
+            try:
+                self.log_file.write(line)
+                self.log_file.flush()
+            except OSError as e:
+                print("fake_gateway: cannot write log: %s" % e, file=sys.stderr)
+
+    def request_signature_valid(self, client_id, req_time, sig_header, body):
+        """Spec section 4.1/4.2 check of the request signature."""
+        if client_id is None or req_time is None or sig_header is None:
+            return False
+        try:
+            params = parse_signature_header(sig_header)
+            if params.get("algorithm") != "RSA256" or not params.get("signature"):
+                return False
+            sig = decode_signature_value(params["signature"])
+        except ValueError:
+            return False
+        # http.server decodes header bytes as latin-1; undo that exactly.
+        content = content_to_sign(self.path.encode("latin-1"),
+                                  client_id.encode("latin-1"),
+                                  req_time.encode("latin-1"), body)
+        return verify(self.client_pub, content, sig)
+
+
+# --------------------------------------------------------------------------
+# HTTP side
+# --------------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeAlipayPlus/1.0"
+    timeout = 120                       # idle keep-alive connections
+
+    def version_string(self):           # no trailing Python version
+        return self.server_version
+
+    def log_message(self, fmt, *args):  # no per-request stderr noise
+        pass
+
+    def __getattr__(self, name):
+        # Every method (do_POST, do_GET, do_FOO...) goes through _dispatch,
+        # which answers 404 for anything but POST on --path.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
+    # -- body reading -------------------------------------------------------
+
+    def _read_body(self):
+        """Raw request body (Content-Length or chunked); None if unusable."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(8)
+        length = int(self.headers.get("Content-Length", "0"))
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            return None                 # client went away mid-body
+        return body
+
+    # -- replies ------------------------------------------------------------
+
+    def _send(self, code, body, headers=()):
+        self.send_response(code)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_plain(self, code, text):
+        self._send(code, text.encode(), [("Content-Type", "text/plain; charset=utf-8")])
+
+    def _send_json(self, body, sign):
+        """Send a 200 JSON body, signed according to `sign` (see Plan)."""
+        gw = self.server.gw
+        headers = [("Content-Type", JSON_TYPE)]
+        if sign == "none":
+            self._send(200, body, headers)
+            return
+        cid = OTHER_CLIENT_ID if sign == "other" else gw.client_id
+        rtime = response_time_now()
+        signed_body = body + b" " if sign == "bad" else body
+        b64 = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime, signed_body))
+        spaced = sign == "spaced"
+        names = ("client-id", "response-time", "signature") if spaced else \
+                ("Client-Id", "Response-Time", "Signature")
+        headers.append((names[0], cid))
+        if sign != "half":
+            headers.append((names[1], rtime))
+        headers.append((names[2], signature_header(b64, spaced=spaced,
+                                                   lowercase_hex=spaced)))
+        self._send(200, body, headers)
+
+    def _reset(self):
+        """Drop the connection with a TCP RST and no response."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    # -- request handling ---------------------------------------------------
+
+    def _dispatch(self):
+        gw = self.server.gw
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._send_plain(400, "bad request body framing\n")
+            return
+        if body is None:
+            self.close_connection = True
+            return
+
+        hdr = self.headers
+        entry = {
+            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "method": self.command, "path": self.path,
+            "id": None, "id_field": None,
+            "body": body.decode("utf-8", errors="replace"),
+            "client_id": hdr.get("Client-Id"),
+            "request_time": hdr.get("Request-Time"),
+            "content_type": hdr.get("Content-Type"),
+            "signature_header": hdr.get("Signature"),
+            "signature_valid": False, "outcome": None, "count": None,
+        }
+
+        if self.command != "POST" or self.path != gw.path:
+            entry["outcome"] = "404"
+            gw.log(entry)
+            self._send_plain(404, "not found\n")
+            return
+
+        field, ident, body_ok = parse_request_body(body)
+        entry["id"], entry["id_field"] = ident, field
+        entry["signature_valid"] = gw.request_signature_valid(
+            entry["client_id"], entry["request_time"], entry["signature_header"], body)
+        ctype = re.sub(r"\s+", "", entry["content_type"] or "").lower()
+
+        def reject(code, sign="none"):
+            return Plan("F:" + code, status="F", code=code, sign=sign)
+
+        # Checks in this order; the first failure wins.  Only PARAM_ILLEGAL
+        # is signed (the caller has been authenticated by then).
+        if entry["client_id"] != gw.client_id:
+            plan = reject("INVALID_CLIENT")
+        elif ctype != "application/json;charset=utf-8":
+            plan = reject("MEDIA_TYPE_NOT_ACCEPTABLE")
+        elif not entry["signature_valid"]:
+            plan = reject("INVALID_SIGNATURE")
+        elif not body_ok:
+            plan = reject("PARAM_ILLEGAL", sign="normal")
+        else:
+            entry["count"] = gw.next_count(ident)
+            plan = plan_for(ident, entry["count"])
+
+        entry["outcome"] = plan.outcome
+        gw.log(entry)                   # logged before acting (reset, sleep)
+        self._execute(plan)
+
+    def _execute(self, plan):
+        if plan.delay_ms:
+            time.sleep(plan.delay_ms / 1000.0)
+        if plan.kind == "reset":
+            self._reset()
+        elif plan.kind == "http500":
+            self._send_plain(500, "internal server error\n")
+        else:
+            if plan.body is not None:
+                body = plan.body
+            else:
+                extra = {}
+                if plan.status == "S":
+                    extra = {"acquirerId": ACQUIRER_ID, "pspId": PSP_ID}
+                if plan.huge:
+                    extra["padding"] = "x" * HUGE_PADDING
+                body = result_body(plan.status, plan.code, extra=extra)
+            self._send_json(body, plan.sign)
+
+
+class GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address, gw):
+        self.gw = gw
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind calls getfqdn(), which may do slow DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        # TLS handshake in the per-connection thread, not in accept().
+        try:
+            conn = self.gw.ssl_ctx.wrap_socket(request, server_side=True,
+                                               do_handshake_on_connect=False)
+        except OSError:
+            return
+        try:
+            conn.settimeout(10)
+            conn.do_handshake()
+            conn.settimeout(None)
+            self.RequestHandlerClass(conn, client_address, self)
+        except OSError:                 # includes ssl.SSLError, resets
+            pass
+        finally:
+            conn.close()
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised from the SIGTERM/SIGINT handler to leave serve_forever()."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def atomic_write(path, text):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Fake Alipay+ cancelPayment gateway")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--path", default=DEFAULT_PATH)
+    ap.add_argument("--pidfile")
+    for name in ("--portfile", "--cert", "--key", "--client-id",
+                 "--client-pubkey", "--sign-key", "--log"):
+        ap.add_argument(name, required=True)
+    args = ap.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    server = None
+    try:
+        gw = Gateway(args)
+        server = GatewayServer((args.host, args.port), gw)   # listening now
+        if args.pidfile:
+            atomic_write(args.pidfile, "%d\n" % os.getpid())
+        atomic_write(args.portfile, "%d\n" % server.server_address[1])
+        server.serve_forever(poll_interval=0.5)
+    except _Stop:
+        pass
+    finally:
+        if server is not None:
+            server.server_close()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except OSError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

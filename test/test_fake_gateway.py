@@ -1,0 +1,330 @@
+#!/usr/bin/python3
+"""
+test_fake_gateway.py -- self-test for test/fake_gateway.py.
+
+  /usr/bin/python3 test/test_fake_gateway.py
+
+(a) Reproduces test vector B of the Alipay+ cancelPayment spec with the
+    gateway's own signing/verification helpers.  The vector's key pair is read
+    at test time from the spec ($ALIPAYPLUS_SPEC, default
+    ../shared/spec/alipayplus-cancelpayment.md relative to the repo root); it
+    is deliberately not stored in this repository.
+(b) Starts the gateway in a subprocess with a throw-away CA and server
+    certificate made by the openssl CLI, and talks to it over HTTPS.
+
+Uses only unittest, the stdlib and "cryptography".
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import fake_gateway as fg  # noqa: E402
+
+PATH = fg.DEFAULT_PATH
+
+# ---- vector B (spec section 7); public data only, keys come from the spec ----
+B_CLIENT_ID = "SANDBOX_5X00000000000000"
+B1_TIME = "2025-01-15T10:30:00+08:00"
+B1_BODY = '{"paymentRequestId":"PR_20250115_000001"}'
+B1_SHA256 = "500caf9af96cd76afe3e7a3ce2e0af360fa1a5f7b973c27dc22e80564e4912c3"
+B1_HEADER = (
+    "algorithm=RSA256,keyVersion=1,signature=YcjeKDPPqwcizxDRroltoKJUbggMLwCQoxoxQ"
+    "MyNJyETHbHJFg5MjtEWt7vMH4L0%2FrAlw%2FLpA5l5%2FcjuNYenFUX5WUD8WhkY0LdfPEcAb5No"
+    "KfV2QyjOWVjipfxv%2F2cFd8si6H0vWdQtAF1UF3jihYduu%2ByJaQErQwX76rOQq5b6%2BB0yjnx"
+    "OYvdsd%2BEnOHIOFdRHiYJU8HZU%2FMX0lUndq203El4bqtC%2FB3XJQlHSl3cuZN2Eh5vOSpCuTD"
+    "Ub7FM85K9p8SvWF6yhdetUwPQCZQ2lBpeWvskkj9T7AnJ7DrYGM9WNrh%2FKHbmAXc9gvcV6wK%2F"
+    "Qago771x%2BApDvc7aMqA%3D%3D")
+B2_TIME = "2025-01-15T10:30:01+08:00"
+B2_BODY = ('{"acquirerId":"1022188000000000001","pspId":"1022172000000000001",'
+           '"result":{"resultCode":"SUCCESS","resultMessage":"success.",'
+           '"resultStatus":"S"}}')
+B2_SHA256 = "c376cdd6e6faa3b0fe10e5a2fe2c2beb62ea6982a3c2378b9688849d6c1446c9"
+B2_SIGNATURE = (
+    "OmLFosr9Z8Y2vv0qyMgvmgJJHm8z0Gj%2FgNEJl3STcq%2FLdqkE7KQqWNgEwJr14XZuO9ics3P0n"
+    "E1LJJsGCBX36DFCmQd5AfnIB00qQ%2FQ92LhenHdQ3kk%2FhCJwm0l7o3%2BIcSlFwdImfZSJCVyh"
+    "%2BkyJGH1aDD%2BbEESeDcdC8Uo57y3kJjLi1HcBulY2ytekJOfOY8OaPqCbhGKXc%2FTlBWROSUg"
+    "FN8M6hTPEZ3s1SzjW%2BwlpEPyLhr5QCjy0JOX77s3MgUS284KtaqwxHlWTbl5h5HnNOr%2B1%2BY"
+    "QiDrST8aqc5YS7LOuJf4Gbv14tm5H5B9UXFacxUrev%2BtM4Jwtt2O%2B9NQ%3D%3D")
+
+
+def vector_b_keys():
+    """(private, public) key objects of vector B, read from the spec file."""
+    spec = os.environ.get("ALIPAYPLUS_SPEC") or os.path.join(
+        REPO_ROOT, "..", "shared", "spec", "alipayplus-cancelpayment.md")
+    if not os.path.exists(spec):
+        raise unittest.SkipTest("spec not found at %s (set ALIPAYPLUS_SPEC)" % spec)
+    with open(spec, encoding="utf-8") as f:
+        text = f.read()
+    text = text[text.index("### Vector B"):]
+    pem = {}
+    for kind in ("PRIVATE KEY", "PUBLIC KEY"):
+        m = re.search(r"-----BEGIN %s-----\n[A-Za-z0-9+/=\n]+?-----END %s-----" %
+                      (kind, kind), text)
+        if not m:
+            raise AssertionError("vector B %s not found in %s" % (kind, spec))
+        pem[kind] = m.group(0).encode() + b"\n"
+    return (serialization.load_pem_private_key(pem["PRIVATE KEY"], None),
+            serialization.load_pem_public_key(pem["PUBLIC KEY"]))
+
+
+class VectorB(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.priv, cls.pub = vector_b_keys()
+
+    def test_b1_request_signing(self):
+        content = fg.content_to_sign(PATH, B_CLIENT_ID, B1_TIME, B1_BODY)
+        self.assertEqual(len(content), 132)
+        self.assertEqual(hashlib.sha256(content).hexdigest(), B1_SHA256)
+        header = fg.signature_header(fg.sign_b64(self.priv, content))
+        self.assertEqual(header, B1_HEADER)
+        # ...and the gateway's request-side parser accepts it.
+        sig = fg.decode_signature_value(fg.parse_signature_header(header)["signature"])
+        self.assertTrue(fg.verify(self.pub, content, sig))
+
+    def test_b2_response_verification(self):
+        content = fg.content_to_sign(PATH, B_CLIENT_ID, B2_TIME, B2_BODY)
+        self.assertEqual(len(content), 237)
+        self.assertEqual(hashlib.sha256(content).hexdigest(), B2_SHA256)
+        sig = fg.decode_signature_value(B2_SIGNATURE)
+        self.assertTrue(fg.verify(self.pub, content, sig))
+        self.assertFalse(fg.verify(self.pub, content + b" ", sig))
+        # Lowercase hex must decode to the same bytes.
+        self.assertEqual(fg.decode_signature_value(B2_SIGNATURE.replace("%2B", "%2b")), sig)
+
+
+def _run(*cmd, cwd):
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+def _write_key(path, key, fmt):
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, fmt,
+                                  serialization.NoEncryption()))
+
+
+class LiveGateway(unittest.TestCase):
+    CLIENT_ID = "SANDBOX_TEST_CLIENT_01"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = d = tempfile.mkdtemp(prefix="fake_gateway_test_")
+        # Throw-away CA and server certificate for 127.0.0.1 / localhost.
+        _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=fake-gateway-test-ca", "-keyout", "ca.key", "-out", "ca.crt",
+             cwd=d)
+        _run("openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes",
+             "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr",
+             cwd=d)
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        _run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt",
+             "-CAkey", "ca.key", "-set_serial", "1", "-days", "2",
+             "-extfile", "ext.cnf", "-out", "server.crt", cwd=d)
+        # Client key pair (PKCS#8) and gateway key pair (PKCS#1 on purpose).
+        cls.client_key = rsa.generate_private_key(65537, 2048)
+        cls.gateway_key = rsa.generate_private_key(65537, 2048)
+        cls.gateway_pub = cls.gateway_key.public_key()
+        _write_key(os.path.join(d, "gateway_priv.pem"), cls.gateway_key,
+                   serialization.PrivateFormat.TraditionalOpenSSL)
+        with open(os.path.join(d, "client_pub.pem"), "wb") as f:
+            f.write(cls.client_key.public_key().public_bytes(
+                serialization.Encoding.PEM,
+                serialization.PublicFormat.SubjectPublicKeyInfo))
+
+        cls.log = os.path.join(d, "requests.jsonl")
+        portfile = os.path.join(d, "port")
+        cls.pidfile = os.path.join(d, "pid")
+        start = time.monotonic()
+        cls.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fake_gateway.py"),
+             "--host", "127.0.0.1", "--port", "0", "--portfile", portfile,
+             "--cert", os.path.join(d, "server.crt"),
+             "--key", os.path.join(d, "server.key"),
+             "--client-id", cls.CLIENT_ID,
+             "--client-pubkey", os.path.join(d, "client_pub.pem"),
+             "--sign-key", os.path.join(d, "gateway_priv.pem"),
+             "--log", cls.log, "--path", PATH, "--pidfile", cls.pidfile])
+        while not os.path.exists(portfile):
+            if cls.proc.poll() is not None or time.monotonic() - start > 5:
+                cls.tearDownClass()
+                raise RuntimeError("fake gateway did not start")
+            time.sleep(0.01)
+        cls.startup = time.monotonic() - start
+        with open(portfile) as f:
+            cls.port = int(f.read())
+        cls.ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.proc.poll() is None:
+            cls.proc.send_signal(signal.SIGTERM)
+        try:
+            cls.rc = cls.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            cls.proc.kill()
+            cls.proc.wait()
+            cls.rc = None
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        if cls.rc != 0:
+            raise AssertionError("gateway exit status %r on SIGTERM" % cls.rc)
+
+    # -- helpers --------------------------------------------------------------
+
+    def connect(self):
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx,
+                                           timeout=10)
+
+    def call(self, body, conn=None, key=None, client_id=None, tamper=False,
+             content_type=fg.JSON_TYPE):
+        """POST a signed request; returns (status, headers, raw body)."""
+        body = body.encode() if isinstance(body, str) else body
+        client_id = client_id or self.CLIENT_ID
+        rtime = fg.response_time_now()
+        b64 = fg.sign_b64(key or self.client_key,
+                          fg.content_to_sign(PATH, client_id, rtime, body))
+        headers = {"Content-Type": content_type, "Client-Id": client_id,
+                   "Request-Time": rtime, "Signature": fg.signature_header(b64)}
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            conn.request("POST", PATH, body=body + (b" " if tamper else b""),
+                         headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            if own:
+                conn.close()
+
+    def request_id(self, ident):
+        return json.dumps({"paymentRequestId": ident}, separators=(",", ":"))
+
+    def assert_signed(self, headers, body):
+        sig_header = headers["signature"]        # lookups are case-insensitive
+        self.assertIsNotNone(sig_header)
+        self.assertRegex(headers["response-time"],
+                         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$")
+        self.assertEqual(headers["client-id"], self.CLIENT_ID)
+        sig = fg.decode_signature_value(fg.parse_signature_header(sig_header)["signature"])
+        content = fg.content_to_sign(PATH, headers["client-id"],
+                                     headers["response-time"], body)
+        self.assertTrue(fg.verify(self.gateway_pub, content, sig), "bad response signature")
+
+    def assert_result(self, body, status, code):
+        result = json.loads(body)["result"]
+        self.assertEqual((result["resultStatus"], result["resultCode"]), (status, code))
+
+    # -- tests ----------------------------------------------------------------
+
+    def test_startup(self):
+        self.assertLess(self.startup, 2.0)
+        with open(self.pidfile) as f:
+            self.assertEqual(int(f.read()), self.proc.pid)
+
+    def test_signed_success(self):
+        status, headers, body = self.call(self.request_id("PR_OK_1"))
+        self.assertEqual(status, 200)
+        self.assert_signed(headers, body)
+        self.assertEqual(body, b'{"acquirerId":"1022188000000000001","pspId":'
+                         b'"1022172000000000001","result":{"resultCode":"SUCCESS",'
+                         b'"resultMessage":"success.","resultStatus":"S"}}')
+
+    def test_wrong_signature(self):
+        other = rsa.generate_private_key(65537, 2048)
+        for kwargs in ({"key": other}, {"tamper": True}):
+            status, headers, body = self.call(self.request_id("PR_BADSIG"), **kwargs)
+            self.assertEqual(status, 200)
+            self.assert_result(body, "F", "INVALID_SIGNATURE")
+            self.assertIsNone(headers["signature"])
+            self.assertIsNone(headers["response-time"])
+
+    def test_scripted_fail(self):
+        status, headers, body = self.call(self.request_id("f-PROCESS_FAIL-1"))
+        self.assertEqual(status, 200)
+        self.assert_signed(headers, body)
+        self.assert_result(body, "F", "PROCESS_FAIL")
+
+    def test_seq_on_keepalive_connection(self):
+        conn = self.connect()
+        try:
+            got = []
+            for _ in range(3):
+                status, headers, body = self.call(self.request_id("seq-U.S-x"), conn=conn)
+                self.assertEqual(status, 200)
+                self.assert_signed(headers, body)
+                result = json.loads(body)["result"]
+                got.append((result["resultStatus"], result["resultCode"]))
+        finally:
+            conn.close()
+        self.assertEqual(got, [("U", "UNKNOWN_EXCEPTION"), ("S", "SUCCESS"),
+                               ("S", "SUCCESS")])
+
+    def test_header_and_body_checks(self):
+        _, h, body = self.call(self.request_id("PR_CID"), client_id="SOMEONE_ELSE")
+        self.assert_result(body, "F", "INVALID_CLIENT")
+        _, h, body = self.call(self.request_id("PR_CT"), content_type="text/plain")
+        self.assert_result(body, "F", "MEDIA_TYPE_NOT_ACCEPTABLE")
+        _, h, body = self.call(self.request_id("PR_CT2"),
+                               content_type="Application/JSON;charset=utf-8")
+        self.assert_result(body, "S", "SUCCESS")
+        _, h, body = self.call('{"paymentRequestId":"a","paymentId":"b"}')
+        self.assert_signed(h, body)
+        self.assert_result(body, "F", "PARAM_ILLEGAL")
+
+    def test_spaced_and_reset(self):
+        _, headers, body = self.call(self.request_id("spaced-1"))
+        self.assertIn(", keyVersion=1, signature=", headers["signature"])
+        self.assertRegex(headers["signature"], r"%(2b|2f|3d)")
+        self.assertIn("signature", [k for k, _ in headers.items()])
+        self.assert_signed(headers, body)
+        with self.assertRaises((ConnectionError, ssl.SSLError)):
+            self.call(self.request_id("reset-1"))
+
+    def test_not_found(self):
+        conn = self.connect()
+        try:
+            conn.request("GET", PATH)
+            resp = conn.getresponse()
+            self.assertEqual((resp.status, resp.read()), (404, b"not found\n"))
+        finally:
+            conn.close()
+
+    def test_log(self):
+        self.call(self.request_id("seq-F.S-log"))
+        self.call(self.request_id("seq-F.S-log"))
+        with open(self.log, encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f]
+        mine = [e for e in lines if e["id"] == "seq-F.S-log"]
+        self.assertEqual([(e["outcome"], e["count"]) for e in mine],
+                         [("F:PROCESS_FAIL", 1), ("S", 2)])
+        e = mine[0]
+        self.assertEqual(e["id_field"], "paymentRequestId")
+        self.assertEqual(e["body"], '{"paymentRequestId":"seq-F.S-log"}')
+        self.assertEqual(e["client_id"], self.CLIENT_ID)
+        self.assertEqual(e["content_type"], fg.JSON_TYPE)
+        self.assertTrue(e["signature_valid"])
+        self.assertTrue(e["signature_header"].startswith("algorithm=RSA256,"))
+        self.assertIsNotNone(e["request_time"])
+        self.assertEqual(os.stat(self.log).st_mode & 0o777, 0o644)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
