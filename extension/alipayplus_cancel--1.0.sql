@@ -229,7 +229,7 @@ CREATE FUNCTION @extschema@.alipayplus_cancel_window_open(initiated_at timestamp
 RETURNS boolean
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN $2 >= $1 - interval '5 minutes' AND $2 < @extschema@.alipayplus_cancel_deadline($1);
+RETURN $2 < @extschema@.alipayplus_cancel_deadline($1);
 COMMENT ON FUNCTION @extschema@.alipayplus_cancel_window_open(timestamptz, timestamptz) IS
 	'Whether a payment initiated at initiated_at can still be cancelled at time at';
 
@@ -248,11 +248,11 @@ RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
 			AND NOT a.attisdropped);
 
 /*
- * Lock the bound order row for an id and return what it holds.  found is
+ * Lock the bound order row for an id and return what it holds.  order_found is
  * false when nothing is bound or no order row has the id.
  */
 CREATE FUNCTION alipayplus._lock_order(p_payment_id text, p_request_id text,
-	OUT found boolean, OUT status text, OUT request_id text,
+	OUT order_found boolean, OUT status text, OUT request_id text,
 	OUT payment_id text, OUT initiated_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -262,7 +262,7 @@ DECLARE
 	key_col name;
 	key_val text;
 BEGIN
-	found := false;
+	order_found := false;
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND THEN
 		RETURN;
@@ -284,9 +284,9 @@ BEGIN
 						ELSE format('%I::timestamptz', b.initiated_at_column) END,
 				   b.orders, key_col,
 				   alipayplus._column_type(b.orders, key_col))
-		INTO found, status, request_id, payment_id, initiated_at
+		INTO order_found, status, request_id, payment_id, initiated_at
 		USING key_val;
-	found := coalesce(found, false);
+	order_found := coalesce(order_found, false);
 END;
 $$;
 
@@ -363,7 +363,7 @@ BEGIN
 	PERFORM alipayplus._refuse_refund(p_payment_id, p_request_id);
 
 	o := alipayplus._lock_order(p_payment_id, p_request_id);
-	IF o.found THEN
+	IF o.order_found THEN
 		v_request_id := coalesce(v_request_id, o.request_id);
 		v_payment_id := coalesce(v_payment_id, o.payment_id);
 	END IF;
@@ -405,9 +405,9 @@ BEGIN
 	END IF;
 
 	SELECT * INTO b FROM alipayplus.order_binding;
-	IF o.found AND c.state = 'CANCELLING' AND o.status IS DISTINCT FROM b.cancelled_value THEN
+	IF o.order_found AND c.state = 'CANCELLING' AND o.status IS DISTINCT FROM b.cancelled_value THEN
 		PERFORM alipayplus._set_order_status(o.request_id, o.payment_id, b.cancelling_value);
-	ELSIF o.found AND c.state = 'CANCELLED' THEN
+	ELSIF o.order_found AND c.state = 'CANCELLED' THEN
 		PERFORM alipayplus._set_order_status(o.request_id, o.payment_id, b.cancelled_value);
 	END IF;
 	RETURN c;
@@ -771,7 +771,7 @@ BEGIN
 		RETURN 'recorded_late';
 	END IF;
 
-	IF NOT o.found THEN
+	IF NOT o.order_found THEN
 		RETURN 'no_order';
 	END IF;
 	SELECT * INTO b FROM alipayplus.order_binding;

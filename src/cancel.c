@@ -96,7 +96,7 @@ check_ids(FunctionCallInfo fcinfo, const char **field, char **value)
 				 errmsg(has_pid ?
 						"give only one of payment_id and payment_request_id, not both" :
 						"either payment_id or payment_request_id must be given"),
-				 errhint("Call for example alipayplus_cancel_payment(payment_request_id => '...').")));
+				 errhint("Pass payment_request_id => '...' or payment_id => '...'.")));
 	if (has_pid)
 	{
 		*field = "paymentId";
