@@ -117,8 +117,9 @@ expect "processor_runs: every run stopped because nothing was due" "t" \
 
 qp "ALTER DATABASE $DB SET alipayplus.gateway_url = 'https://127.0.0.1:1'"
 runs_before=$(qd "SELECT count(*) FROM alipayplus.processor_runs")
-last_runid=$(qp "SELECT coalesce(max(runid), 0) FROM cron.job_run_details WHERE jobid = $jobid")
 qd "SELECT state FROM alipayplus_request_cancel(payment_request_id => '$ID_FAIL')" >/dev/null
+# runs that start from now on see both the new setting and the new row
+last_runid=$(qp "SELECT coalesce(max(runid), 0) FROM cron.job_run_details WHERE jobid = $jobid")
 echo "# gateway_url now unreachable in $DB; waiting for the next run ($(date +%T))"
 
 if wait_for postgres "SELECT EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid = $jobid AND runid > $last_runid AND status IN ('succeeded', 'failed'))" 130; then
@@ -131,9 +132,13 @@ expect "that run is 'failed' in cron.job_run_details" "failed" "${run%%|*}"
 msg=${run#*|}
 case "$msg" in
 *"Alipay+ gateway did not answer any of the 1 attempts of this run"*)
-	ok "its return_message says the gateway did not answer: $msg" ;;
+	ok "its return_message says the gateway did not answer: ${msg%%$'\n'*}" ;;
 *)
 	not_ok "return_message does not say the gateway did not answer: '$msg'" ;;
+esac
+case "$msg" in
+*"local.connect_failed"*) ok "its detail names the cause: local.connect_failed" ;;
+*) not_ok "return_message does not name local.connect_failed: '$msg'" ;;
 esac
 # the run rolled back: the cancellation stays queued for the next run
 expect "the failed run rolled back: still CANCELLING, 0 attempts, still due, not flagged" \
