@@ -146,6 +146,7 @@ CREATE TABLE alipayplus.processor_runs (
 	retrying integer NOT NULL,
 	attention integer NOT NULL,
 	unanswered integer NOT NULL,
+	busy integer NOT NULL,
 	stopped_because text NOT NULL
 );
 COMMENT ON TABLE alipayplus.processor_runs IS
@@ -249,9 +250,15 @@ RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
 
 /*
  * Lock the bound order row for an id and return what it holds.  order_found is
- * false when nothing is bound or no order row has the id.
+ * false when nothing is bound or no order row has the id.  With p_nowait, a
+ * row locked by another transaction raises lock_not_available at once.
+ *
+ * Lock order: every path locks the order row before the ledger row, except
+ * the processor, which claims ledger rows with SKIP LOCKED and then takes the
+ * order row with NOWAIT, so it never waits while holding a ledger row.
  */
 CREATE FUNCTION alipayplus._lock_order(p_payment_id text, p_request_id text,
+	p_nowait boolean DEFAULT false,
 	OUT order_found boolean, OUT status text, OUT request_id text,
 	OUT payment_id text, OUT initiated_at timestamptz)
 LANGUAGE plpgsql
@@ -276,14 +283,15 @@ BEGIN
 	ELSE
 		RETURN;
 	END IF;
-	EXECUTE format('SELECT true, %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s LIMIT 1 FOR UPDATE',
+	EXECUTE format('SELECT true, %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s LIMIT 1 FOR UPDATE%s',
 				   b.status_column, b.request_id_column,
 				   CASE WHEN b.payment_id_column IS NULL THEN 'NULL::text'
 						ELSE format('%I::text', b.payment_id_column) END,
 				   CASE WHEN b.initiated_at_column IS NULL THEN 'NULL::timestamptz'
 						ELSE format('%I::timestamptz', b.initiated_at_column) END,
 				   b.orders, key_col,
-				   alipayplus._column_type(b.orders, key_col))
+				   alipayplus._column_type(b.orders, key_col),
+				   CASE WHEN p_nowait THEN ' NOWAIT' ELSE '' END)
 		INTO order_found, status, request_id, payment_id, initiated_at
 		USING key_val;
 	order_found := coalesce(order_found, false);
@@ -586,7 +594,7 @@ COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel(text, text, timestampt
 CREATE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT '50 seconds')
 RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
-	attention integer, unanswered integer, elapsed_ms double precision)
+	attention integer, unanswered integer, busy integer, elapsed_ms double precision)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -602,6 +610,7 @@ DECLARE
 	n_attention integer := 0;
 	n_unanswered integer := 0;
 	n_consecutive integer := 0;
+	n_busy integer := 0;
 	v_stop text := 'nothing due';
 	v_last_detail text;
 	v_run bigint;
@@ -626,19 +635,31 @@ BEGIN
 			EXIT;
 		END IF;
 
-		SELECT * INTO c FROM alipayplus.cancellations x
-		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-			AND x.next_attempt_at <= pg_catalog.clock_timestamp()
-			AND x.cancellation_id <> ALL (v_done)
-		ORDER BY x.next_attempt_at, x.cancellation_id
-		LIMIT 1
-		FOR UPDATE SKIP LOCKED;
-		IF NOT FOUND THEN
-			v_stop := 'nothing due';
-			EXIT;
-		END IF;
+		/*
+		 * Claim a due row, then its bound order row without waiting; if the
+		 * order is locked (a notification or request in progress), give
+		 * both back by rolling back the subtransaction and try again in a
+		 * later run.
+		 */
+		BEGIN
+			SELECT * INTO c FROM alipayplus.cancellations x
+			WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+				AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+				AND x.cancellation_id <> ALL (v_done)
+			ORDER BY x.next_attempt_at, x.cancellation_id
+			LIMIT 1
+			FOR UPDATE SKIP LOCKED;
+			IF NOT FOUND THEN
+				v_stop := 'nothing due';
+				EXIT;
+			END IF;
+			v_done := v_done || c.cancellation_id;
+			PERFORM alipayplus._lock_order(c.payment_id, c.payment_request_id, true);
+		EXCEPTION WHEN lock_not_available THEN
+			n_busy := n_busy + 1;
+			CONTINUE;
+		END;
 
-		v_done := v_done || c.cancellation_id;
 		n_claimed := n_claimed + 1;
 		a := alipayplus._attempt(c, 'alipayplus_process_cancellations');
 
@@ -675,13 +696,13 @@ BEGIN
 
 	INSERT INTO alipayplus.processor_runs AS x
 		(started_at, finished_at, claimed, cancelled, retrying, attention,
-		 unanswered, stopped_because)
+		 unanswered, busy, stopped_because)
 	VALUES (v_start, pg_catalog.clock_timestamp(), n_claimed, n_cancelled,
-			n_retrying, n_attention, n_unanswered, v_stop)
+			n_retrying, n_attention, n_unanswered, n_busy, v_stop)
 	RETURNING x.run_id INTO v_run;
 
 	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
-		n_unanswered,
+		n_unanswered, n_busy,
 		extract(epoch FROM pg_catalog.clock_timestamp() - v_start)::float8 * 1000;
 END;
 $$;

@@ -66,10 +66,18 @@ accepting() {
 	return 1
 }
 
+# running PID: the process exists and is not a zombie (orphans are reaped
+# by init, which may take a while; a zombie has already exited)
+running() {
+	local st
+	st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[[ "$st" != Z* ]]
+}
+
 # wait_exit PID SECONDS: wait for a process to end; false on timeout
 wait_exit() {
 	local deadline=$(($(now_ms) + $2 * 1000))
-	while kill -0 "$1" 2>/dev/null; do
+	while running "$1"; do
 		[ "$(now_ms)" -lt $deadline ] || return 1
 		sleep 0.05
 	done
@@ -238,10 +246,10 @@ else
 	not_ok "postmaster kill: could not kill the postmaster '$PM'"
 fi
 t0=$(now_ms)
-if [[ "$BACKEND" =~ ^[0-9]+$ ]] && wait_exit "$BACKEND" 3; then
-	ok "postmaster kill: the backend in the gateway call exited $(($(now_ms) - t0)) ms after the postmaster died (< 3 s)"
+if [[ "$BACKEND" =~ ^[0-9]+$ ]] && wait_exit "$BACKEND" 1; then
+	ok "postmaster kill: the backend in the gateway call exited $(($(now_ms) - t0)) ms after the postmaster died (< 1 s; its call had ~2 s to go)"
 else
-	not_ok "postmaster kill: the backend $BACKEND in the gateway call still runs 3 s after the postmaster died"
+	not_ok "postmaster kill: the backend $BACKEND in the gateway call still runs 1 s after the postmaster died"
 fi
 left=()
 for p in "${ORPHANS[@]}"; do
@@ -266,6 +274,19 @@ if grep -q "terminating connection because the postmaster died during an Alipay+
 	ok "postmaster kill: the backend reported the postmaster's death (FATAL from the extension)"
 else
 	not_ok "postmaster kill: no 'terminating connection because the postmaster died during an Alipay+ call' in the log or client output"
+fi
+# The dead postmaster stays a zombie until init reaps it, and a new
+# postmaster refuses to start while the pid in postmaster.pid answers
+# kill(pid, 0), as a zombie does.  Wait for the reaping; should this VM's
+# init not reap in time, drop the stale lock file of the (provably dead)
+# zombie instead.
+deadline=$(($(now_ms) + 10000))
+while kill -0 "$PM" 2>/dev/null && [ "$(now_ms)" -lt $deadline ]; do
+	sleep 0.1
+done
+if kill -0 "$PM" 2>/dev/null && ! running "$PM"; then
+	echo "# postmaster $PM is still an unreaped zombie; removing its stale postmaster.pid"
+	rm -f "$CPGDATA/postmaster.pid"
 fi
 if pg_ctl_crash -l "$CRASH/postgres.log" -w start >/dev/null 2>&1 && accepting 30; then
 	ok "postmaster kill: pg_ctl start brought the cluster back"
