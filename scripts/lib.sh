@@ -125,7 +125,7 @@ rig_cluster() {
 port = $PGPORT_RIG
 listen_addresses = 'localhost'
 unix_socket_directories = '$RIG'
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = 'pg_cron,alipayplus_cancel'
 cron.database_name = 'postgres'
 max_connections = 50
 fsync = off

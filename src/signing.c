@@ -158,6 +158,16 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 				 errmsg("key file \"%s\" named by %s is not a regular file",
 						path, name)));
 
+	/* checked on every use, so that a chmod takes effect at once */
+	if (is_private && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0 &&
+		(st.st_uid != 0 || (st.st_mode & S_IRWXO) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("private key file \"%s\" has group or world access",
+						path),
+				 errdetail("File must have permissions u=rw (0600) or less if owned by the database user, or permissions u=rw,g=r (0640) or less if owned by root."),
+				 errhint("Run chmod 0600 on the file.")));
+
 	if (cache->key != NULL &&
 		strcmp(cache->path, path) == 0 &&
 		cache->dev == st.st_dev && cache->ino == st.st_ino &&
@@ -172,15 +182,6 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 		EVP_PKEY_free(cache->key);
 		cache->key = NULL;
 	}
-
-	if (is_private && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0 &&
-		(st.st_uid != 0 || (st.st_mode & S_IRWXO) != 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("private key file \"%s\" has group or world access",
-						path),
-				 errdetail("File must have permissions u=rw (0600) or less if owned by the database user, or permissions u=rw,g=r (0640) or less if owned by root."),
-				 errhint("Run chmod 0600 on the file.")));
 
 	if (st.st_size <= 0 || st.st_size > APS_MAX_KEY_FILE_BYTES)
 		ereport(ERROR,
