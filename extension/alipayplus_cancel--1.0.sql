@@ -909,11 +909,15 @@ SELECT c.cancellation_id, c.payment_request_id, c.payment_id, c.state,
 	c.last_result_message, c.last_attempt_at, c.requested_at, c.deadline,
 	CASE
 		WHEN c.needs_attention THEN c.attention_reason
+		WHEN c.next_attempt_at < pg_catalog.now() - interval '10 minutes' THEN
+			format('overdue since %s: alipayplus_process_cancellations() is not running or its runs fail (see cron.job_run_details)',
+				   c.next_attempt_at)
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
 WHERE c.state = 'CANCELLING'
-	AND (c.needs_attention OR c.deadline <= pg_catalog.now());
+	AND (c.needs_attention OR c.deadline <= pg_catalog.now()
+		 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes');
 COMMENT ON VIEW alipayplus.attention IS 'Each cancellation a person must look at, and why';
 
 /* ------------------------------------------------------------------

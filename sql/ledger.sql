@@ -190,6 +190,12 @@ SELECT state, attempt_count, needs_attention FROM alipayplus.cancellations
 WHERE payment_request_id = 'L-unreachable';
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();
 
+-- a queue nobody processes shows up in the attention view
+UPDATE alipayplus.cancellations SET next_attempt_at = now() - interval '1 hour'
+WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
+SELECT payment_request_id, left(reason, 40) AS reason FROM alipayplus.attention
+WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
+
 -- every committed run left a summary row
 SELECT count(*) > 0 AS runs_recorded, sum(claimed) = (SELECT count(*) FROM alipayplus.cancel_attempts
 	WHERE caller = 'alipayplus_process_cancellations') AS attempts_add_up
