@@ -193,7 +193,7 @@ SELECT claimed, cancelled FROM alipayplus_process_cancellations();
 -- a queue nobody processes shows up in the attention view
 UPDATE alipayplus.cancellations SET next_attempt_at = now() - interval '1 hour'
 WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
-SELECT payment_request_id, left(reason, 40) AS reason FROM alipayplus.attention
+SELECT payment_request_id, left(reason, 13) AS reason FROM alipayplus.attention
 WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
 
 -- every committed run left a summary row

@@ -37,7 +37,7 @@ RESET ROLE;
 CREATE SCHEMA evil;
 CREATE TABLE evil.cancellations (x int);
 CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2000-01-01'::timestamptz $$;
-CREATE FUNCTION evil.format(text, VARIADIC "any") RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked' $$;
+CREATE FUNCTION evil.format(text, text) RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked' $$;
 GRANT USAGE ON SCHEMA evil TO apc_app;
 SET ROLE apc_app;
 SET search_path = evil, public;
