@@ -843,6 +843,7 @@ CREATE FUNCTION @extschema@.alipayplus_bind_orders(orders regclass,
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
 AS $$
 DECLARE
 	col name;

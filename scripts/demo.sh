@@ -46,6 +46,7 @@ FROM alipayplus.cancel_attempts ORDER BY attempt_id;
 -- what a person has to look at
 SELECT payment_request_id, reason FROM alipayplus.attention;
 -- a DBA cannot move a cancelling order back
+\set ON_ERROR_STOP 0
 UPDATE orders SET status = 'PAID' WHERE order_no = 2;
 SQL
 cat <<EOF
