@@ -298,7 +298,7 @@ BEGIN
 END;
 $$;
 
-/* Set the bound order's status for a request id (no-op if unbound) */
+/* Set the bound order's status, found by request id or payment id (no-op if unbound) */
 CREATE FUNCTION alipayplus._set_order_status(p_request_id text, p_payment_id text,
 	p_status text)
 RETURNS void
@@ -307,24 +307,29 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	b alipayplus.order_binding;
+	key_col name;
+	key_val text;
+	status_type text;
 BEGIN
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND OR p_status IS NULL THEN
 		RETURN;
 	END IF;
 	IF p_request_id IS NOT NULL THEN
-		EXECUTE format('UPDATE %s SET %I = $1::%s WHERE %I = $2::%s AND %I IS DISTINCT FROM $1::%s',
-					   b.orders, b.status_column, alipayplus._column_type(b.orders, b.status_column),
-					   b.request_id_column, alipayplus._column_type(b.orders, b.request_id_column),
-					   b.status_column, alipayplus._column_type(b.orders, b.status_column))
-			USING p_status, p_request_id;
+		key_col := b.request_id_column;
+		key_val := p_request_id;
 	ELSIF b.payment_id_column IS NOT NULL AND p_payment_id IS NOT NULL THEN
-		EXECUTE format('UPDATE %s SET %I = $1::%s WHERE %I = $2::%s AND %I IS DISTINCT FROM $1::%s',
-					   b.orders, b.status_column, alipayplus._column_type(b.orders, b.status_column),
-					   b.payment_id_column, alipayplus._column_type(b.orders, b.payment_id_column),
-					   b.status_column, alipayplus._column_type(b.orders, b.status_column))
-			USING p_status, p_payment_id;
+		key_col := b.payment_id_column;
+		key_val := p_payment_id;
+	ELSE
+		RETURN;
 	END IF;
+	status_type := alipayplus._column_type(b.orders, b.status_column);
+	EXECUTE format('UPDATE %s SET %I = $1::%s WHERE %I = $2::%s AND %I IS DISTINCT FROM $1::%s',
+				   b.orders, b.status_column, status_type,
+				   key_col, alipayplus._column_type(b.orders, key_col),
+				   b.status_column, status_type)
+		USING p_status, key_val;
 END;
 $$;
 
@@ -847,6 +852,7 @@ SET client_min_messages = warning
 AS $$
 DECLARE
 	col name;
+	val text;
 BEGIN
 	IF $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR $4 IS NULL OR $5 IS NULL THEN
 		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
@@ -860,6 +866,13 @@ BEGIN
 		IF col IS NOT NULL AND alipayplus._column_type($1, col) IS NULL THEN
 			RAISE EXCEPTION USING ERRCODE = 'undefined_column',
 				MESSAGE = format('column %I does not exist in table %s', col, $1);
+		END IF;
+	END LOOP;
+
+	/* the values must be valid for the status column's type (an enum, say) */
+	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] LOOP
+		IF val IS NOT NULL THEN
+			EXECUTE format('SELECT $1::%s', alipayplus._column_type($1, $3)) USING val;
 		END IF;
 	END LOOP;
 

@@ -118,6 +118,20 @@ rig_gateway() {
 	echo "gateway listening on https://localhost:$GATEWAY_PORT"
 }
 
+# The alipayplus.* settings that point a cluster at the rig's gateway and keys.
+rig_alipayplus_conf() {
+	cat <<CONF
+alipayplus.gateway_url = 'https://localhost:$(cat "$RIG/gateway.port")'
+alipayplus.client_id = '$CLIENT_ID'
+alipayplus.private_key_file = '$RIG/keys/client.pem'
+alipayplus.public_key_file = '$RIG/keys/gateway_pub.pem'
+alipayplus.ca_file = '$RIG/keys/ca.pem'
+alipayplus.connect_timeout_ms = 2000
+alipayplus.timeout_ms = 5000
+alipayplus.retry_base_ms = 200
+CONF
+}
+
 rig_cluster() {
 	say "starting a PostgreSQL 15 cluster on port $PGPORT_RIG (user postgres)"
 	as_postgres $PGBIN/initdb -D "$RIG/pgdata" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
@@ -130,15 +144,8 @@ cron.database_name = 'postgres'
 max_connections = 50
 fsync = off
 log_line_prefix = '%m [%p] %q%u@%d '
-alipayplus.gateway_url = 'https://localhost:$GATEWAY_PORT'
-alipayplus.client_id = '$CLIENT_ID'
-alipayplus.private_key_file = '$RIG/keys/client.pem'
-alipayplus.public_key_file = '$RIG/keys/gateway_pub.pem'
-alipayplus.ca_file = '$RIG/keys/ca.pem'
-alipayplus.connect_timeout_ms = 2000
-alipayplus.timeout_ms = 5000
-alipayplus.retry_base_ms = 200
 CONF
+	rig_alipayplus_conf >>"$RIG/pgdata/postgresql.conf"
 	as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -l "$RIG/postgres.log" -w start >/dev/null
 	as_postgres $PGBIN/psql -X -q -d postgres -c "CREATE EXTENSION pg_cron"
 }

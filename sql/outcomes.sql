@@ -20,6 +20,10 @@ FROM gw_log() WHERE j->>'id' IN ('out-ok-1', '2019060811401080010018882020035') 
 SELECT result_status FROM alipayplus_cancel_payment(payment_request_id => 'out-"q"\b/s');
 SELECT gw_last('out-"q"\b/s')->>'body' AS escaped_body;
 
+-- one connection, kept alive and reused, for the calls of a session
+SELECT count(DISTINCT j->>'peer') AS connections, count(*) AS requests
+FROM gw_log() WHERE j->>'id' IN ('out-ok-1', '2019060811401080010018882020035', 'out-"q"\b/s');
+
 -- the attempt rows: verified, timed, no signature or key stored
 SELECT sent_field, sent_id, result_status, result_code, http_status,
 	signature_verified, latency_ms > 0 AS timed, error_detail,
@@ -47,8 +51,10 @@ SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'otherclient-out');
 -- header variants: blanks after commas, lowercase hex and header names
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'spaced-out');
--- broken answers
+-- broken answers; a redirect is not followed
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'http500-out');
+SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'redirect-out');
+SELECT count(*) AS requests_after_redirect FROM gw_log() WHERE j->>'id' = 'redirect-out' OR j->>'path' <> '/aps/api/v1/payments/cancelPayment';
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'badjson-out');
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'noresult-out');
 SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'huge-out');

@@ -30,7 +30,6 @@ CPORT=54331
 DB=apc_crash
 N=5
 TAG=$(date +%s%N)
-GATEWAY_PORT=$(cat "$RIG/gateway.port")
 BG_PIDS=()
 ORPHANS=()
 
@@ -199,15 +198,8 @@ unix_socket_directories = '$CRASH'
 max_connections = 20
 restart_after_crash = on
 log_line_prefix = '%m [%p] %q%u@%d '
-alipayplus.gateway_url = 'https://localhost:$GATEWAY_PORT'
-alipayplus.client_id = '$CLIENT_ID'
-alipayplus.private_key_file = '$RIG/keys/client.pem'
-alipayplus.public_key_file = '$RIG/keys/gateway_pub.pem'
-alipayplus.ca_file = '$RIG/keys/ca.pem'
-alipayplus.connect_timeout_ms = 2000
-alipayplus.timeout_ms = 5000
-alipayplus.retry_base_ms = 200
 CONF
+rig_alipayplus_conf >>"$CPGDATA/postgresql.conf"
 pg_ctl_crash -l "$CRASH/postgres.log" -w start >/dev/null || { not_ok "start the crash cluster"; finish; }
 q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database"; finish; }
 q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; finish; }

@@ -12,6 +12,7 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   f-CODE-...             F CODE, signed          u-CODE-...   U CODE, signed
   slow-MS-...            sleep MS ms, then S     http500-...  HTTP 500, unsigned
   badjson-...            signed body that is not JSON
+  redirect-...           HTTP 302 to the same path, unsigned (never to be followed)
   noresult-...           signed JSON without "result"
   unsigned-S-... / unsigned-F-CODE-... / unsigned-U-CODE-...   no signature
   badsig-...             S with a signature that does not verify
@@ -213,6 +214,7 @@ SEQ_TOKENS = {
 # Prefixes without parameters: outcome label = prefix, Plan arguments.
 SIMPLE_PREFIXES = {
     "http500": {"kind": "http500"},
+    "redirect": {"kind": "redirect"},
     "reset": {"kind": "reset"},
     "badjson": {"body": b'{"result": not json'},
     "noresult": {"body": b'{"acquirerId":"1"}'},
@@ -419,6 +421,9 @@ class Handler(BaseHTTPRequestHandler):
             "content_type": hdr.get("Content-Type"),
             "signature_header": hdr.get("Signature"),
             "signature_valid": False, "outcome": None, "count": None,
+            # the client's address and port: the same port on two requests
+            # means the client reused its connection
+            "peer": "%s:%s" % self.client_address[:2],
         }
 
         if self.command != "POST" or self.path != gw.path:
@@ -461,6 +466,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reset()
         elif plan.kind == "http500":
             self._send_plain(500, "internal server error\n")
+        elif plan.kind == "redirect":
+            # a redirect to the same path with a plain id; clients must not follow
+            self._send(302, b"", [("Location", self.server.gw.path + "?to=ok")])
         else:
             if plan.body is not None:
                 body = plan.body
