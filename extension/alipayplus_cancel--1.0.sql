@@ -559,7 +559,7 @@ DECLARE
 	c alipayplus.cancellations;
 	a alipayplus.cancel_attempts;
 BEGIN
-	PERFORM alipayplus._check_ids($1, $2);
+	/* configuration problems are reported before anything is marked */
 	PERFORM alipayplus._check_config();
 	c := alipayplus._mark_cancelling($1, $2, NULL);
 

@@ -196,6 +196,16 @@ WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
 SELECT payment_request_id, left(reason, 13) AS reason FROM alipayplus.attention
 WHERE payment_request_id = 'f-INVALID_SIGNATURE-L-6';
 
+-- runs are bounded in count and in time
+SELECT count(*) AS queued FROM (
+	SELECT alipayplus_request_cancel(payment_request_id => 'L-bound-' || g) FROM generate_series(1, 3) g) q;
+SELECT claimed FROM alipayplus_process_cancellations(max_count => 1);
+SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+SELECT claimed FROM alipayplus_process_cancellations(time_budget => '1 microsecond');
+SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+SELECT claimed, cancelled FROM alipayplus_process_cancellations();
+SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+
 -- every committed run left a summary row
 SELECT count(*) > 0 AS runs_recorded, sum(claimed) = (SELECT count(*) FROM alipayplus.cancel_attempts
 	WHERE caller = 'alipayplus_process_cancellations') AS attempts_add_up

@@ -244,7 +244,6 @@ aps_http_post(ApsHttpExchange *ex)
 			}
 			mc = curl_multi_poll(aps_multi, NULL, 0, APS_POLL_SLICE_MS, NULL);
 		}
-		pgstat_report_wait_end();
 
 		if (mc != CURLM_OK)
 			ereport(ERROR,
