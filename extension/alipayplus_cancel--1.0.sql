@@ -249,6 +249,21 @@ RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
 			AND NOT a.attisdropped);
 
 /*
+ * The order column and value that identify a payment: its request id when
+ * known, else its payment id when the binding has that column.  key_col is
+ * NULL when neither applies.
+ */
+CREATE FUNCTION alipayplus._order_key(b alipayplus.order_binding, p_request_id text,
+	p_payment_id text, OUT key_col name, OUT key_val text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN $2 IS NOT NULL THEN ($1).request_id_column
+				WHEN $3 IS NOT NULL THEN ($1).payment_id_column END,
+		   coalesce($2, $3)
+$$;
+
+/*
  * Lock the bound order row for an id and return what it holds.  order_found is
  * false when nothing is bound or no order row has the id.  With p_nowait, a
  * row locked by another transaction raises lock_not_available at once.
@@ -266,21 +281,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	b alipayplus.order_binding;
-	key_col name;
-	key_val text;
+	k record;
 BEGIN
 	order_found := false;
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
-	IF p_request_id IS NOT NULL THEN
-		key_col := b.request_id_column;
-		key_val := p_request_id;
-	ELSIF b.payment_id_column IS NOT NULL THEN
-		key_col := b.payment_id_column;
-		key_val := p_payment_id;
-	ELSE
+	SELECT * INTO k FROM alipayplus._order_key(b, p_request_id, p_payment_id);
+	IF k.key_col IS NULL THEN
 		RETURN;
 	END IF;
 	EXECUTE format('SELECT true, %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s LIMIT 1 FOR UPDATE%s',
@@ -289,11 +298,11 @@ BEGIN
 						ELSE format('%I::text', b.payment_id_column) END,
 				   CASE WHEN b.initiated_at_column IS NULL THEN 'NULL::timestamptz'
 						ELSE format('%I::timestamptz', b.initiated_at_column) END,
-				   b.orders, key_col,
-				   alipayplus._column_type(b.orders, key_col),
+				   b.orders, k.key_col,
+				   alipayplus._column_type(b.orders, k.key_col),
 				   CASE WHEN p_nowait THEN ' NOWAIT' ELSE '' END)
 		INTO order_found, status, request_id, payment_id, initiated_at
-		USING key_val;
+		USING k.key_val;
 	order_found := coalesce(order_found, false);
 END;
 $$;
@@ -307,29 +316,23 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	b alipayplus.order_binding;
-	key_col name;
-	key_val text;
+	k record;
 	status_type text;
 BEGIN
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND OR p_status IS NULL THEN
 		RETURN;
 	END IF;
-	IF p_request_id IS NOT NULL THEN
-		key_col := b.request_id_column;
-		key_val := p_request_id;
-	ELSIF b.payment_id_column IS NOT NULL AND p_payment_id IS NOT NULL THEN
-		key_col := b.payment_id_column;
-		key_val := p_payment_id;
-	ELSE
+	SELECT * INTO k FROM alipayplus._order_key(b, p_request_id, p_payment_id);
+	IF k.key_col IS NULL THEN
 		RETURN;
 	END IF;
 	status_type := alipayplus._column_type(b.orders, b.status_column);
 	EXECUTE format('UPDATE %s SET %I = $1::%s WHERE %I = $2::%s AND %I IS DISTINCT FROM $1::%s',
 				   b.orders, b.status_column, status_type,
-				   key_col, alipayplus._column_type(b.orders, key_col),
+				   k.key_col, alipayplus._column_type(b.orders, k.key_col),
 				   b.status_column, status_type)
-		USING p_status, key_val;
+		USING p_status, k.key_val;
 END;
 $$;
 
