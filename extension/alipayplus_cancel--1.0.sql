@@ -76,14 +76,22 @@ CREATE INDEX cancel_attempts_cancellation ON alipayplus.cancel_attempts (cancell
 COMMENT ON TABLE alipayplus.cancel_attempts IS
 	'One row per cancelPayment HTTP attempt; never key material or signatures';
 
+/*
+ * The built-in rows (builtin = true) come with the extension and are
+ * read-only: an UPDATE of one is stored as a DBA row for the same code,
+ * which takes precedence.  Only DBA rows are dumped by pg_dump, so that a
+ * restore, which installs the built-in rows anew, keeps the DBA's choices.
+ */
 CREATE TABLE alipayplus.result_policy (
-	result_code text PRIMARY KEY,
+	result_code text NOT NULL,
 	action text NOT NULL CHECK (action IN ('done', 'retry', 'attention')),
 	note text,
+	builtin boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (result_code, builtin),
 	CHECK (action <> 'done' OR result_code = 'SUCCESS')
 );
 COMMENT ON TABLE alipayplus.result_policy IS
-	'What to do after a result code: done (S only), retry, or attention (a person decides); editable by DBAs';
+	'What to do after a result code: done (S only), retry, or attention (a person decides); DBA rows override the built-in ones';
 
 INSERT INTO alipayplus.result_policy (result_code, action, note) VALUES
 	('SUCCESS', 'done', 'cancellation succeeded'),
@@ -111,6 +119,29 @@ INSERT INTO alipayplus.result_policy (result_code, action, note) VALUES
 	('local.bad_signature', 'retry', 'the response signature was missing in part or did not verify'),
 	('local.client_id_mismatch', 'retry', 'the response named another Client-Id'),
 	('local.unsigned_success', 'retry', 'an unsigned response claimed success');
+UPDATE alipayplus.result_policy SET builtin = true;
+
+CREATE FUNCTION alipayplus._result_policy_builtin()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('the built-in policy for %s cannot be deleted', OLD.result_code),
+			HINT = 'Update it instead: the change is kept as a DBA row that overrides the built-in one.';
+	END IF;
+	INSERT INTO alipayplus.result_policy AS x (result_code, action, note, builtin)
+	VALUES (NEW.result_code, NEW.action, NEW.note, false)
+	ON CONFLICT (result_code, builtin) DO UPDATE
+		SET action = excluded.action, note = excluded.note;
+	RETURN NULL;
+END;
+$$;
+CREATE TRIGGER result_policy_builtin BEFORE UPDATE OR DELETE ON alipayplus.result_policy
+	FOR EACH ROW WHEN (OLD.builtin) EXECUTE FUNCTION alipayplus._result_policy_builtin();
 
 CREATE TABLE alipayplus.order_binding (
 	singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -156,6 +187,7 @@ COMMENT ON TABLE alipayplus.processor_runs IS
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.cancellations', '');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.cancel_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.order_binding', '');
+SELECT pg_catalog.pg_extension_config_dump('alipayplus.result_policy', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.known_refunds', '');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.processor_runs', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -482,7 +514,11 @@ BEGIN
 		RETURN r;
 	END IF;
 
-	SELECT * INTO p FROM alipayplus.result_policy WHERE result_code = a.result_code;
+	/* a DBA row (builtin = false) overrides the built-in one */
+	SELECT * INTO p FROM alipayplus.result_policy x
+	WHERE x.result_code = a.result_code
+	ORDER BY x.builtin
+	LIMIT 1;
 	act := p.action;
 	IF act IS NULL OR act = 'done' THEN
 		act := CASE a.result_status WHEN 'U' THEN 'retry' ELSE 'attention' END;

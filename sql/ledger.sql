@@ -134,8 +134,18 @@ RESET alipayplus.max_attempts;
 
 -- result_policy is editable, but only SUCCESS can mean done
 SELECT errcheck($$UPDATE alipayplus.result_policy SET action = 'done' WHERE result_code = 'PROCESS_FAIL'$$);
+SELECT errcheck($$DELETE FROM alipayplus.result_policy WHERE result_code = 'PROCESS_FAIL'$$);
 INSERT INTO alipayplus.result_policy VALUES ('BRAND_NEW_CODE', 'retry', 'learned from Alipay+ support');
-SELECT result_code, action FROM alipayplus.result_policy WHERE result_code = 'BRAND_NEW_CODE';
+-- changing a built-in row stores a DBA row that takes precedence
+UPDATE alipayplus.result_policy SET action = 'retry', note = 'our contract says retry'
+WHERE result_code = 'ORDER_NOT_EXIST';
+SELECT result_code, action, builtin FROM alipayplus.result_policy
+WHERE result_code IN ('BRAND_NEW_CODE', 'ORDER_NOT_EXIST') ORDER BY 1, 3;
+SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'f-ORDER_NOT_EXIST-L-12');
+SELECT needs_attention, next_attempt_at IS NOT NULL AS retry_queued FROM alipayplus.cancellations
+WHERE payment_request_id = 'f-ORDER_NOT_EXIST-L-12';
+UPDATE alipayplus.cancellations SET next_attempt_at = 'infinity'
+WHERE payment_request_id = 'f-ORDER_NOT_EXIST-L-12';
 
 -- payment results: after a cancel request they are recorded, never applied
 SELECT alipayplus_apply_payment_result('L-1', 'S', 'SUCCESS') AS late_s;
