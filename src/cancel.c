@@ -124,15 +124,18 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 
 /*
  * Check that everything a call needs is configured and the keys load;
- * raise the error a user must fix otherwise.
+ * raise the error a user must fix otherwise.  Returns the private key.
  */
-static void
+static EVP_PKEY *
 check_config(void)
 {
+	EVP_PKEY   *key;
+
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);
 	aps_require_setting("alipayplus.client_id", aps_client_id);
-	(void) aps_private_key();
+	key = aps_private_key();
 	(void) aps_public_key();
+	return key;
 }
 
 /* alipayplus._check_config(): raise the configuration problem, if any */
@@ -286,6 +289,7 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	Datum		values[NUM_COLS];
 	bool		nulls[NUM_COLS];
 	size_t		baselen;
+	EVP_PKEY   *key;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		ereport(ERROR,
@@ -293,7 +297,7 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 				 errmsg("function returning record called in context that cannot accept type record")));
 
 	check_ids(fcinfo, &field, &value);
-	check_config();
+	key = check_config();
 
 	body = aps_cancel_body(field, value);
 	request_time = request_time_now();
@@ -311,8 +315,7 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	ex.body_len = strlen(body);
 	ex.client_id = aps_client_id;
 	ex.request_time = request_time;
-	ex.signature = aps_signature_header(aps_sign(aps_private_key(), content,
-												 content_len));
+	ex.signature = aps_signature_header(aps_sign(key, content, content_len));
 	aps_http_post(&ex);
 
 	classify(&ex, aps_cancel_path, &r, &verified, &verified_known, &detail);
