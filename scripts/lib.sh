@@ -17,14 +17,13 @@ PG_CONFIG=$PGBIN/pg_config
 PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
 PY=/usr/bin/python3
 CLIENT_ID=SANDBOX_5X00000000000000
-SPEC=${ALIPAYPLUS_SPEC:-$REPO/../shared/spec/alipayplus-cancelpayment.md}
 PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography"
 
 export PGHOST=$RIG PGPORT=$PGPORT_RIG PGUSER=postgres PGDATABASE=postgres
 
 say() { printf '\n==> %s\n' "$*"; }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+as_postgres() { runuser -u postgres -- "$@" 9>&-; }
 
 rig_install_deps() {
 	local missing=()
@@ -81,15 +80,10 @@ rig_keys() {
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/gateway.pem" 2>/dev/null
 	openssl pkey -in "$k/gateway.pem" -pubout -out "$k/gateway_pub.pem"
 	openssl pkey -in "$k/gateway.pem" -pubout -outform DER | base64 -w0 >"$k/gateway_pub.b64"
-	# the spec's test vector B key pair, taken from the spec (not kept in the repo)
-	if [ -f "$SPEC" ]; then
-		sed -n '/^-----BEGIN PRIVATE KEY-----$/,/^-----END PRIVATE KEY-----$/p' "$SPEC" | head -n 28 >"$k/vector_b.pem"
-		sed -n '/^-----BEGIN PUBLIC KEY-----$/,/^-----END PUBLIC KEY-----$/p' "$SPEC" | head -n 9 >"$k/vector_b_pub.pem"
-	else
-		echo "spec not found at $SPEC (set ALIPAYPLUS_SPEC)" >&2
-		return 1
-	fi
-	openssl pkey -in "$k/vector_b.pem" -noout 2>/dev/null || { echo "vector B key not found in $SPEC" >&2; return 1; }
+	# test vector B's key pair, kept in the repository (test/vectors/README.md)
+	cp "$REPO/test/vectors/vector_b_private.pem" "$k/vector_b.pem"
+	cp "$REPO/test/vectors/vector_b_public.pem" "$k/vector_b_pub.pem"
+	openssl pkey -in "$k/vector_b.pem" -noout 2>/dev/null || { echo "test/vectors/vector_b_private.pem is not a key" >&2; return 1; }
 	# broken and badly protected files for the error tests
 	printf 'this is not a key\n' >"$k/garbage.pem"
 	cp "$k/client.pem" "$k/world_readable.pem"
@@ -108,7 +102,7 @@ rig_gateway() {
 		--cert "$k/server.crt" --key "$k/server.key" \
 		--client-id "$CLIENT_ID" --client-pubkey "$k/client_pub.pem" \
 		--sign-key "$k/gateway.pem" --log "$RIG/gateway.jsonl" \
-		>"$RIG/gateway.out" 2>&1 &
+		>"$RIG/gateway.out" 2>&1 9>&- &
 	for _ in $(seq 1 100); do
 		[ -s "$RIG/gateway.port" ] && break
 		sleep 0.1
@@ -150,9 +144,22 @@ CONF
 	as_postgres $PGBIN/psql -X -q -d postgres -c "CREATE EXTENSION pg_cron"
 }
 
+# One rig at a time on a machine: the rig installs the extension into the
+# server's directories and lives in a fixed folder, so a second run (another
+# checkout's, or scripts/package.sh) waits here until the first is done.
+# The lock is held until the calling script exits.
+rig_lock() {
+	exec 9>/tmp/alipayplus_rig.lock
+	if ! flock -n 9; then
+		echo "waiting for another run of the rig to finish (/tmp/alipayplus_rig.lock)" >&2
+		flock 9
+	fi
+}
+
 # The whole set-up: deps, build, keys, gateway, cluster.
 rig_up() {
 	[ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and switches to the postgres user)" >&2; exit 1; }
+	rig_lock
 	rig_install_deps
 	rig_stop
 	rm -rf "$RIG"

@@ -5,7 +5,7 @@ fake_gateway.py -- a fake Alipay+ gateway for the extension's test rig.
 It serves the Alipay+ (ACQP -> Alipay+) cancelPayment API over HTTPS, checks
 each request the way the real gateway is specified to (Client-Id,
 Content-Type, RSA256 request signature, body shape; see
-shared/spec/alipayplus-cancelpayment.md sections 1-4), and answers with a
+docs/protocol.md), and answers with a
 scripted outcome picked by the prefix of the paymentRequestId / paymentId:
 
   (no prefix)            S SUCCESS, signed

@@ -4,11 +4,8 @@ test_fake_gateway.py -- self-test for test/fake_gateway.py.
 
   /usr/bin/python3 test/test_fake_gateway.py
 
-(a) Reproduces test vector B of the Alipay+ cancelPayment spec with the
-    gateway's own signing/verification helpers.  The vector's key pair is read
-    at test time from the spec ($ALIPAYPLUS_SPEC, default
-    ../shared/spec/alipayplus-cancelpayment.md relative to the repo root); it
-    is deliberately not stored in this repository.
+(a) Reproduces test vector B (test/vectors/, see its README.md) with the
+    gateway's own signing/verification helpers.
 (b) Starts the gateway in a subprocess with a throw-away CA and server
     certificate made by the openssl CLI, and talks to it over HTTPS.
 
@@ -39,49 +36,30 @@ import fake_gateway as fg  # noqa: E402
 
 PATH = fg.DEFAULT_PATH
 
-# ---- vector B (spec section 7); public data only, keys come from the spec ----
-B_CLIENT_ID = "SANDBOX_5X00000000000000"
-B1_TIME = "2025-01-15T10:30:00+08:00"
-B1_BODY = '{"paymentRequestId":"PR_20250115_000001"}'
-B1_SHA256 = "500caf9af96cd76afe3e7a3ce2e0af360fa1a5f7b973c27dc22e80564e4912c3"
-B1_HEADER = (
-    "algorithm=RSA256,keyVersion=1,signature=YcjeKDPPqwcizxDRroltoKJUbggMLwCQoxoxQ"
-    "MyNJyETHbHJFg5MjtEWt7vMH4L0%2FrAlw%2FLpA5l5%2FcjuNYenFUX5WUD8WhkY0LdfPEcAb5No"
-    "KfV2QyjOWVjipfxv%2F2cFd8si6H0vWdQtAF1UF3jihYduu%2ByJaQErQwX76rOQq5b6%2BB0yjnx"
-    "OYvdsd%2BEnOHIOFdRHiYJU8HZU%2FMX0lUndq203El4bqtC%2FB3XJQlHSl3cuZN2Eh5vOSpCuTD"
-    "Ub7FM85K9p8SvWF6yhdetUwPQCZQ2lBpeWvskkj9T7AnJ7DrYGM9WNrh%2FKHbmAXc9gvcV6wK%2F"
-    "Qago771x%2BApDvc7aMqA%3D%3D")
-B2_TIME = "2025-01-15T10:30:01+08:00"
-B2_BODY = ('{"acquirerId":"1022188000000000001","pspId":"1022172000000000001",'
-           '"result":{"resultCode":"SUCCESS","resultMessage":"success.",'
-           '"resultStatus":"S"}}')
-B2_SHA256 = "c376cdd6e6faa3b0fe10e5a2fe2c2beb62ea6982a3c2378b9688849d6c1446c9"
-B2_SIGNATURE = (
-    "OmLFosr9Z8Y2vv0qyMgvmgJJHm8z0Gj%2FgNEJl3STcq%2FLdqkE7KQqWNgEwJr14XZuO9ics3P0n"
-    "E1LJJsGCBX36DFCmQd5AfnIB00qQ%2FQ92LhenHdQ3kk%2FhCJwm0l7o3%2BIcSlFwdImfZSJCVyh"
-    "%2BkyJGH1aDD%2BbEESeDcdC8Uo57y3kJjLi1HcBulY2ytekJOfOY8OaPqCbhGKXc%2FTlBWROSUg"
-    "FN8M6hTPEZ3s1SzjW%2BwlpEPyLhr5QCjy0JOX77s3MgUS284KtaqwxHlWTbl5h5HnNOr%2B1%2BY"
-    "QiDrST8aqc5YS7LOuJf4Gbv14tm5H5B9UXFacxUrev%2BtM4Jwtt2O%2B9NQ%3D%3D")
+# ---- vector B: test/vectors/ (see test/vectors/README.md) ----
+VECTORS = os.path.join(HERE, "vectors")
+with open(os.path.join(VECTORS, "vector_b.json"), encoding="utf-8") as _f:
+    _VB = json.load(_f)
+B_CLIENT_ID = _VB["client_id"]
+B1_TIME = _VB["b1_request"]["request_time"]
+B1_BODY = _VB["b1_request"]["body"]
+B1_SHA256 = _VB["b1_request"]["content_sha256"]
+B1_LEN = _VB["b1_request"]["content_length"]
+B1_HEADER = _VB["b1_request"]["signature_header"]
+B2_TIME = _VB["b2_response"]["response_time"]
+B2_BODY = _VB["b2_response"]["body"]
+B2_SHA256 = _VB["b2_response"]["content_sha256"]
+B2_LEN = _VB["b2_response"]["content_length"]
+B2_SIGNATURE = _VB["b2_response"]["signature_value"]
 
 
 def vector_b_keys():
-    """(private, public) key objects of vector B, read from the spec file."""
-    spec = os.environ.get("ALIPAYPLUS_SPEC") or os.path.join(
-        REPO_ROOT, "..", "shared", "spec", "alipayplus-cancelpayment.md")
-    if not os.path.exists(spec):
-        raise unittest.SkipTest("spec not found at %s (set ALIPAYPLUS_SPEC)" % spec)
-    with open(spec, encoding="utf-8") as f:
-        text = f.read()
-    text = text[text.index("### Vector B"):]
-    pem = {}
-    for kind in ("PRIVATE KEY", "PUBLIC KEY"):
-        m = re.search(r"-----BEGIN %s-----\n[A-Za-z0-9+/=\n]+?-----END %s-----" %
-                      (kind, kind), text)
-        if not m:
-            raise AssertionError("vector B %s not found in %s" % (kind, spec))
-        pem[kind] = m.group(0).encode() + b"\n"
-    return (serialization.load_pem_private_key(pem["PRIVATE KEY"], None),
-            serialization.load_pem_public_key(pem["PUBLIC KEY"]))
+    """(private, public) key objects of vector B, read from test/vectors/."""
+    with open(os.path.join(VECTORS, "vector_b_private.pem"), "rb") as f:
+        priv = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(VECTORS, "vector_b_public.pem"), "rb") as f:
+        pub = serialization.load_pem_public_key(f.read())
+    return priv, pub
 
 
 class VectorB(unittest.TestCase):
@@ -91,7 +69,7 @@ class VectorB(unittest.TestCase):
 
     def test_b1_request_signing(self):
         content = fg.content_to_sign(PATH, B_CLIENT_ID, B1_TIME, B1_BODY)
-        self.assertEqual(len(content), 132)
+        self.assertEqual(len(content), B1_LEN)
         self.assertEqual(hashlib.sha256(content).hexdigest(), B1_SHA256)
         header = fg.signature_header(fg.sign_b64(self.priv, content))
         self.assertEqual(header, B1_HEADER)
@@ -101,7 +79,7 @@ class VectorB(unittest.TestCase):
 
     def test_b2_response_verification(self):
         content = fg.content_to_sign(PATH, B_CLIENT_ID, B2_TIME, B2_BODY)
-        self.assertEqual(len(content), 237)
+        self.assertEqual(len(content), B2_LEN)
         self.assertEqual(hashlib.sha256(content).hexdigest(), B2_SHA256)
         sig = fg.decode_signature_value(B2_SIGNATURE)
         self.assertTrue(fg.verify(self.pub, content, sig))
