@@ -8,6 +8,7 @@ OBJS = \
 	src/json.o \
 	src/transport.o \
 	src/cancel.o \
+	src/orders.o \
 	src/guard.o
 
 EXTENSION = alipayplus_cancel

@@ -11,8 +11,10 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RIG=/tmp/alipayplus_rig
-PGBIN=/usr/lib/postgresql/15/bin
+RIG=${ALIPAYPLUS_RIG:-/tmp/alipayplus_rig}
+# ALIPAYPLUS_PGBIN: a copy of PostgreSQL 15's tree to build and run against
+# instead of the system's (development only; the suites expect the default RIG)
+PGBIN=${ALIPAYPLUS_PGBIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PGBIN/pg_config
 PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
 PY=/usr/bin/python3
@@ -138,6 +140,7 @@ cron.database_name = 'postgres'
 max_connections = 50
 fsync = off
 log_line_prefix = '%m [%p] %q%u@%d '
+apc_rig.dir = '$RIG'
 CONF
 	rig_alipayplus_conf >>"$RIG/pgdata/postgresql.conf"
 	as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -l "$RIG/postgres.log" -w start >/dev/null
@@ -149,7 +152,9 @@ CONF
 # checkout's, or scripts/package.sh) waits here until the first is done.
 # The lock is held until the calling script exits.
 rig_lock() {
-	exec 9>/tmp/alipayplus_rig.lock
+	local lock=/tmp/alipayplus_rig.lock
+	[ "$PGBIN" = /usr/lib/postgresql/15/bin ] || lock=$RIG.lock
+	exec 9>"$lock"
 	if ! flock -n 9; then
 		echo "waiting for another run of the rig to finish (/tmp/alipayplus_rig.lock)" >&2
 		flock 9

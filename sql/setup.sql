@@ -7,18 +7,18 @@
 --
 CREATE TABLE gw_offset (off bigint NOT NULL);
 INSERT INTO gw_offset
-SELECT (pg_stat_file('/tmp/alipayplus_rig/gateway.jsonl', true)).size;
+SELECT (pg_stat_file(current_setting('apc_rig.dir') || '/gateway.jsonl', true)).size;
 
 CREATE FUNCTION gw_mark() RETURNS void LANGUAGE sql AS $$
 	UPDATE gw_offset
-	SET off = coalesce((pg_stat_file('/tmp/alipayplus_rig/gateway.jsonl', true)).size, 0)
+	SET off = coalesce((pg_stat_file(current_setting('apc_rig.dir') || '/gateway.jsonl', true)).size, 0)
 $$;
 
 CREATE FUNCTION gw_log() RETURNS TABLE (n bigint, j jsonb) LANGUAGE sql AS $$
 	SELECT l.n, l.line::jsonb
 	FROM gw_offset,
 		 regexp_split_to_table(
-			pg_read_file('/tmp/alipayplus_rig/gateway.jsonl', coalesce(off, 0),
+			pg_read_file(current_setting('apc_rig.dir') || '/gateway.jsonl', coalesce(off, 0),
 						 1000000000, true), E'\n') WITH ORDINALITY AS l(line, n)
 	WHERE l.line <> ''
 $$;

@@ -91,4 +91,7 @@ typedef struct ApsHttpExchange
 extern void aps_http_post(ApsHttpExchange *exchange);
 extern const char *aps_transport_failure_code(int curl_code);
 
+/* orders.c */
+extern char *aps_ledger_state(const char *field, const char *id);
+
 #endif							/* ALIPAYPLUS_CANCEL_H */

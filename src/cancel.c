@@ -32,6 +32,7 @@
 #include "alipayplus_cancel.h"
 
 PG_FUNCTION_INFO_V1(alipayplus_check_ids);
+PG_FUNCTION_INFO_V1(alipayplus_id_problem);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 
@@ -53,30 +54,67 @@ enum
 	NUM_COLS
 };
 
+/*
+ * What is wrong with an id, or NULL if Alipay+ can be sent it: not empty
+ * or blank, no control characters, at most APS_MAX_ID_CHARS characters.
+ * *sqlstate is set to the error code that fits.
+ */
+static char *
+id_problem(const char *value, int *sqlstate)
+{
+	int			nchars;
+	const char *p;
+
+	*sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
+	for (p = value; *p == ' '; p++)
+		;
+	if (*p == '\0')
+		return pstrdup(value[0] ? "is blank" : "is empty");
+	for (p = value; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			return psprintf("contains a control character at byte %d",
+							(int) (p - value) + 1);
+	nchars = pg_mbstrlen(value);
+	if (nchars > APS_MAX_ID_CHARS)
+	{
+		*sqlstate = ERRCODE_STRING_DATA_RIGHT_TRUNCATION;
+		return psprintf("is %d characters long; Alipay+ accepts at most %d",
+						nchars, APS_MAX_ID_CHARS);
+	}
+	return NULL;
+}
+
 /* Validate one id argument; "what" names it in messages */
 static void
 check_id(const char *what, const char *value)
 {
-	int			nchars;
+	int			sqlstate;
+	char	   *problem = id_problem(value, &sqlstate);
 
-	if (value[0] == '\0')
+	if (problem != NULL)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what),
-				 errhint("Pass the id Alipay+ knows the payment by, or NULL to use the other id.")));
-	for (const char *p = value; *p; p++)
-		if ((unsigned char) *p < 0x20 || *p == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s contains a control character at byte %d",
-							what, (int) (p - value) + 1),
-					 errhint("Remove tabs, line breaks and other control characters from the id.")));
-	nchars = pg_mbstrlen(value);
-	if (nchars > APS_MAX_ID_CHARS)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("%s is %d characters long; Alipay+ accepts at most %d",
-						what, nchars, APS_MAX_ID_CHARS)));
+				(errcode(sqlstate),
+				 errmsg("%s %s", what, problem),
+				 errhint("Pass the id Alipay+ knows the payment by, without control characters, or NULL to use the other id.")));
+}
+
+/*
+ * alipayplus._id_problem(id text) RETURNS text: NULL if the id can be
+ * sent, else what is wrong with it.  Never raises; for ids read from
+ * order rows.
+ */
+Datum
+alipayplus_id_problem(PG_FUNCTION_ARGS)
+{
+	int			sqlstate;
+	char	   *problem;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	problem = id_problem(text_to_cstring(PG_GETARG_TEXT_PP(0)), &sqlstate);
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
 }
 
 /*

@@ -1,25 +1,39 @@
 /*-------------------------------------------------------------------------
  *
  * guard.c
- *	  alipayplus_guard_cancelled(): the trigger that keeps a cancelled
- *	  payment cancelled, whoever writes to the table.
+ *	  The triggers that keep a cancelled payment cancelled, whoever writes
+ *	  to the table.
  *
- * Usage:
- *	CREATE TRIGGER t BEFORE UPDATE OR DELETE ON orders FOR EACH ROW
- *		EXECUTE FUNCTION alipayplus_guard_cancelled('status', 'CANCELLED',
- *													'CANCELLING' [, ...]);
+ * alipayplus_guard_cancelled(status_column, cancelled_value,
+ *							  cancelling_value [, ...])
+ *	  For any table, BEFORE or AFTER UPDATE OR DELETE, FOR EACH ROW.  A row
+ *	  whose status is the cancelled value keeps it; a row whose status is a
+ *	  cancelling value keeps it or becomes cancelled; neither can be
+ *	  deleted.
  *
- * The first argument names the status column, the second is the final
- * cancelled value, the rest are the values that may move only to the
- * cancelled value.  A row whose status is the cancelled value keeps it; a
- * row whose status is a cancelling value keeps it or becomes cancelled;
- * neither kind of row can be deleted.  Violations raise SQLSTATE ZA001
- * with the row's primary key (or ctid) and both values in the message.
+ * alipayplus_guard_order(status_column, cancelled_value, cancelling_value,
+ *						  request_id_column, payment_id_column)
+ *	  What alipayplus_bind_orders() attaches to the bound orders table,
+ *	  AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW, so that it judges
+ *	  the row as finally written, after every BEFORE trigger.  On top of
+ *	  the rules above: the id columns of a cancelling or cancelled row do
+ *	  not change, and a row reaches the cancelling value only when the
+ *	  ledger has a cancellation for its payment, and the cancelled value
+ *	  only when that cancellation is CANCELLED (a verified S).
+ *	  payment_id_column may be '' when the binding has none.
+ *
+ * Values are compared as the column's type stores them: each trigger
+ * argument is read with the type's input function and the column's type
+ * modifier (so 'CANCELLED' matches a padded char(12) value) and compared
+ * byte for byte, never through operators a table owner could define.
+ * Violations raise SQLSTATE ZA001 naming the row by its primary key (or
+ * ctid) and both values.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "catalog/pg_index.h"
@@ -27,6 +41,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
@@ -35,6 +50,18 @@
 #include "alipayplus_cancel.h"
 
 PG_FUNCTION_INFO_V1(alipayplus_guard_cancelled);
+PG_FUNCTION_INFO_V1(alipayplus_guard_order);
+
+/* One column the guard looks at, and the type functions it needs */
+typedef struct GuardColumn
+{
+	const char *name;
+	int			attnum;
+	Form_pg_attribute att;
+	Oid			typinput;
+	Oid			typioparam;
+	Oid			typoutput;
+} GuardColumn;
 
 /* "(id)=(42)" from the primary key, or "ctid (0,1)" if there is none */
 static char *
@@ -74,101 +101,303 @@ describe_row(Relation rel, HeapTuple tuple)
 	return psprintf("(%s)=(%s)", names.data, vals.data);
 }
 
-static bool
-same_value(const char *a, const char *b)
+static void
+find_column(Relation rel, Trigger *trigger, const char *name, GuardColumn *col)
 {
-	return a != NULL && b != NULL && strcmp(a, b) == 0;
+	bool		isvarlena;
+
+	col->name = name;
+	col->attnum = SPI_fnumber(RelationGetDescr(rel), name);
+	if (col->attnum <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" named by trigger \"%s\" does not exist in table \"%s\"",
+						name, trigger->tgname, RelationGetRelationName(rel))));
+	col->att = TupleDescAttr(RelationGetDescr(rel), col->attnum - 1);
+	getTypeInputInfo(col->att->atttypid, &col->typinput, &col->typioparam);
+	getTypeOutputInfo(col->att->atttypid, &col->typoutput, &isvarlena);
 }
 
-Datum
-alipayplus_guard_cancelled(PG_FUNCTION_ARGS)
+/* A trigger argument as a value of the column's type */
+static Datum
+arg_value(GuardColumn *col, const char *s)
+{
+	return OidInputFunctionCall(col->typinput, (char *) s, col->typioparam,
+								col->att->atttypmod);
+}
+
+/* Whether two values of the column's type are stored the same */
+static bool
+same_value(GuardColumn *col, Datum a, bool anull, Datum b, bool bnull)
+{
+	if (anull || bnull)
+		return anull && bnull;
+	if (col->att->attlen == -1)
+	{
+		struct varlena *va = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(a));
+		struct varlena *vb = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(b));
+
+		return VARSIZE_ANY_EXHDR(va) == VARSIZE_ANY_EXHDR(vb) &&
+			memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0;
+	}
+	return datumIsEqual(a, b, col->att->attbyval, col->att->attlen);
+}
+
+/* The column's value in a row, as text for messages ("null" for NULL) */
+static char *
+show_value(GuardColumn *col, Datum v, bool isnull)
+{
+	return isnull ? "null" : OidOutputFunctionCall(col->typoutput, v);
+}
+
+/*
+ * The ledger key of an order row: its request id if it has a non-blank
+ * one, else its payment id.  Returns false when it has neither.
+ */
+static bool
+order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
+		  GuardColumn *pid, const char **field, char **id)
+{
+	GuardColumn *cols[2] = {rid, pid};
+	const char *fields[2] = {"paymentRequestId", "paymentId"};
+
+	for (int i = 0; i < 2; i++)
+	{
+		bool		isnull;
+		Datum		v;
+		char	   *s;
+		const char *p;
+
+		if (cols[i] == NULL)
+			continue;
+		v = heap_getattr(tuple, cols[i]->attnum, tupdesc, &isnull);
+		if (isnull)
+			continue;
+		s = OidOutputFunctionCall(cols[i]->typoutput, v);
+		for (p = s; *p && isspace((unsigned char) *p); p++)
+			;
+		if (*p == '\0')
+			continue;
+		*field = fields[i];
+		*id = s;
+		return true;
+	}
+	return false;
+}
+
+static Datum
+guard(FunctionCallInfo fcinfo, bool bound)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *fname = bound ? "alipayplus_guard_order" : "alipayplus_guard_cancelled";
 	Trigger    *trigger;
 	Relation	rel;
 	TupleDesc	tupdesc;
 	char	  **args;
-	int			attnum;
-	HeapTuple	oldtuple;
-	char	   *oldval;
+	GuardColumn status;
+	GuardColumn rid;
+	GuardColumn pid;
+	bool		has_pid = false;
+	Datum		cancelled;
+	Datum	   *cancelling;
+	int			ncancelling;
+	HeapTuple	oldtuple = NULL;
+	HeapTuple	newtuple = NULL;
+	Datum		oldval = (Datum) 0;
+	Datum		newval = (Datum) 0;
+	bool		oldnull = true;
+	bool		newnull = true;
+	bool		old_cancelled = false;
 	bool		old_cancelling = false;
+	bool		new_cancelled = false;
+	bool		new_cancelling = false;
 	const char *relname;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("alipayplus_guard_cancelled() was not called by the trigger manager"),
-				 errhint("Use it in CREATE TRIGGER ... BEFORE UPDATE OR DELETE ... FOR EACH ROW EXECUTE FUNCTION alipayplus_guard_cancelled('status', 'CANCELLED', 'CANCELLING').")));
+				 errmsg("%s() was not called by the trigger manager", fname),
+				 errhint("Use it in CREATE TRIGGER ... UPDATE OR DELETE ... FOR EACH ROW EXECUTE FUNCTION alipayplus_guard_cancelled('status', 'CANCELLED', 'CANCELLING').")));
 
 	trigger = trigdata->tg_trigger;
 	rel = trigdata->tg_relation;
 	relname = RelationGetRelationName(rel);
+	tupdesc = RelationGetDescr(rel);
 
 	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
-		  TRIGGER_FIRED_BY_DELETE(trigdata->tg_event)))
+		TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
+		TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event) ||
+		(!bound && TRIGGER_FIRED_BY_INSERT(trigdata->tg_event)) ||
+		(bound && TRIGGER_FIRED_BEFORE(trigdata->tg_event)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("trigger \"%s\" on table \"%s\" must be BEFORE UPDATE OR DELETE ... FOR EACH ROW",
-						trigger->tgname, relname),
-				 errdetail("alipayplus_guard_cancelled() only guards updates and deletes of single rows.")));
+				 errmsg("trigger \"%s\" on table \"%s\" must be %s ... FOR EACH ROW",
+						trigger->tgname, relname,
+						bound ? "AFTER INSERT OR UPDATE OR DELETE" :
+						"BEFORE (or AFTER) UPDATE OR DELETE"),
+				 errdetail("%s() guards changes of single rows.", fname)));
 
-	if (trigger->tgnargs < 2)
+	if ((!bound && trigger->tgnargs < 2) || (bound && trigger->tgnargs != 5))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("trigger \"%s\" on table \"%s\" needs at least two arguments",
+				 errmsg("trigger \"%s\" on table \"%s\" has the wrong number of arguments",
 						trigger->tgname, relname),
+				 bound ?
+				 errhint("alipayplus_bind_orders() attaches this trigger; run it again.") :
 				 errhint("Pass the status column, the cancelled value and the cancelling values, e.g. ('status', 'CANCELLED', 'CANCELLING').")));
 
 	args = trigger->tgargs;
-	tupdesc = RelationGetDescr(rel);
-	attnum = SPI_fnumber(tupdesc, args[0]);
-	if (attnum <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("column \"%s\" named by trigger \"%s\" does not exist in table \"%s\"",
-						args[0], trigger->tgname, relname)));
+	find_column(rel, trigger, args[0], &status);
+	cancelled = arg_value(&status, args[1]);
+	ncancelling = bound ? 1 : trigger->tgnargs - 2;
+	cancelling = palloc(sizeof(Datum) * Max(ncancelling, 1));
+	for (int i = 0; i < ncancelling; i++)
+		cancelling[i] = arg_value(&status, args[2 + i]);
+	if (bound)
+	{
+		find_column(rel, trigger, args[3], &rid);
+		if (args[4][0] != '\0')
+		{
+			find_column(rel, trigger, args[4], &pid);
+			has_pid = true;
+		}
+	}
 
-	oldtuple = trigdata->tg_trigtuple;
-	oldval = SPI_getvalue(oldtuple, tupdesc, attnum);
-	for (int i = 2; i < trigger->tgnargs; i++)
-		if (same_value(oldval, args[i]))
-			old_cancelling = true;
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		newtuple = trigdata->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		oldtuple = trigdata->tg_trigtuple;
+		newtuple = trigdata->tg_newtuple;
+	}
+	else
+		oldtuple = trigdata->tg_trigtuple;
+
+	if (oldtuple != NULL)
+	{
+		oldval = heap_getattr(oldtuple, status.attnum, tupdesc, &oldnull);
+		old_cancelled = same_value(&status, oldval, oldnull, cancelled, false);
+		for (int i = 0; i < ncancelling; i++)
+			if (same_value(&status, oldval, oldnull, cancelling[i], false))
+				old_cancelling = true;
+	}
+	if (newtuple != NULL)
+	{
+		newval = heap_getattr(newtuple, status.attnum, tupdesc, &newnull);
+		new_cancelled = same_value(&status, newval, newnull, cancelled, false);
+		for (int i = 0; i < ncancelling; i++)
+			if (same_value(&status, newval, newnull, cancelling[i], false))
+				new_cancelling = true;
+	}
 
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 	{
-		if (same_value(oldval, args[1]) || old_cancelling)
+		if (old_cancelled || old_cancelling)
 			ereport(ERROR,
 					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
 					 errmsg("cannot delete row %s of table \"%s\": its %s is \"%s\"",
-							describe_row(rel, oldtuple), relname, args[0], oldval),
+							describe_row(rel, oldtuple), relname, status.name,
+							show_value(&status, oldval, oldnull)),
 					 errdetail("A payment whose cancellation was requested must be kept until it is \"%s\", and then for good.",
 							   args[1])));
 		return PointerGetDatum(oldtuple);
 	}
-	else
-	{
-		HeapTuple	newtuple = trigdata->tg_newtuple;
-		char	   *newval = SPI_getvalue(newtuple, tupdesc, attnum);
 
-		if (same_value(oldval, args[1]) && !same_value(newval, args[1]))
-			ereport(ERROR,
-					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
-					 errmsg("cannot change %s of row %s of table \"%s\" from \"%s\" to \"%s\"",
-							args[0], describe_row(rel, oldtuple), relname, oldval,
-							newval ? newval : "null"),
-					 errdetail("A cancelled payment stays \"%s\".", args[1])));
-		if (old_cancelling && !same_value(newval, oldval) &&
-			!same_value(newval, args[1]))
-			ereport(ERROR,
-					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
-					 errmsg("cannot change %s of row %s of table \"%s\" from \"%s\" to \"%s\"",
-							args[0], describe_row(rel, oldtuple), relname, oldval,
-							newval ? newval : "null"),
-					 errdetail("A payment whose cancellation was requested can only become \"%s\".",
-							   args[1]),
-					 errhint("A late payment result must not change the order; see alipayplus_apply_payment_result().")));
-		return PointerGetDatum(newtuple);
+	if (old_cancelled && !new_cancelled)
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+				 errmsg("cannot change %s of row %s of table \"%s\" from \"%s\" to \"%s\"",
+						status.name, describe_row(rel, oldtuple), relname,
+						show_value(&status, oldval, oldnull),
+						show_value(&status, newval, newnull)),
+				 errdetail("A cancelled payment stays \"%s\".", args[1])));
+	if (old_cancelling && !new_cancelled &&
+		!same_value(&status, newval, newnull, oldval, oldnull))
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+				 errmsg("cannot change %s of row %s of table \"%s\" from \"%s\" to \"%s\"",
+						status.name, describe_row(rel, oldtuple), relname,
+						show_value(&status, oldval, oldnull),
+						show_value(&status, newval, newnull)),
+				 errdetail("A payment whose cancellation was requested can only become \"%s\".",
+						   args[1]),
+				 errhint("A late payment result must not change the order; see alipayplus_apply_payment_result().")));
+
+	if (bound)
+	{
+		const char *field;
+		char	   *id;
+
+		/* the ids of a payment being cancelled are fixed */
+		if (oldtuple != NULL && (old_cancelled || old_cancelling))
+		{
+			GuardColumn *ids[2] = {&rid, has_pid ? &pid : NULL};
+
+			for (int i = 0; i < 2; i++)
+			{
+				bool		on;
+				bool		nn;
+				Datum		ov;
+				Datum		nv;
+
+				if (ids[i] == NULL)
+					continue;
+				ov = heap_getattr(oldtuple, ids[i]->attnum, tupdesc, &on);
+				nv = heap_getattr(newtuple, ids[i]->attnum, tupdesc, &nn);
+				if (!same_value(ids[i], ov, on, nv, nn))
+					ereport(ERROR,
+							(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+							 errmsg("cannot change %s of row %s of table \"%s\" from \"%s\" to \"%s\"",
+									ids[i]->name, describe_row(rel, oldtuple), relname,
+									show_value(ids[i], ov, on),
+									show_value(ids[i], nv, nn)),
+							 errdetail("The ids of a payment whose cancellation was requested are fixed.")));
+			}
+		}
+
+		/* entering a cancel state needs the ledger to agree */
+		if ((new_cancelled && !old_cancelled) ||
+			(new_cancelling && !old_cancelling && !old_cancelled))
+		{
+			char	   *state = NULL;
+
+			if (order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
+						  &field, &id))
+				state = aps_ledger_state(field, id);
+
+			if (new_cancelled && (state == NULL || strcmp(state, "CANCELLED") != 0))
+				ereport(ERROR,
+						(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+						 errmsg("cannot set %s of row %s of table \"%s\" to \"%s\": Alipay+ has not confirmed the cancellation",
+								status.name, describe_row(rel, newtuple), relname, args[1]),
+						 errdetail("An order becomes \"%s\" only after Alipay+ answered cancelPayment with a verified S; %s.",
+								   args[1],
+								   state ? "its cancellation is still in progress" :
+								   "no cancellation was requested for it"),
+						 errhint("Request the cancellation with alipayplus_request_cancel(); the order becomes \"%s\" on its own.",
+								 args[1])));
+			if (new_cancelling && state == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+						 errmsg("cannot set %s of row %s of table \"%s\" to \"%s\" directly",
+								status.name, describe_row(rel, newtuple), relname, args[2]),
+						 errdetail("No cancellation was requested for this payment, so Alipay+ would never be asked to cancel it."),
+						 errhint("Use SELECT alipayplus_request_cancel(payment_request_id => ...); it sets \"%s\" and queues the call in the same transaction.",
+								 args[2])));
+		}
 	}
+
+	return PointerGetDatum(newtuple);
+}
+
+Datum
+alipayplus_guard_cancelled(PG_FUNCTION_ARGS)
+{
+	return guard(fcinfo, false);
+}
+
+Datum
+alipayplus_guard_order(PG_FUNCTION_ARGS)
+{
+	return guard(fcinfo, true);
 }

@@ -1,0 +1,282 @@
+--
+-- shop: the ledger's promises with a schema and roles like a real shop's:
+-- a non-superuser table owner, an application role with EXECUTE only,
+-- other triggers on the orders table, placeholders in id columns, odd
+-- column types, partitions and inheritance children.
+--
+DROP EXTENSION alipayplus_cancel CASCADE;
+CREATE EXTENSION alipayplus_cancel;
+SET alipayplus.retry_base_ms = 0;
+
+DROP ROLE IF EXISTS regress_shop_owner;
+DROP ROLE IF EXISTS regress_shop_app;
+CREATE ROLE regress_shop_owner LOGIN;
+CREATE ROLE regress_shop_app LOGIN;
+CREATE SCHEMA shop AUTHORIZATION regress_shop_owner;
+GRANT USAGE ON SCHEMA shop TO regress_shop_app;
+GRANT EXECUTE ON FUNCTION alipayplus_request_cancel(text, text, timestamptz),
+	alipayplus_cancel_payment(text, text),
+	alipayplus_process_cancellations(integer, interval, bigint) TO regress_shop_app;
+GRANT EXECUTE ON PROCEDURE alipayplus_run_cancellations(integer, interval) TO regress_shop_app;
+
+-- the owner's table, an audit trigger and a placeholder '' in payment_id
+SET ROLE regress_shop_owner;
+CREATE TABLE shop.orders (
+	order_no int PRIMARY KEY,
+	request_id text NOT NULL UNIQUE,
+	payment_id text NOT NULL DEFAULT '',
+	status text NOT NULL DEFAULT 'PENDING',
+	note text,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE shop.audit (who name, superuser text, search_path text, order_no int, status text);
+CREATE FUNCTION shop.audit_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	-- unqualified name: resolved through the session's configured search_path
+	INSERT INTO audit VALUES (current_user, current_setting('is_superuser'),
+		current_setting('search_path'), NEW.order_no, NEW.status);
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER audit AFTER UPDATE ON shop.orders
+	FOR EACH ROW EXECUTE FUNCTION shop.audit_trigger();
+INSERT INTO shop.orders (order_no, request_id) VALUES
+	(1, 'shop-A'), (2, 'shop-B'), (3, 'shop-C'), (4, 'shop-D'), (5, 'shop-E');
+RESET ROLE;
+ALTER ROLE regress_shop_owner SET search_path = shop, public;
+ALTER DATABASE :"DBNAME" SET search_path = shop, public;
+
+SELECT alipayplus_bind_orders('shop.orders', 'request_id', 'status',
+	cancelled_value => 'CANCELLED', cancelling_value => 'CANCELLING',
+	payment_id_column => 'payment_id', initiated_at_column => 'created_at');
+SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'shop.orders'::regclass
+	AND tgname LIKE 'alipayplus%' ORDER BY 1;
+
+-- 1. a ledger row belongs to exactly one payment: B's placeholder '' payment
+-- id does not lead to A's cancellation, and B's own request is sent
+\c
+SELECT gw_mark();
+SET ROLE regress_shop_app;
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'shop-A');
+SELECT result_status, state, attempt_id IS NOT NULL AS own_attempt
+FROM alipayplus_cancel_payment(payment_request_id => 'shop-B');
+RESET ROLE;
+SELECT gw_requests('shop-A') AS requests_a, gw_requests('shop-B') AS requests_b;
+SELECT sent_field, sent_id, payment_request_id, payment_id, state
+FROM alipayplus.cancellations ORDER BY cancellation_id;
+-- each cancellation has its own S attempt
+SELECT c.sent_id, count(a.*) AS attempts
+FROM alipayplus.cancellations c JOIN alipayplus.cancel_attempts a USING (cancellation_id)
+WHERE a.sent_id = c.sent_id AND a.result_status = 'S' GROUP BY 1 ORDER BY 1;
+-- asking by the placeholder payment id is an error, not a match
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_id => '')$$);
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_id => '   ')$$);
+
+-- 2. the owner's trigger ran as the owner, not as the extension's superuser,
+-- and saw the session's configured search_path
+SELECT DISTINCT who, superuser, search_path FROM shop.audit ORDER BY 1;
+
+-- ...so a trigger that tries to make its owner a superuser fails, and the
+-- owner stays what it was
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE 'ALTER ROLE regress_shop_owner SUPERUSER';
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER escalate BEFORE UPDATE ON shop.orders
+	FOR EACH ROW EXECUTE FUNCTION shop.escalate();
+RESET ROLE;
+SET ROLE regress_shop_app;
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-C')$$);
+RESET ROLE;
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_shop_owner';
+SELECT count(*) AS ledger_rows_for_c FROM alipayplus.cancellations WHERE sent_id = 'shop-C';
+DROP TRIGGER escalate ON shop.orders;
+
+-- the TRUNCATE guard reads the table as its owner too
+SET ROLE regress_shop_owner;
+SELECT errcheck('TRUNCATE shop.orders');
+RESET ROLE;
+
+-- 3. one bad row does not stop the queue or erase Alipay+'s answer: the
+-- owner's trigger refuses to cancel order D
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.no_cancel_d() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.order_no = 4 AND NEW.status = 'CANCELLED' THEN
+		RAISE EXCEPTION 'order 4 is under review';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER no_cancel_d BEFORE UPDATE ON shop.orders
+	FOR EACH ROW EXECUTE FUNCTION shop.no_cancel_d();
+RESET ROLE;
+SET ROLE regress_shop_app;
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-C');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-D');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-E');
+RESET ROLE;
+SELECT gw_mark();
+SET ROLE regress_shop_app;
+SELECT claimed, cancelled, retrying, attention, unanswered FROM alipayplus_process_cancellations();
+RESET ROLE;
+SELECT o.order_no, o.status, c.state, c.needs_attention, c.attempt_count
+FROM shop.orders o JOIN alipayplus.cancellations c ON c.sent_id = o.request_id
+ORDER BY 1;
+SELECT sent_id, reason FROM alipayplus.attention ORDER BY cancellation_id;
+SELECT count(*) AS s_attempts_for_d FROM alipayplus.cancel_attempts
+WHERE sent_id = 'shop-D' AND result_status = 'S';
+-- the next run does not call Alipay+ for D again
+SELECT claimed FROM alipayplus_process_cancellations();
+SELECT gw_requests('shop-D') AS requests_d;
+-- the owner fixes the cause; requeue applies the stored S without a call
+DROP TRIGGER no_cancel_d ON shop.orders;
+SELECT state, needs_attention FROM alipayplus_requeue_cancellation(
+	(SELECT cancellation_id FROM alipayplus.cancellations WHERE sent_id = 'shop-D'));
+SELECT status FROM shop.orders WHERE order_no = 4;
+SELECT gw_requests('shop-D') AS requests_d;
+
+-- an order row holding an id Alipay+ cannot be sent is flagged, not fatal
+INSERT INTO shop.orders (order_no, request_id, payment_id) VALUES (6, 'shop-F', 'bad' || chr(9) || 'id');
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-F')$$);
+
+-- 4. an outage: every attempt is kept, each row backs off on its own, and
+-- the procedure reports a failed run after committing them
+INSERT INTO shop.orders (order_no, request_id) VALUES (7, 'shop-G'), (8, 'shop-H');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-G');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-H');
+SET alipayplus.gateway_url = 'https://127.0.0.1:1';
+SET alipayplus.retry_base_ms = '1h';
+SELECT claimed, cancelled, retrying, unanswered FROM alipayplus_process_cancellations();
+SELECT sent_id, attempt_count, unanswered_streak, last_result_code,
+	next_attempt_at > now() + interval '5 minutes' AS backed_off
+FROM alipayplus.cancellations WHERE sent_id IN ('shop-G', 'shop-H') ORDER BY 1;
+UPDATE alipayplus.cancellations SET next_attempt_at = now() WHERE sent_id IN ('shop-G', 'shop-H');
+-- (an error is expected here: ZA004, after the attempts were committed)
+CALL alipayplus_run_cancellations();
+SELECT sent_id, attempt_count FROM alipayplus.cancellations
+WHERE sent_id IN ('shop-G', 'shop-H') ORDER BY 1;
+SELECT claimed, unanswered, stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+-- a third unanswered attempt makes it visible in the attention view
+UPDATE alipayplus.cancellations SET next_attempt_at = now() WHERE sent_id IN ('shop-G', 'shop-H');
+SELECT unanswered FROM alipayplus_process_cancellations();
+SELECT sent_id, left(reason, 50) AS reason FROM alipayplus.attention
+WHERE sent_id IN ('shop-G', 'shop-H') ORDER BY 1;
+RESET alipayplus.gateway_url;
+RESET alipayplus.retry_base_ms;
+-- the retry delay cannot overflow however many attempts
+SELECT alipayplus._retry_delay(2147483647, true) <= interval '15 minutes' AS capped;
+
+-- 5. ways round the guard
+-- a plain UPDATE cannot make an order cancelled or cancelling
+SELECT errcheck($$UPDATE shop.orders SET status = 'CANCELLED' WHERE order_no = 7$$);
+SELECT errcheck($$UPDATE shop.orders SET status = 'CANCELLING' WHERE order_no = 6$$);
+SELECT errcheck($$INSERT INTO shop.orders (order_no, request_id, status) VALUES (9, 'shop-I', 'CANCELLED')$$);
+-- not even once a cancellation is in progress: only a verified S
+SELECT errcheck($$UPDATE shop.orders SET status = 'CANCELLED' WHERE order_no = 7$$);
+-- the ids of a cancelling or cancelled order are fixed
+SELECT errcheck($$UPDATE shop.orders SET request_id = 'shop-A2' WHERE order_no = 1$$);
+SELECT errcheck($$UPDATE shop.orders SET payment_id = 'P-1' WHERE order_no = 7$$);
+-- another BEFORE trigger that runs after the guard's turn cannot rewrite a cancelled row
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.zz_rewrite() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.note = 'paid after all' THEN
+		NEW.status := 'PAID';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER zz_rewrite BEFORE UPDATE ON shop.orders
+	FOR EACH ROW EXECUTE FUNCTION shop.zz_rewrite();
+RESET ROLE;
+SELECT errcheck($$UPDATE shop.orders SET note = 'paid after all' WHERE order_no = 1$$);
+SELECT status FROM shop.orders WHERE order_no = 1;
+
+-- binding: values must fit the column, ids must be unique, times need a zone
+CREATE TABLE short_orders (req text PRIMARY KEY, st varchar(5));
+SELECT errcheck($$SELECT alipayplus_bind_orders('short_orders', 'req', 'st', 'CANCELLED', 'CANCELLING')$$);
+CREATE TABLE dup_orders (req text, st text);
+SELECT errcheck($$SELECT alipayplus_bind_orders('dup_orders', 'req', 'st', 'CANCELLED', 'CANCELLING')$$);
+CREATE TABLE local_orders (req text PRIMARY KEY, st text, at timestamp);
+SELECT errcheck($$SELECT alipayplus_bind_orders('local_orders', 'req', 'st', 'CANCELLED', 'CANCELLING', initiated_at_column => 'at')$$);
+SELECT errcheck($$SELECT alipayplus_bind_orders('local_orders', 'req', 'st', 'CANCELLED', 'CANCELLING', initiated_at_column => 'at', initiated_at_time_zone => 'Nowhere/Atlantis')$$);
+CREATE TABLE int_orders (req text PRIMARY KEY, st text, at int);
+SELECT errcheck($$SELECT alipayplus_bind_orders('int_orders', 'req', 'st', 'CANCELLED', 'CANCELLING', initiated_at_column => 'at')$$);
+
+-- a timestamp column read in its declared zone: the window does not move
+-- with the caller's TimeZone
+SELECT alipayplus_bind_orders('local_orders', 'req', 'st', 'CANCELLED', 'CANCELLING',
+	initiated_at_column => 'at', initiated_at_time_zone => 'UTC');
+INSERT INTO local_orders VALUES ('loc-1', 'PENDING', '2025-01-15 16:14:59');
+SET TimeZone = 'Pacific/Kiritimati';
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'loc-1')$$);
+SET TimeZone = 'Pacific/Pago_Pago';
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'loc-1')$$);
+RESET TimeZone;
+INSERT INTO local_orders VALUES ('loc-2', 'PENDING', now() AT TIME ZONE 'UTC');
+SELECT state, deadline = alipayplus_cancel_deadline(
+	(SELECT at FROM local_orders WHERE req = 'loc-2') AT TIME ZONE 'UTC') AS deadline_ok
+FROM alipayplus_request_cancel(payment_request_id => 'loc-2');
+
+-- a char(n) status column: padded values are recognised
+CREATE TABLE char_orders (req text PRIMARY KEY, st char(12) NOT NULL DEFAULT 'PENDING');
+SELECT alipayplus_bind_orders('char_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+INSERT INTO char_orders (req) VALUES ('chr-1');
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'chr-1');
+SELECT st, length(st::text) FROM char_orders;
+SELECT errcheck($$UPDATE char_orders SET st = 'PAID'$$);
+SELECT errcheck($$DELETE FROM char_orders$$);
+
+-- a partitioned table: every partition guarded, also one made after binding
+CREATE TABLE part_orders (req text, st text NOT NULL DEFAULT 'PENDING', region int NOT NULL)
+	PARTITION BY LIST (region);
+CREATE TABLE part_orders_1 PARTITION OF part_orders FOR VALUES IN (1);
+SELECT alipayplus_bind_orders('part_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+CREATE TABLE part_orders_2 PARTITION OF part_orders FOR VALUES IN (2);
+CREATE TABLE part_orders_3 (LIKE part_orders);
+ALTER TABLE part_orders ATTACH PARTITION part_orders_3 FOR VALUES IN (3);
+SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
+WHERE tgrelid::regclass::text LIKE 'part_orders%' AND tgname LIKE 'alipayplus%'
+ORDER BY 1, 2;
+INSERT INTO part_orders VALUES ('prt-1', 'PENDING', 1), ('prt-2', 'PENDING', 2), ('prt-3', 'PENDING', 3);
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'prt-2');
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'prt-3');
+SELECT errcheck($$UPDATE part_orders_2 SET st = 'PAID'$$);
+SELECT errcheck($$UPDATE part_orders SET st = 'PAID' WHERE req = 'prt-3'$$);
+SELECT errcheck($$TRUNCATE part_orders_2$$);
+SELECT errcheck($$TRUNCATE part_orders$$);
+SELECT errcheck($$TRUNCATE part_orders_1$$);
+-- duplicate ids across partitions are refused at run time, nothing is marked
+INSERT INTO part_orders VALUES ('prt-dup', 'PENDING', 1), ('prt-dup', 'PENDING', 2);
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'prt-dup')$$);
+SELECT count(*) FROM alipayplus.cancellations WHERE sent_id = 'prt-dup';
+
+-- an inheritance child gets its own guards
+CREATE TABLE inh_orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
+SELECT alipayplus_bind_orders('inh_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+CREATE TABLE inh_orders_old () INHERITS (inh_orders);
+INSERT INTO inh_orders_old (req) VALUES ('inh-1');
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'inh-1');
+SELECT errcheck($$UPDATE inh_orders_old SET st = 'PAID'$$);
+SELECT errcheck($$TRUNCATE inh_orders_old$$);
+
+-- an enum status column
+CREATE TYPE order_state AS ENUM ('PENDING', 'PAID', 'CANCELLING', 'CANCELLED');
+CREATE TABLE enum_orders2 (req text PRIMARY KEY, st order_state NOT NULL DEFAULT 'PENDING');
+SELECT alipayplus_bind_orders('enum_orders2', 'req', 'st', 'CANCELLED', 'CANCELLING');
+INSERT INTO enum_orders2 (req) VALUES ('enm-1');
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'enm-1');
+SELECT errcheck($$UPDATE enum_orders2 SET st = 'PAID'$$);
+
+ALTER DATABASE :"DBNAME" RESET search_path;
+ALTER ROLE regress_shop_owner RESET search_path;
+\c
+DROP EXTENSION alipayplus_cancel CASCADE;
+DROP SCHEMA shop CASCADE;
+CREATE EXTENSION alipayplus_cancel;
+DROP ROLE regress_shop_owner;
+DROP ROLE regress_shop_app;
