@@ -745,8 +745,9 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS v_msg = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
 		a := alipayplus._record_attempt(c, r, p_caller);
-		PERFORM alipayplus._result_not_applied(c, a,
+		c := alipayplus._result_not_applied(c, a,
 			format('%s (SQLSTATE %s)', v_msg, v_state));
+		RAISE WARNING USING MESSAGE = c.attention_reason;
 	END;
 	RETURN a;
 END;
@@ -786,9 +787,6 @@ BEGIN
 	a := alipayplus._attempt(c, 'alipayplus_cancel_payment');
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE x.cancellation_id = c.cancellation_id;
-	IF c.needs_attention THEN
-		RAISE WARNING USING MESSAGE = c.attention_reason;
-	END IF;
 	RETURN QUERY SELECT a.result_status, a.result_code, a.result_message,
 		a.acquirer_id, a.psp_id, a.attempt_id, c.cancellation_id, c.state;
 END;

@@ -36,12 +36,14 @@ CREATE TRIGGER g_guard BEFORE UPDATE OR DELETE ON g_nopk FOR EACH ROW
 INSERT INTO g_nopk VALUES ('CANCELLED');
 SELECT errcheck($$UPDATE g_nopk SET status = 'OPEN'$$);
 
--- misuse: wrong timing, statement level, wrong event, no such column, no arguments
+-- AFTER works too (it judges the row as finally written); misuse: statement
+-- level, wrong event, no such column, no arguments
 CREATE TABLE g_misuse (id int PRIMARY KEY, status text);
 INSERT INTO g_misuse VALUES (1, 'CANCELLED');
 CREATE TRIGGER g_after AFTER UPDATE ON g_misuse FOR EACH ROW
 	EXECUTE FUNCTION alipayplus_guard_cancelled('status', 'CANCELLED');
 SELECT errcheck($$UPDATE g_misuse SET status = 'CANCELLED'$$);
+SELECT errcheck($$UPDATE g_misuse SET status = 'OPEN'$$);
 DROP TRIGGER g_after ON g_misuse;
 CREATE TRIGGER g_stmt BEFORE UPDATE ON g_misuse FOR EACH STATEMENT
 	EXECUTE FUNCTION alipayplus_guard_cancelled('status', 'CANCELLED');

@@ -193,11 +193,18 @@ SET alipayplus.gateway_url = '';
 SELECT errcheck($$SELECT alipayplus_process_cancellations()$$);
 SET alipayplus.gateway_url = 'https://127.0.0.1:1';
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'L-unreachable');
-SELECT regexp_replace(errcheck($$SELECT alipayplus_process_cancellations()$$), '\d+ ms', 'N ms') AS error;
+-- an unreachable gateway is not an error of the run: every attempt is
+-- recorded and each row backs off on its own (CALL alipayplus_run_cancellations()
+-- reports such a run as failed; see shop.sql)
+SELECT claimed, retrying, unanswered FROM alipayplus_process_cancellations();
 RESET alipayplus.gateway_url;
--- the failed run rolled back: the row is still queued, its attempt unrecorded
-SELECT state, attempt_count, needs_attention FROM alipayplus.cancellations
-WHERE payment_request_id = 'L-unreachable';
+SELECT payment_request_id, state, attempt_count, needs_attention, last_result_code,
+	next_attempt_at > now() AS backed_off
+FROM alipayplus.cancellations
+WHERE payment_request_id IN ('L-unreachable', 'L-11') ORDER BY payment_request_id;
+-- when the row is due again, the call goes through
+UPDATE alipayplus.cancellations SET next_attempt_at = now()
+WHERE payment_request_id IN ('L-unreachable', 'L-11') AND state = 'CANCELLING';
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();
 
 -- a queue nobody processes shows up in the attention view

@@ -4,8 +4,10 @@
 -- other triggers on the orders table, placeholders in id columns, odd
 -- column types, partitions and inheritance children.
 --
+SET client_min_messages = warning;
 DROP EXTENSION alipayplus_cancel CASCADE;
 CREATE EXTENSION alipayplus_cancel;
+RESET client_min_messages;
 SET alipayplus.retry_base_ms = 0;
 
 DROP ROLE IF EXISTS regress_shop_owner;
