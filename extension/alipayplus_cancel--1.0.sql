@@ -818,7 +818,8 @@ COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel(text, text, timestampt
 CREATE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
 RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
-	attention integer, unanswered integer, busy integer, elapsed_ms numeric)
+	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
+	last_error text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -837,6 +838,7 @@ DECLARE
 	n_busy integer := 0;
 	v_stop text := 'nothing due';
 	v_claim_error text;
+	v_last_error text;
 	v_run bigint;
 BEGIN
 	IF $1 IS NULL OR $1 < 1 THEN
@@ -908,6 +910,7 @@ BEGIN
 		IF alipayplus._unanswered(a.result_code) THEN
 			n_unanswered := n_unanswered + 1;
 			n_consecutive := n_consecutive + 1;
+			v_last_error := format('%s: %s', a.result_code, a.error_detail);
 		ELSE
 			n_consecutive := 0;
 		END IF;
@@ -950,7 +953,8 @@ BEGIN
 
 	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
 		n_unanswered, n_busy,
-		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1);
+		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1),
+		v_last_error;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) IS
@@ -977,6 +981,7 @@ DECLARE
 	r record;
 	n integer := 0;
 	n_unanswered integer := 0;
+	v_last_error text;
 BEGIN
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -987,6 +992,7 @@ BEGIN
 		v_run := r.run_id;
 		n := n + r.claimed;
 		n_unanswered := n_unanswered + r.unanswered;
+		v_last_error := coalesce(r.last_error, v_last_error);
 		COMMIT;
 		EXIT WHEN r.claimed = 0;
 	END LOOP;
@@ -995,7 +1001,7 @@ BEGIN
 		RAISE EXCEPTION USING
 			ERRCODE = 'ZA004',
 			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
-			DETAIL = 'The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.',
+			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
 			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
 	END IF;
 END;

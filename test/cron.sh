@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test/cron.sh: alipayplus_process_cancellations() driven by pg_cron.
+# test/cron.sh: CALL alipayplus_run_cancellations() driven by pg_cron.
 #
 # Needs the rig up (scripts/lib.sh: pg_cron preloaded, cron.database_name =
 # 'postgres', CREATE EXTENSION pg_cron done there, the fake gateway running).
@@ -8,7 +8,7 @@
 #
 # 1. A payment whose gateway answers U then S is queued with
 #    alipayplus_request_cancel(), with a second one that succeeds at once;
-#    a pg_cron job runs alipayplus_process_cancellations() every minute in a
+#    a pg_cron job runs CALL alipayplus_run_cancellations() every minute in a
 #    fresh database.  The first run gets U (retry due within a second, as
 #    alipayplus.retry_base_ms is 1s there), the next run gets S.
 # 2. Then the gateway URL points nowhere: the next run raises, and
@@ -33,7 +33,7 @@ qd() { q "$DB" "$1"; }
 cleanup() {
 	set +e
 	qp "SELECT count(cron.unschedule(jobid)) FROM cron.job WHERE jobname = '$JOB'" >/dev/null 2>&1
-	qp "DELETE FROM cron.job_run_details d WHERE NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = d.jobid) AND d.command LIKE '%alipayplus_process_cancellations%' AND d.database = '$DB'" >/dev/null 2>&1
+	qp "DELETE FROM cron.job_run_details d WHERE NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = d.jobid) AND d.command LIKE '%alipayplus_run_cancellations%' AND d.database = '$DB'" >/dev/null 2>&1
 	qp "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -69,7 +69,7 @@ qd "SELECT state FROM alipayplus_request_cancel(payment_request_id => '$ID_NOW')
 expect "two cancellations queued, CANCELLING, no attempt yet" "2|0" \
 	"$(qd "SELECT count(*) FILTER (WHERE state = 'CANCELLING' AND attempt_count = 0), (SELECT count(*) FROM alipayplus.cancel_attempts) FROM alipayplus.cancellations")"
 
-jobid=$(qp "SELECT cron.schedule_in_database('$JOB', '* * * * *', 'SELECT alipayplus_process_cancellations()', '$DB')")
+jobid=$(qp "SELECT cron.schedule_in_database('$JOB', '* * * * *', 'CALL alipayplus_run_cancellations()', '$DB')")
 expect "job scheduled in database $DB" "$DB|t|* * * * *" \
 	"$(qp "SELECT database, active, schedule FROM cron.job WHERE jobid = $jobid")"
 echo "# job $jobid scheduled at $(date +%T); waiting for the runs (one-minute granularity)"
@@ -131,7 +131,7 @@ run=$(qp "SELECT status || '|' || coalesce(return_message, '') FROM cron.job_run
 expect "that run is 'failed' in cron.job_run_details" "failed" "${run%%|*}"
 msg=${run#*|}
 case "$msg" in
-*"Alipay+ gateway did not answer any of the 1 attempts of this run"*)
+*"Alipay+ gateway did not answer any of the 1 attempts of processor run"*)
 	ok "its return_message says the gateway did not answer: ${msg%%$'\n'*}" ;;
 *)
 	not_ok "return_message does not say the gateway did not answer: '$msg'" ;;
@@ -140,12 +140,12 @@ case "$msg" in
 *"local.connect_failed"*) ok "its detail names the cause: local.connect_failed" ;;
 *) not_ok "return_message does not name local.connect_failed: '$msg'" ;;
 esac
-# the run rolled back: the cancellation stays queued for the next run
-expect "the failed run rolled back: still CANCELLING, 0 attempts, still due, not flagged" \
-	"CANCELLING|0|0|t|f" \
-	"$(qd "SELECT c.state, c.attempt_count, (SELECT count(*) FROM alipayplus.cancel_attempts a WHERE a.cancellation_id = c.cancellation_id), c.next_attempt_at <= now(), c.needs_attention FROM alipayplus.cancellations c WHERE c.payment_request_id = '$ID_FAIL'")"
-expect "the failed run left no processor_runs row" "$runs_before" \
-	"$(qd "SELECT count(*) FROM alipayplus.processor_runs")"
+# the failed run kept its attempt: recorded, the row backs off on its own
+expect "the failed run kept its attempt: CANCELLING, 1 attempt recorded, backed off, not flagged" \
+	"CANCELLING|1|1|t|f" \
+	"$(qd "SELECT c.state, c.attempt_count, (SELECT count(*) FROM alipayplus.cancel_attempts a WHERE a.cancellation_id = c.cancellation_id), c.next_attempt_at > c.last_attempt_at, c.needs_attention FROM alipayplus.cancellations c WHERE c.payment_request_id = '$ID_FAIL'")"
+expect "the failed run committed its processor_runs row (1 claimed, 1 unanswered)" "1|1|1" \
+	"$(qd "SELECT count(*) - $runs_before, (array_agg(claimed ORDER BY run_id DESC))[1], (array_agg(unanswered ORDER BY run_id DESC))[1] FROM alipayplus.processor_runs")"
 
 # --- clean up --------------------------------------------------------------
 
