@@ -72,7 +72,7 @@ mkdir "$SRC"
 if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 	# tracked and untracked files, not the ignored ones (build outputs, dist/, .rig/)
 	(cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-		xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
+		xargs -0 -r sh -c 'for f; do if [ -e "$f" ] || [ -L "$f" ]; then printf "%s\0" "$f"; fi; done' sh |
 		tar --null -T - -cf -) | tar -xf - -C "$SRC"
 else
 	tar -C "$REPO" --exclude=./dist --exclude=./.git -cf - . | tar -xf - -C "$SRC"
@@ -168,8 +168,12 @@ pq postgres "CREATE DATABASE pkgcheck"
 pq pkgcheck "CREATE EXTENSION $EXT"
 ext=$(pq pkgcheck "SELECT extversion FROM pg_extension WHERE extname = '$EXT'")
 [ "$ext" = "$default_version" ] || fail "extension version '$ext', expected '$default_version'"
-libpath=$(pq pkgcheck "SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")
-ok "CREATE EXTENSION $EXT (version $ext, library from $libpath/$EXT.so)"
+# the server's library directory holds the package's library (and dpkg -V
+# said above that it is unchanged)
+libpath=$(pq pkgcheck "SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")/$EXT.so
+owner=$(dpkg -S "$libpath" 2>/dev/null | cut -d: -f1)
+[ "$owner" = "$PKGNAME" ] || fail "$libpath belongs to '${owner:-no package}', not $PKGNAME"
+ok "CREATE EXTENSION $EXT (version $ext, library $libpath from $PKGNAME)"
 
 id="PKG-$(date +%Y%m%d%H%M%S)-$$"
 row=$(pq pkgcheck "SELECT result_status, result_code, state
