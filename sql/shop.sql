@@ -145,6 +145,22 @@ SELECT gw_requests('shop-D') AS requests_d;
 INSERT INTO shop.orders (order_no, request_id, payment_id) VALUES (6, 'shop-F', 'bad' || chr(9) || 'id');
 SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-F')$$);
 
+-- a statement_timeout in the middle of a run loses only the call in flight:
+-- the procedure committed the one before
+INSERT INTO shop.orders (order_no, request_id) VALUES (10, 'shop-T1'), (11, 'slow-3000-shop-T2');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-T1');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'slow-3000-shop-T2');
+SET statement_timeout = '1500ms';
+\set VERBOSITY terse
+CALL alipayplus_run_cancellations();
+\set VERBOSITY default
+RESET statement_timeout;
+SELECT c.sent_id, c.state, c.attempt_count, o.status, c.next_attempt_at <= now() AS still_due
+FROM alipayplus.cancellations c JOIN shop.orders o ON o.request_id = c.sent_id
+WHERE c.sent_id LIKE '%shop-T%' ORDER BY c.cancellation_id;
+-- the interrupted one goes through on the next run
+SELECT claimed, cancelled FROM alipayplus_process_cancellations();
+
 -- 4. an outage: every attempt is kept, each row backs off on its own, and
 -- the procedure reports a failed run after committing them
 INSERT INTO shop.orders (order_no, request_id) VALUES (7, 'shop-G'), (8, 'shop-H');
@@ -158,7 +174,9 @@ SELECT sent_id, attempt_count, unanswered_streak, last_result_code,
 FROM alipayplus.cancellations WHERE sent_id IN ('shop-G', 'shop-H') ORDER BY 1;
 UPDATE alipayplus.cancellations SET next_attempt_at = now() WHERE sent_id IN ('shop-G', 'shop-H');
 -- (an error is expected here: ZA004, after the attempts were committed)
+\set VERBOSITY terse
 CALL alipayplus_run_cancellations();
+\set VERBOSITY default
 SELECT sent_id, attempt_count FROM alipayplus.cancellations
 WHERE sent_id IN ('shop-G', 'shop-H') ORDER BY 1;
 SELECT claimed, unanswered, stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
