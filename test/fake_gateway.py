@@ -74,7 +74,7 @@ MESSAGES = {
 
 
 # --------------------------------------------------------------------------
-# Signing helpers (spec section 4); str arguments are encoded as UTF-8.
+# Signing helpers (docs/protocol.md, section 4); str arguments are encoded as UTF-8.
 # --------------------------------------------------------------------------
 
 def _b(x):
@@ -290,7 +290,7 @@ class Gateway:
                 print("fake_gateway: cannot write log: %s" % e, file=sys.stderr)
 
     def request_signature_valid(self, client_id, req_time, sig_header, body):
-        """Spec section 4.1/4.2 check of the request signature."""
+        """The request signature check (docs/protocol.md, sections 3 and 4)."""
         if client_id is None or req_time is None or sig_header is None:
             return False
         try:
