@@ -326,58 +326,126 @@ aps_signature_header(const char *base64_signature)
 }
 
 /*
+ * Find the "name = value" field in s[0..len): a name of letters, '=', and a
+ * value that is not empty and not only '=' signs, with blanks allowed
+ * around each.  A bare base64 signature never is such a field: its only
+ * '=' signs are the padding at its end (percent-encoded, it has none).
+ * Returns false if s is not a field; else sets the trimmed name and value.
+ */
+static bool
+header_field(const char *s, size_t len, const char **name, size_t *namelen,
+			 const char **value, size_t *valuelen)
+{
+	const char *end = s + len;
+	const char *eq = memchr(s, '=', len);
+	const char *n = s;
+	const char *ne;
+	const char *v;
+	const char *ve = end;
+	bool		only_padding = true;
+
+	if (eq == NULL)
+		return false;
+	while (n < eq && isspace((unsigned char) *n))
+		n++;
+	ne = eq;
+	while (ne > n && isspace((unsigned char) ne[-1]))
+		ne--;
+	if (ne == n)
+		return false;
+	for (const char *p = n; p < ne; p++)
+		if (!isalpha((unsigned char) *p))
+			return false;
+
+	v = eq + 1;
+	while (v < end && isspace((unsigned char) *v))
+		v++;
+	while (ve > v && isspace((unsigned char) ve[-1]))
+		ve--;
+	for (const char *p = v; p < ve; p++)
+		if (*p != '=')
+			only_padding = false;
+	if (only_padding)
+		return false;
+
+	*name = n;
+	*namelen = ne - n;
+	*value = v;
+	*valuelen = ve - v;
+	return true;
+}
+
+static bool
+name_is(const char *name, size_t namelen, const char *word)
+{
+	return namelen == strlen(word) && pg_strncasecmp(name, word, namelen) == 0;
+}
+
+/*
  * Take the encoded signature out of a Signature header value.  The value
- * is a comma-separated list of key=value pairs, possibly with blanks after
- * the commas; a text without "signature=" is taken as the encoded
- * signature itself.  Returns NULL if no signature can be found.
+ * is a comma-separated list of name=value fields, with field names in any
+ * case and blanks allowed around '=' and ','; a text that is a single
+ * bare value (no comma, not a field) is taken as the encoded signature
+ * itself.  Returns NULL if no signature can be accepted: no signature
+ * field, a field given twice, a list element that is not a field, or an
+ * algorithm other than RSA256.
  */
 static char *
 signature_value(const char *header)
 {
-	char	   *copy = pstrdup(header);
-	char	   *pair;
-	char	   *save = NULL;
+	size_t		len = strlen(header);
+	const char *name;
+	const char *value;
+	size_t		namelen;
+	size_t		valuelen;
+	const char *sig = NULL;
+	size_t		siglen = 0;
+	bool		saw_algorithm = false;
+	const char *item;
 
-	if (strstr(copy, "signature=") == NULL)
+	if (memchr(header, ',', len) == NULL &&
+		!header_field(header, len, &name, &namelen, &value, &valuelen))
 	{
-		char	   *s = copy;
-		char	   *e;
+		const char *s = header;
+		const char *e = header + len;
 
-		while (isspace((unsigned char) *s))
+		while (s < e && isspace((unsigned char) *s))
 			s++;
-		e = s + strlen(s);
 		while (e > s && isspace((unsigned char) e[-1]))
-			*--e = '\0';
-		return *s ? s : NULL;
-	}
-
-	for (pair = strtok_r(copy, ",", &save); pair; pair = strtok_r(NULL, ",", &save))
-	{
-		char	   *eq;
-		char	   *e;
-
-		while (isspace((unsigned char) *pair))
-			pair++;
-		eq = strchr(pair, '=');
-		if (eq == NULL)
-			continue;
-		e = eq;
-		while (e > pair && isspace((unsigned char) e[-1]))
 			e--;
-		if ((size_t) (e - pair) == strlen("signature") &&
-			pg_strncasecmp(pair, "signature", e - pair) == 0)
-		{
-			char	   *v = eq + 1;
-
-			while (isspace((unsigned char) *v))
-				v++;
-			e = v + strlen(v);
-			while (e > v && isspace((unsigned char) e[-1]))
-				*--e = '\0';
-			return *v ? v : NULL;
-		}
+		return e > s ? pnstrdup(s, e - s) : NULL;
 	}
-	return NULL;
+
+	for (item = header; item != NULL;)
+	{
+		const char *comma = strchr(item, ',');
+		size_t		itemlen = comma ? (size_t) (comma - item) : strlen(item);
+		bool		blank = true;
+
+		for (size_t i = 0; i < itemlen; i++)
+			if (!isspace((unsigned char) item[i]))
+				blank = false;
+		if (!blank)
+		{
+			if (!header_field(item, itemlen, &name, &namelen, &value, &valuelen))
+				return NULL;
+			if (name_is(name, namelen, "signature"))
+			{
+				if (sig != NULL)
+					return NULL;
+				sig = value;
+				siglen = valuelen;
+			}
+			else if (name_is(name, namelen, "algorithm"))
+			{
+				if (saw_algorithm || !name_is(value, valuelen, "RSA256"))
+					return NULL;
+				saw_algorithm = true;
+			}
+		}
+		item = comma ? comma + 1 : NULL;
+	}
+	return sig ? pnstrdup(sig, siglen) : NULL;
 }
 
 /*

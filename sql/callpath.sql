@@ -1,0 +1,61 @@
+--
+-- callpath: edges of the call path, one section each: what a response may
+-- carry, how keys and settings are read, what ends up in the tables.
+--
+SELECT gw_mark();
+
+--
+-- Signature header: field names in any case, blanks around '=' and ',';
+-- an algorithm other than RSA256 is refused (test vector B)
+--
+CREATE TEMP TABLE vb AS SELECT
+	'/aps/api/v1/payments/cancelPayment'::text AS path,
+	'SANDBOX_5X00000000000000'::text AS client_id,
+	'2025-01-15T10:30:01+08:00'::text AS rtime,
+	'{"acquirerId":"1022188000000000001","pspId":"1022172000000000001","result":{"resultCode":"SUCCESS","resultMessage":"success.","resultStatus":"S"}}'::text AS body,
+	'OmLFosr9Z8Y2vv0qyMgvmgJJHm8z0Gj%2FgNEJl3STcq%2FLdqkE7KQqWNgEwJr14XZuO9ics3P0nE1LJJsGCBX36DFCmQd5AfnIB00qQ%2FQ92LhenHdQ3kk%2FhCJwm0l7o3%2BIcSlFwdImfZSJCVyh%2BkyJGH1aDD%2BbEESeDcdC8Uo57y3kJjLi1HcBulY2ytekJOfOY8OaPqCbhGKXc%2FTlBWROSUgFN8M6hTPEZ3s1SzjW%2BwlpEPyLhr5QCjy0JOX77s3MgUS284KtaqwxHlWTbl5h5HnNOr%2B1%2BYQiDrST8aqc5YS7LOuJf4Gbv14tm5H5B9UXFacxUrev%2BtM4Jwtt2O%2B9NQ%3D%3D'::text AS sig,
+	pg_read_file('/tmp/alipayplus_rig/keys/vector_b_pub.pem') AS pub;
+-- the same signature, not percent-encoded: it ends in '=' padding
+ALTER TABLE vb ADD COLUMN raw text;
+UPDATE vb SET raw = replace(replace(replace(sig, '%2F', '/'), '%2B', '+'), '%3D', '=');
+SELECT raw ~ '==$' AS raw_ends_in_padding FROM vb;
+
+SELECT h.header_kind, alipayplus_verify(path, client_id, rtime, body, h.header, pub) AS verified
+FROM vb, LATERAL (VALUES
+	('SIGNATURE = <enc>', 'SIGNATURE = ' || sig),
+	('Signature=<enc>', 'Signature=' || sig),
+	('algorithm = RSA256 , signature = <enc>', 'algorithm = RSA256 , signature = ' || sig),
+	('ALGORITHM=rsa256,KEYVERSION=1,SIGNATURE=<enc>', 'ALGORITHM=rsa256,KEYVERSION=1,SIGNATURE=' || sig),
+	('tabs and a trailing comma', E'algorithm\t=\tRSA256,\tkeyVersion = 1,\tsignature =\t' || sig || ','),
+	('signature=<raw base64 with padding>', 'signature=' || raw),
+	('Signature = <raw base64 with padding>', 'Signature = ' || raw),
+	('<raw base64 with padding>', raw),
+	(' <raw base64 with padding> ', ' ' || raw || ' '),
+	('<enc>', sig),
+	-- refused
+	('algorithm=ECC224,signature=<enc>', 'algorithm=ECC224,signature=' || sig),
+	('Algorithm = RSA512 , Signature = <enc>', 'Algorithm = RSA512 , Signature = ' || sig),
+	('algorithm=,signature=<enc>', 'algorithm=,signature=' || sig),
+	('two signature fields', 'signature=' || sig || ',signature=' || sig),
+	('two algorithm fields', 'algorithm=RSA256,algorithm=ECC224,signature=' || sig),
+	('no signature field', 'algorithm=RSA256,keyVersion=1'),
+	('a list element that is no field', 'algorithm=RSA256,' || sig)
+) AS h(header_kind, header);
+
+-- the gateway: another spelling verifies (S); algorithm ECC224 does not (U)
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'casedsig-cp');
+SELECT gw_last('casedsig-cp')->>'outcome' AS outcome;
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'ecc224-cp');
+SELECT sent_id, result_status, result_code, signature_verified, error_detail
+FROM alipayplus.cancel_attempts WHERE sent_id IN ('casedsig-cp', 'ecc224-cp') ORDER BY attempt_id;
+
+--
+-- what the attempts say
+--
+SELECT sent_id, result_status, result_code, http_status, signature_verified,
+	left(regexp_replace(error_detail, '\d+', 'N', 'g'), 72) AS detail
+FROM alipayplus.cancel_attempts
+WHERE sent_id LIKE '%-cp' OR sent_id LIKE 'cp-%'
+ORDER BY attempt_id;
