@@ -52,6 +52,67 @@ SELECT sent_id, result_status, result_code, signature_verified, error_detail
 FROM alipayplus.cancel_attempts WHERE sent_id IN ('casedsig-cp', 'ecc224-cp') ORDER BY attempt_id;
 
 --
+-- Key file names are shown only to roles that may read the settings
+--
+CREATE ROLE apc_callpath_user;
+CREATE ROLE apc_callpath_reader IN ROLE pg_read_all_settings;
+SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/absent_callpath.pem';
+-- a superuser sees the name
+SELECT errcheck($$SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x')$$);
+SET ROLE apc_callpath_reader;
+SELECT errcheck($$SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x')$$);
+-- others do not (alipayplus_verify is executable by PUBLIC)
+SET ROLE apc_callpath_user;
+SELECT errcheck($$SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x')$$);
+-- uncaught, so that the server log gets it, with the name in its DETAIL
+SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x');
+RESET ROLE;
+SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/garbage.pem';
+SET ROLE apc_callpath_user;
+SELECT errcheck($$SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x')$$);
+RESET ROLE;
+SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys';
+SET ROLE apc_callpath_user;
+SELECT errcheck($$SELECT alipayplus_verify('/p', 'c', 't', '{}', 'x')$$);
+RESET ROLE;
+SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/world_readable.pem';
+SET alipayplus.private_key_file = '/tmp/alipayplus_rig/keys/world_readable.pem';
+GRANT EXECUTE ON FUNCTION alipayplus_signature(text, text, text, text) TO apc_callpath_user;
+SET ROLE apc_callpath_user;
+SELECT errcheck($$SELECT alipayplus_signature('/p', 'c', 't', '{}')$$);
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION alipayplus_signature(text, text, text, text) FROM apc_callpath_user;
+RESET alipayplus.private_key_file;
+RESET alipayplus.public_key_file;
+-- the server log names the file for the administrator
+SELECT pg_read_file('/tmp/alipayplus_rig/postgres.log')
+	~ 'ERROR:  could not access the key file named by alipayplus\.public_key_file: No such file or directory\n[^\n]*DETAIL:  The file is "/tmp/alipayplus_rig/keys/absent_callpath\.pem"\.'
+	AS name_in_server_log;
+DROP ROLE apc_callpath_user;
+DROP ROLE apc_callpath_reader;
+
+--
+-- A key file rewritten in place, same size, mtime restored, is noticed
+--
+SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/scratch_pub.pem';
+COPY (SELECT 1) TO PROGRAM 'cp /tmp/alipayplus_rig/keys/gateway_pub.pem /tmp/alipayplus_rig/keys/scratch_pub.pem';
+CREATE TEMP TABLE signed (signer text, header text);
+SET alipayplus.private_key_file = '/tmp/alipayplus_rig/keys/gateway.pem';
+INSERT INTO signed SELECT 'gateway', alipayplus_signature('/p', 'c', 't', 'b');
+SET alipayplus.private_key_file = '/tmp/alipayplus_rig/keys/client.pem';
+INSERT INTO signed SELECT 'client', alipayplus_signature('/p', 'c', 't', 'b');
+RESET alipayplus.private_key_file;
+SELECT signer, alipayplus_verify('/p', 'c', 't', 'b', header) AS verified
+FROM signed ORDER BY signer;
+-- same size (a PEM public key of a 2048-bit RSA key is 451 bytes), same inode
+COPY (SELECT 1) TO PROGRAM 'cd /tmp/alipayplus_rig/keys && stat -c "%s %i %y" scratch_pub.pem > scratch_before && m=$(stat -c %y scratch_pub.pem) && cat client_pub.pem > scratch_pub.pem && touch -d "$m" scratch_pub.pem && stat -c "%s %i %y" scratch_pub.pem > scratch_after';
+SELECT pg_read_file('/tmp/alipayplus_rig/keys/scratch_before') = pg_read_file('/tmp/alipayplus_rig/keys/scratch_after')
+	AS same_size_inode_mtime;
+SELECT signer, alipayplus_verify('/p', 'c', 't', 'b', header) AS verified
+FROM signed ORDER BY signer;
+RESET alipayplus.public_key_file;
+
+--
 -- what the attempts say
 --
 SELECT sent_id, result_status, result_code, http_status, signature_verified,
