@@ -134,6 +134,15 @@ set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
 	SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
 	SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(CURLOPT_NOSIGNAL, 1L);
+
+	/*
+	 * Do not wait for a pending DNS lookup when the transfer is abandoned
+	 * (query cancel, terminate, timeout): libcurl's threaded resolver would
+	 * otherwise join its thread in curl_multi_remove_handle(), and
+	 * getaddrinfo() can take as long as the system resolver's timeouts.
+	 * The thread is left to finish on its own and frees what it holds.
+	 */
+	SETOPT(CURLOPT_QUICK_EXIT, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
 	if (aps_ca_file != NULL && aps_ca_file[0] != '\0')
