@@ -92,6 +92,38 @@ DROP ROLE apc_callpath_user;
 DROP ROLE apc_callpath_reader;
 
 --
+-- alipayplus.client_id is bounded; long headers are sent whole
+--
+LOAD 'alipayplus_cancel';
+SELECT replace(errcheck(format('SET alipayplus.client_id = %L', repeat('A', 200))),
+	repeat('A', 200), '<200 x A>') AS client_id_200;
+SELECT errcheck(format('SET alipayplus.client_id = %L', repeat('A', 128))) AS client_id_128;
+RESET alipayplus.client_id;
+SELECT errcheck($$SET alipayplus.client_id = 'SANDBOX 5X'$$) AS client_id_blank;
+SELECT errcheck($$SET alipayplus.client_id = 'SANDBOX_5Xé'$$) AS client_id_non_ascii;
+-- (a SET that errcheck() did not refuse stays in force)
+RESET alipayplus.client_id;
+SHOW alipayplus.client_id;
+-- the longest client id goes out whole (the gateway knows another one)
+SELECT length(set_config('alipayplus.client_id', repeat('A', 128), false)) AS client_id_bytes;
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'cp-client128');
+SELECT j->>'client_id' = repeat('A', 128) AS client_id_sent_whole
+FROM gw_log() WHERE j->>'id' = 'cp-client128';
+RESET alipayplus.client_id;
+-- a 4096-bit key and the largest key version: a long Signature header
+SET alipayplus.private_key_file = '/tmp/alipayplus_rig/keys/client4096.pem';
+SET alipayplus.key_version = 2147483647;
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'cp-4096');
+SELECT (j->>'signature_valid')::boolean AS signature_valid,
+	length(j->>'signature_header') > 700 AS long_header,
+	j->>'signature_header' ~ '^algorithm=RSA256,keyVersion=2147483647,signature=[A-Za-z0-9%]+$' AS header_format
+FROM gw_log() WHERE j->>'id' = 'cp-4096';
+RESET alipayplus.key_version;
+RESET alipayplus.private_key_file;
+
+--
 -- A key file rewritten in place, same size, mtime restored, is noticed
 --
 SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/scratch_pub.pem';

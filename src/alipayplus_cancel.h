@@ -22,6 +22,9 @@
 /* Longest paymentId / paymentRequestId the API accepts, in characters */
 #define APS_MAX_ID_CHARS	64
 
+/* Longest alipayplus.client_id, in bytes */
+#define APS_MAX_CLIENT_ID_BYTES	128
+
 /* settings.c */
 extern char *aps_gateway_url;
 extern char *aps_cancel_path;
