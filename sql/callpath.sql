@@ -5,6 +5,19 @@
 SELECT gw_mark();
 
 --
+-- A foreign Client-Id is never accepted, signed or not
+--
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'unsigned-otherclient-F-ACCESS_DENIED-cp');
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'unsigned-otherclient-U-UNKNOWN_EXCEPTION-cp');
+-- unsigned F and U without a Client-Id header are still taken as they say
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'unsigned-F-ACCESS_DENIED-cp');
+SELECT sent_id, result_status, result_code, signature_verified, error_detail
+FROM alipayplus.cancel_attempts WHERE sent_id LIKE 'unsigned-%-cp' ORDER BY attempt_id;
+
+--
 -- Signature header: field names in any case, blanks around '=' and ',';
 -- an algorithm other than RSA256 is refused (test vector B)
 --

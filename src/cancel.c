@@ -210,22 +210,23 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
+	/* a foreign Client-Id is never accepted, whether signed or not */
+	if (ex->hdr_client_id != NULL && strcmp(ex->hdr_client_id, aps_client_id) != 0)
+	{
+		local_verdict(r, "local.client_id_mismatch", "the response is for another client id; the outcome is unknown");
+		*detail = psprintf("response Client-Id \"%s\" differs from alipayplus.client_id \"%s\"",
+						   ex->hdr_client_id, aps_client_id);
+		return;
+	}
+
 	parsed_ok = aps_parse_result(ex->response, ex->response_len, &parsed, &problem);
 
 	if (has_sig && has_time)
 	{
-		const char *signer = ex->hdr_client_id ? ex->hdr_client_id : aps_client_id;
 		char	   *content;
 		size_t		content_len;
 
-		if (strcmp(signer, aps_client_id) != 0)
-		{
-			local_verdict(r, "local.client_id_mismatch", "the response is for another client id; the outcome is unknown");
-			*detail = psprintf("response Client-Id \"%s\" differs from alipayplus.client_id \"%s\"",
-							   signer, aps_client_id);
-			return;
-		}
-		content = aps_content_to_sign(path, signer, ex->hdr_response_time,
+		content = aps_content_to_sign(path, aps_client_id, ex->hdr_response_time,
 									  ex->response ? ex->response : "",
 									  ex->response_len, &content_len);
 		*verified_known = true;
