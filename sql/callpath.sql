@@ -137,6 +137,18 @@ RESET alipayplus.key_version;
 RESET alipayplus.private_key_file;
 
 --
+-- Text from the network is stored valid, escaped and capped
+--
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'otherclientbytes-cp');
+SELECT error_detail, length(convert_to(error_detail, 'UTF8')) > 0 AS valid_utf8
+FROM alipayplus.cancel_attempts WHERE sent_id = 'otherclientbytes-cp';
+-- a long resultMessage with control characters
+SELECT result_status, result_code, octet_length(result_message) AS message_bytes,
+	left(result_message, 30) AS message_start, right(result_message, 5) AS message_end
+FROM alipayplus_cancel_payment(payment_request_id => 'longmsg-cp');
+
+--
 -- A key file rewritten in place, same size, mtime restored, is noticed
 --
 SET alipayplus.public_key_file = '/tmp/alipayplus_rig/keys/scratch_pub.pem';

@@ -25,6 +25,9 @@
 /* Longest alipayplus.client_id, in bytes */
 #define APS_MAX_CLIENT_ID_BYTES	128
 
+/* Longest text from the network stored in a column, in bytes */
+#define APS_MAX_NETWORK_TEXT_BYTES	512
+
 /* settings.c */
 extern char *aps_gateway_url;
 extern char *aps_cancel_path;
@@ -54,6 +57,7 @@ extern char *aps_signature_header(const char *base64_signature);
 /* json.c */
 typedef struct ApsResult
 {
+	/* strings of a parsed response are UTF-8, as received */
 	char	   *result_status;	/* "S", "F" or "U" */
 	char	   *result_code;
 	char	   *result_message;
@@ -64,6 +68,7 @@ typedef struct ApsResult
 extern char *aps_cancel_body(const char *field, const char *value);
 extern bool aps_parse_result(const char *body, size_t len, ApsResult *result,
 							 char **problem);
+extern char *aps_network_text(const char *s, size_t len);
 
 /* transport.c */
 typedef struct ApsHttpExchange

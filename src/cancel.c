@@ -328,14 +328,25 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	values[COL_HTTP_STATUS] = Int32GetDatum((int32) ex.http_status);
 	nulls[COL_HTTP_STATUS] = ex.http_status == 0;
 	values[COL_RESULT_STATUS] = CStringGetTextDatum(r.result_status);
-	values[COL_RESULT_CODE] = CStringGetTextDatum(r.result_code);
-#define TEXT_OR_NULL(col, s) \
-	do { if ((s) != NULL) values[col] = CStringGetTextDatum(s); else nulls[col] = true; } while (0)
-	TEXT_OR_NULL(COL_RESULT_MESSAGE, r.result_message);
-	TEXT_OR_NULL(COL_ACQUIRER_ID, r.acquirer_id);
-	TEXT_OR_NULL(COL_PSP_ID, r.psp_id);
-	TEXT_OR_NULL(COL_ERROR_DETAIL, detail);
-#undef TEXT_OR_NULL
+
+	/*
+	 * Everything else may hold text from the network (response body and
+	 * headers, libcurl's messages): made valid in the database encoding,
+	 * with control characters escaped and the length capped.
+	 */
+#define NETWORK_TEXT_OR_NULL(col, s) \
+	do { \
+		if ((s) != NULL) \
+			values[col] = CStringGetTextDatum(aps_network_text((s), strlen(s))); \
+		else \
+			nulls[col] = true; \
+	} while (0)
+	NETWORK_TEXT_OR_NULL(COL_RESULT_CODE, r.result_code);
+	NETWORK_TEXT_OR_NULL(COL_RESULT_MESSAGE, r.result_message);
+	NETWORK_TEXT_OR_NULL(COL_ACQUIRER_ID, r.acquirer_id);
+	NETWORK_TEXT_OR_NULL(COL_PSP_ID, r.psp_id);
+	NETWORK_TEXT_OR_NULL(COL_ERROR_DETAIL, detail);
+#undef NETWORK_TEXT_OR_NULL
 	values[COL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
 	nulls[COL_SIGNATURE_VERIFIED] = !verified_known;
 	values[COL_LATENCY_MS] = Float8GetDatum(ex.latency_ms);

@@ -9,12 +9,15 @@
  * set of semantic actions that pick out result.resultStatus, resultCode,
  * resultMessage and the top-level acquirerId and pspId; any other field is
  * ignored.  Nothing here raises an error on bad gateway input: a body that
- * is not the expected JSON is reported back to the caller.
+ * is not the expected JSON is reported back to the caller.  The strings
+ * picked out stay in UTF-8; aps_network_text() makes them (and any other
+ * text received from the network) fit for the database.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -164,8 +167,103 @@ on_scalar(void *arg, char *token, JsonTokenType tokentype)
 			break;
 	}
 	if (target != NULL)
-		*target = pg_any_to_server(token, strlen(token), PG_UTF8);
+		*target = pstrdup(token);	/* UTF-8, see aps_network_text() */
 	st->field = APS_FIELD_NONE;
+}
+
+/*
+ * Make text received from the network fit to be stored in the database:
+ *
+ * - Valid UTF-8 is converted to the database encoding; a character that
+ *   has no equivalent there becomes \uXXXX (or \UXXXXXXXX).  In a
+ *   SQL_ASCII database, valid UTF-8 is kept as it is, as PostgreSQL does.
+ * - Bytes that are not valid UTF-8 and ASCII control characters become
+ *   \xNN, C1 control characters \u00NN.
+ * - The result is at most APS_MAX_NETWORK_TEXT_BYTES bytes long; a cut is
+ *   marked with "...".
+ *
+ * Conversion errors are never raised: text that cannot be converted is
+ * escaped.  Text made only here (ASCII) passes unchanged.
+ */
+char *
+aps_network_text(const char *s, size_t len)
+{
+	int			dbenc = GetDatabaseEncoding();
+	Oid			proc = InvalidOid;
+	StringInfoData out;
+	size_t		i = 0;
+	bool		cut = false;
+
+	if (dbenc != PG_UTF8 && dbenc != PG_SQL_ASCII)
+		proc = FindDefaultConversionProc(PG_UTF8, dbenc);
+
+	initStringInfo(&out);
+	while (i < len)
+	{
+		const unsigned char *c = (const unsigned char *) s + i;
+		unsigned char piece[16];
+		int			piecelen;
+		int			charlen = 1;
+
+		if (*c < 0x80)
+		{
+			if (*c < 0x20 || *c == 0x7f)
+				piecelen = snprintf((char *) piece, sizeof(piece), "\\x%02x", *c);
+			else
+			{
+				piece[0] = *c;
+				piecelen = 1;
+			}
+		}
+		else if ((charlen = pg_utf_mblen(c)) > (int) (len - i) ||
+				 !pg_utf8_islegal(c, charlen))
+		{
+			charlen = 1;
+			piecelen = snprintf((char *) piece, sizeof(piece), "\\x%02x", *c);
+		}
+		else
+		{
+			pg_wchar	code = utf8_to_unicode(c);
+
+			piecelen = -1;
+			if (code < 0xA0)
+				;				/* C1 control: escaped below */
+			else if (dbenc == PG_UTF8 || dbenc == PG_SQL_ASCII)
+			{
+				memcpy(piece, c, charlen);
+				piecelen = charlen;
+			}
+			else if (OidIsValid(proc))
+			{
+				unsigned char conv[MAX_CONVERSION_GROWTH * MAX_MULTIBYTE_CHAR_LEN + 1];
+				int			done;
+
+				done = pg_do_encoding_conversion_buf(proc, PG_UTF8, dbenc,
+													 (unsigned char *) c, charlen,
+													 conv, sizeof(conv), true);
+				if (done == charlen && strlen((char *) conv) < sizeof(piece))
+				{
+					piecelen = strlen((char *) conv);
+					memcpy(piece, conv, piecelen);
+				}
+			}
+			if (piecelen < 0)
+				piecelen = snprintf((char *) piece, sizeof(piece),
+									code > 0xFFFF ? "\\U%08x" : "\\u%04x",
+									(unsigned int) code);
+		}
+
+		if (out.len + piecelen > APS_MAX_NETWORK_TEXT_BYTES - 3)
+		{
+			cut = true;
+			break;
+		}
+		appendBinaryStringInfo(&out, (char *) piece, piecelen);
+		i += charlen;
+	}
+	if (cut)
+		appendStringInfoString(&out, "...");
+	return out.data;
 }
 
 /*

@@ -28,6 +28,8 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   casedsig-...           S, "algorithm = rsa256 , keyVersion = 1 , SIGNATURE = ..."
   ecc224-...             S, valid signature but "algorithm=ECC224"
   deepjson-...           signed S whose ignored field "deep" nests 100000 arrays
+  longmsg-...            signed F PROCESS_FAIL, a 2000-character resultMessage
+                         with a line break and a tab
   unicode-...            signed F PROCESS_FAIL whose resultMessage holds
                          \u00e9, \u4e2d, \ud83d\ude00 escapes and a raw UTF-8 e-acute
   seq-T1.T2...-...       n-th request for the id gets token n (last repeats):
@@ -251,6 +253,8 @@ SIMPLE_PREFIXES = {
                  b',"acquirerId":"' + ACQUIRER_ID.encode() + b'","pspId":"' +
                  PSP_ID.encode() + b'","result":{"resultCode":"SUCCESS",'
                  b'"resultMessage":"success.","resultStatus":"S"}}'},
+    "longmsg": {"body": result_body("F", "PROCESS_FAIL",
+                                    "first line\nsecond\tline " + "x" * 1978)},
     "unicode": {"status": "F", "code": "PROCESS_FAIL",
                 "body": b'{"result":{"resultCode":"PROCESS_FAIL","resultMessage":"' +
                 UNICODE_MESSAGE + b'","resultStatus":"F"}}'},
