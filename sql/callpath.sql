@@ -170,6 +170,20 @@ FROM signed ORDER BY signer;
 RESET alipayplus.public_key_file;
 
 --
+-- Parsing a response never raises an error
+--
+-- nested 100000 levels deep in an ignored field
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'deepjson-cp');
+SELECT 1 AS backend_alive;
+-- \u escapes and raw UTF-8 in resultMessage (this database is UTF-8)
+SELECT result_status, result_code, result_message, state
+FROM alipayplus_cancel_payment(payment_request_id => 'unicode-cp');
+-- other escapes are kept as they are; 64 levels of nesting are fine
+SELECT result_status, result_code, result_message, state
+FROM alipayplus_cancel_payment(payment_request_id => 'escapes-cp');
+
+--
 -- what the attempts say
 --
 SELECT sent_id, result_status, result_code, http_status, signature_verified,

@@ -25,6 +25,9 @@
 /* Longest alipayplus.client_id, in bytes */
 #define APS_MAX_CLIENT_ID_BYTES	128
 
+/* Deepest nesting of objects and arrays accepted in a response body */
+#define APS_MAX_JSON_DEPTH	64
+
 /* Longest text from the network stored in a column, in bytes */
 #define APS_MAX_NETWORK_TEXT_BYTES	512
 

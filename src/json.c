@@ -9,9 +9,16 @@
  * set of semantic actions that pick out result.resultStatus, resultCode,
  * resultMessage and the top-level acquirerId and pspId; any other field is
  * ignored.  Nothing here raises an error on bad gateway input: a body that
- * is not the expected JSON is reported back to the caller.  The strings
- * picked out stay in UTF-8; aps_network_text() makes them (and any other
- * text received from the network) fit for the database.
+ * is not the expected JSON is reported back to the caller.  Two properties
+ * of the backend's JSON parser would break that, so a pre-scan of the body
+ * deals with them first: the parser recurses once per nesting level and
+ * raises "stack depth limit exceeded" on deep input, so bodies nested
+ * deeper than APS_MAX_JSON_DEPTH are refused; and it converts \u escapes
+ * to the database encoding, raising when a character has no equivalent
+ * there, so the pre-scan turns every non-ASCII \u escape into its UTF-8
+ * bytes and the parser never sees one.  The strings picked out stay in
+ * UTF-8; aps_network_text() makes them (and any other text received from
+ * the network) fit for the database.
  *
  *-------------------------------------------------------------------------
  */
@@ -171,6 +178,120 @@ on_scalar(void *arg, char *token, JsonTokenType tokentype)
 	st->field = APS_FIELD_NONE;
 }
 
+/* The value of one hex digit, or -1 */
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* The code unit of the \uXXXX escape at s (len bytes left), or -1 */
+static int
+u_escape(const char *s, size_t len)
+{
+	int			code = 0;
+
+	if (len < 6 || s[0] != '\\' || s[1] != 'u')
+		return -1;
+	for (int i = 2; i < 6; i++)
+	{
+		int			d = hex_value(s[i]);
+
+		if (d < 0)
+			return -1;
+		code = code * 16 + d;
+	}
+	return code;
+}
+
+/*
+ * Copy a response body into "out" for pg_parse_json(), with every \u
+ * escape of a non-ASCII character (a surrogate pair as one) replaced by
+ * its UTF-8 bytes; escapes of ASCII characters, lone surrogates and
+ * anything malformed are copied unchanged for the parser to judge.  Also
+ * measure the nesting of objects and arrays outside strings.  Returns
+ * false, with *problem set, if it is deeper than APS_MAX_JSON_DEPTH.
+ */
+static bool
+prepare_json(const char *body, size_t len, StringInfo out, char **problem)
+{
+	int			depth = 0;
+	bool		in_string = false;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		char		c = body[i];
+
+		if (!in_string)
+		{
+			if (c == '{' || c == '[')
+			{
+				if (++depth > APS_MAX_JSON_DEPTH)
+				{
+					*problem = psprintf("the response body is nested deeper than %d levels",
+										APS_MAX_JSON_DEPTH);
+					return false;
+				}
+			}
+			else if (c == '}' || c == ']')
+				depth--;
+			else if (c == '"')
+				in_string = true;
+			appendStringInfoChar(out, c);
+			i++;
+		}
+		else if (c == '"')
+		{
+			in_string = false;
+			appendStringInfoChar(out, c);
+			i++;
+		}
+		else if (c == '\\' && i + 1 < len && body[i + 1] == 'u')
+		{
+			int			code = u_escape(body + i, len - i);
+			int			low = u_escape(body + i + 6, len - i - 6);
+			size_t		used = 6;
+			unsigned char utf8[MAX_MULTIBYTE_CHAR_LEN + 1];
+
+			if (code >= 0xD800 && code <= 0xDBFF && low >= 0xDC00 && low <= 0xDFFF)
+			{
+				code = surrogate_pair_to_codepoint(code, low);
+				used = 12;
+			}
+			if (code < 0x80 || (code >= 0xD800 && code <= 0xDFFF))
+			{
+				/* ASCII, a lone surrogate, or malformed: the parser judges */
+				appendBinaryStringInfo(out, body + i, 2);
+				i += 2;
+			}
+			else
+			{
+				unicode_to_utf8((pg_wchar) code, utf8);
+				appendBinaryStringInfo(out, (char *) utf8, pg_utf_mblen(utf8));
+				i += used;
+			}
+		}
+		else if (c == '\\' && i + 1 < len)
+		{
+			appendBinaryStringInfo(out, body + i, 2);
+			i += 2;
+		}
+		else
+		{
+			appendStringInfoChar(out, c);
+			i++;
+		}
+	}
+	return true;
+}
+
 /*
  * Make text received from the network fit to be stored in the database:
  *
@@ -279,6 +400,7 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	JsonSemAction sem;
 	ApsParseState st;
 	JsonParseErrorType rc;
+	StringInfoData prepared;
 	char	   *copy;
 
 	memset(result, 0, sizeof(*result));
@@ -304,7 +426,12 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 		return false;
 	}
 
-	copy = pnstrdup(body, len);
+	initStringInfo(&prepared);
+	if (!prepare_json(body, len, &prepared, problem))
+		return false;
+	copy = prepared.data;
+	len = prepared.len;
+
 	memset(&sem, 0, sizeof(sem));
 	memset(&st, 0, sizeof(st));
 	st.result = result;

@@ -28,6 +28,8 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   casedsig-...           S, "algorithm = rsa256 , keyVersion = 1 , SIGNATURE = ..."
   ecc224-...             S, valid signature but "algorithm=ECC224"
   deepjson-...           signed S whose ignored field "deep" nests 100000 arrays
+  escapes-...            signed F PROCESS_FAIL, resultMessage with \" \\ \u0041 and a
+                         surrogate pair, next to a field nested 64 levels deep
   longmsg-...            signed F PROCESS_FAIL, a 2000-character resultMessage
                          with a line break and a tab
   unicode-...            signed F PROCESS_FAIL whose resultMessage holds
@@ -253,6 +255,10 @@ SIMPLE_PREFIXES = {
                  b',"acquirerId":"' + ACQUIRER_ID.encode() + b'","pspId":"' +
                  PSP_ID.encode() + b'","result":{"resultCode":"SUCCESS",'
                  b'"resultMessage":"success.","resultStatus":"S"}}'},
+    "escapes": {"body": b'{"deep":' + b"[" * 63 + b"]" * 63 +
+                b',"result":{"resultCode":"PROCESS_FAIL","resultMessage":'
+                b'"quote \\" backslash \\\\u00e9 A=\\u0041 pair \\ud83d\\ude00",'
+                b'"resultStatus":"F"}}'},
     "longmsg": {"body": result_body("F", "PROCESS_FAIL",
                                     "first line\nsecond\tline " + "x" * 1978)},
     "unicode": {"status": "F", "code": "PROCESS_FAIL",
