@@ -184,6 +184,13 @@ SELECT result_status, result_code, result_message, state
 FROM alipayplus_cancel_payment(payment_request_id => 'escapes-cp');
 
 --
+-- The response size cap holds for a chunked body (no Content-Length)
+--
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'chunked-cp');
+SELECT 1 AS backend_alive;
+
+--
 -- what the attempts say
 --
 SELECT sent_id, result_status, result_code, http_status, signature_verified,
