@@ -182,6 +182,9 @@ FROM alipayplus_cancel_payment(payment_request_id => 'unicode-cp');
 -- other escapes are kept as they are; 64 levels of nesting are fine
 SELECT result_status, result_code, result_message, state
 FROM alipayplus_cancel_payment(payment_request_id => 'escapes-cp');
+-- a body that ends inside a \u escape
+SELECT result_status, result_code, state
+FROM alipayplus_cancel_payment(payment_request_id => 'cutescape-cp');
 
 --
 -- The response size cap holds for a chunked body (no Content-Length)

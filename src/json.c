@@ -256,7 +256,7 @@ prepare_json(const char *body, size_t len, StringInfo out, char **problem)
 		else if (c == '\\' && i + 1 < len && body[i + 1] == 'u')
 		{
 			int			code = u_escape(body + i, len - i);
-			int			low = u_escape(body + i + 6, len - i - 6);
+			int			low = len - i >= 12 ? u_escape(body + i + 6, len - i - 6) : -1;
 			size_t		used = 6;
 			unsigned char utf8[MAX_MULTIBYTE_CHAR_LEN + 1];
 

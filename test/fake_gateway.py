@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""
+r"""
 fake_gateway.py -- a fake Alipay+ gateway for the extension's test rig.
 
 It serves the Alipay+ (ACQP -> Alipay+) cancelPayment API over HTTPS, checks
@@ -30,6 +30,7 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   deepjson-...           signed S whose ignored field "deep" nests 100000 arrays
   escapes-...            signed F PROCESS_FAIL, resultMessage with \" \\ \u0041 and a
                          surrogate pair, next to a field nested 64 levels deep
+  cutescape-...          signed body that ends inside a \u escape
   longmsg-...            signed F PROCESS_FAIL, a 2000-character resultMessage
                          with a line break and a tab
   unicode-...            signed F PROCESS_FAIL whose resultMessage holds
@@ -259,6 +260,7 @@ SIMPLE_PREFIXES = {
                 b',"result":{"resultCode":"PROCESS_FAIL","resultMessage":'
                 b'"quote \\" backslash \\\\u00e9 A=\\u0041 pair \\ud83d\\ude00",'
                 b'"resultStatus":"F"}}'},
+    "cutescape": {"body": b'{"result":{"resultCode":"PROCESS_FAIL","resultMessage":"\\ud83'},
     "longmsg": {"body": result_body("F", "PROCESS_FAIL",
                                     "first line\nsecond\tline " + "x" * 1978)},
     "unicode": {"status": "F", "code": "PROCESS_FAIL",
