@@ -78,6 +78,9 @@ rig_keys() {
 	openssl pkey -in "$k/client.pem" -outform DER | base64 -w0 >"$k/client.b64"
 	# a second acquirer key, for the reload and file-change tests
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/client2.pem" 2>/dev/null
+	# a 4096-bit acquirer key (a longer Signature header); the gateway knows it too
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out "$k/client4096.pem" 2>/dev/null
+	openssl pkey -in "$k/client4096.pem" -pubout -out "$k/client4096_pub.pem"
 	# Alipay+'s key pair, used by the gateway to sign its answers
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/gateway.pem" 2>/dev/null
 	openssl pkey -in "$k/gateway.pem" -pubout -out "$k/gateway_pub.pem"
@@ -91,7 +94,7 @@ rig_keys() {
 	cp "$k/client.pem" "$k/world_readable.pem"
 	chown -R postgres:postgres "$k"
 	chmod 0600 "$k"/*.pem "$k"/*.key "$k"/*.der "$k"/*.b64
-	chmod 0644 "$k/ca.pem" "$k/other_ca.pem" "$k/client_pub.pem" "$k/gateway_pub.pem" "$k/vector_b_pub.pem" "$k/gateway_pub.b64"
+	chmod 0644 "$k/ca.pem" "$k/other_ca.pem" "$k/client_pub.pem" "$k/client4096_pub.pem" "$k/gateway_pub.pem" "$k/vector_b_pub.pem" "$k/gateway_pub.b64"
 	chmod 0644 "$k/world_readable.pem"
 }
 
@@ -103,6 +106,7 @@ rig_gateway() {
 		--portfile "$RIG/gateway.port" --pidfile "$RIG/gateway.pid" \
 		--cert "$k/server.crt" --key "$k/server.key" \
 		--client-id "$CLIENT_ID" --client-pubkey "$k/client_pub.pem" \
+		--client-pubkey "$k/client4096_pub.pem" \
 		--sign-key "$k/gateway.pem" --log "$RIG/gateway.jsonl" \
 		>"$RIG/gateway.out" 2>&1 9>&- &
 	for _ in $(seq 1 100); do

@@ -22,6 +22,15 @@
 /* Longest paymentId / paymentRequestId the API accepts, in characters */
 #define APS_MAX_ID_CHARS	64
 
+/* Longest alipayplus.client_id, in bytes */
+#define APS_MAX_CLIENT_ID_BYTES	128
+
+/* Deepest nesting of objects and arrays accepted in a response body */
+#define APS_MAX_JSON_DEPTH	64
+
+/* Longest text from the network stored in a column, in bytes */
+#define APS_MAX_NETWORK_TEXT_BYTES	512
+
 /* settings.c */
 extern char *aps_gateway_url;
 extern char *aps_cancel_path;
@@ -51,6 +60,7 @@ extern char *aps_signature_header(const char *base64_signature);
 /* json.c */
 typedef struct ApsResult
 {
+	/* strings of a parsed response are UTF-8, as received */
 	char	   *result_status;	/* "S", "F" or "U" */
 	char	   *result_code;
 	char	   *result_message;
@@ -61,6 +71,7 @@ typedef struct ApsResult
 extern char *aps_cancel_body(const char *field, const char *value);
 extern bool aps_parse_result(const char *body, size_t len, ApsResult *result,
 							 char **problem);
+extern char *aps_network_text(const char *s, size_t len);
 
 /* transport.c */
 typedef struct ApsHttpExchange

@@ -248,22 +248,23 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
+	/* a foreign Client-Id is never accepted, whether signed or not */
+	if (ex->hdr_client_id != NULL && strcmp(ex->hdr_client_id, aps_client_id) != 0)
+	{
+		local_verdict(r, "local.client_id_mismatch", "the response is for another client id; the outcome is unknown");
+		*detail = psprintf("response Client-Id \"%s\" differs from alipayplus.client_id \"%s\"",
+						   ex->hdr_client_id, aps_client_id);
+		return;
+	}
+
 	parsed_ok = aps_parse_result(ex->response, ex->response_len, &parsed, &problem);
 
 	if (has_sig && has_time)
 	{
-		const char *signer = ex->hdr_client_id ? ex->hdr_client_id : aps_client_id;
 		char	   *content;
 		size_t		content_len;
 
-		if (strcmp(signer, aps_client_id) != 0)
-		{
-			local_verdict(r, "local.client_id_mismatch", "the response is for another client id; the outcome is unknown");
-			*detail = psprintf("response Client-Id \"%s\" differs from alipayplus.client_id \"%s\"",
-							   signer, aps_client_id);
-			return;
-		}
-		content = aps_content_to_sign(path, signer, ex->hdr_response_time,
+		content = aps_content_to_sign(path, aps_client_id, ex->hdr_response_time,
 									  ex->response ? ex->response : "",
 									  ex->response_len, &content_len);
 		*verified_known = true;
@@ -365,14 +366,25 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	values[COL_HTTP_STATUS] = Int32GetDatum((int32) ex.http_status);
 	nulls[COL_HTTP_STATUS] = ex.http_status == 0;
 	values[COL_RESULT_STATUS] = CStringGetTextDatum(r.result_status);
-	values[COL_RESULT_CODE] = CStringGetTextDatum(r.result_code);
-#define TEXT_OR_NULL(col, s) \
-	do { if ((s) != NULL) values[col] = CStringGetTextDatum(s); else nulls[col] = true; } while (0)
-	TEXT_OR_NULL(COL_RESULT_MESSAGE, r.result_message);
-	TEXT_OR_NULL(COL_ACQUIRER_ID, r.acquirer_id);
-	TEXT_OR_NULL(COL_PSP_ID, r.psp_id);
-	TEXT_OR_NULL(COL_ERROR_DETAIL, detail);
-#undef TEXT_OR_NULL
+
+	/*
+	 * Everything else may hold text from the network (response body and
+	 * headers, libcurl's messages): made valid in the database encoding,
+	 * with control characters escaped and the length capped.
+	 */
+#define NETWORK_TEXT_OR_NULL(col, s) \
+	do { \
+		if ((s) != NULL) \
+			values[col] = CStringGetTextDatum(aps_network_text((s), strlen(s))); \
+		else \
+			nulls[col] = true; \
+	} while (0)
+	NETWORK_TEXT_OR_NULL(COL_RESULT_CODE, r.result_code);
+	NETWORK_TEXT_OR_NULL(COL_RESULT_MESSAGE, r.result_message);
+	NETWORK_TEXT_OR_NULL(COL_ACQUIRER_ID, r.acquirer_id);
+	NETWORK_TEXT_OR_NULL(COL_PSP_ID, r.psp_id);
+	NETWORK_TEXT_OR_NULL(COL_ERROR_DETAIL, detail);
+#undef NETWORK_TEXT_OR_NULL
 	values[COL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
 	nulls[COL_SIGNATURE_VERIFIED] = !verified_known;
 	values[COL_LATENCY_MS] = Float8GetDatum(ex.latency_ms);

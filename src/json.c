@@ -9,12 +9,22 @@
  * set of semantic actions that pick out result.resultStatus, resultCode,
  * resultMessage and the top-level acquirerId and pspId; any other field is
  * ignored.  Nothing here raises an error on bad gateway input: a body that
- * is not the expected JSON is reported back to the caller.
+ * is not the expected JSON is reported back to the caller.  Two properties
+ * of the backend's JSON parser would break that, so a pre-scan of the body
+ * deals with them first: the parser recurses once per nesting level and
+ * raises "stack depth limit exceeded" on deep input, so bodies nested
+ * deeper than APS_MAX_JSON_DEPTH are refused; and it converts \u escapes
+ * to the database encoding, raising when a character has no equivalent
+ * there, so the pre-scan turns every non-ASCII \u escape into its UTF-8
+ * bytes and the parser never sees one.  The strings picked out stay in
+ * UTF-8; aps_network_text() makes them (and any other text received from
+ * the network) fit for the database.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -164,8 +174,217 @@ on_scalar(void *arg, char *token, JsonTokenType tokentype)
 			break;
 	}
 	if (target != NULL)
-		*target = pg_any_to_server(token, strlen(token), PG_UTF8);
+		*target = pstrdup(token);	/* UTF-8, see aps_network_text() */
 	st->field = APS_FIELD_NONE;
+}
+
+/* The value of one hex digit, or -1 */
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* The code unit of the \uXXXX escape at s (len bytes left), or -1 */
+static int
+u_escape(const char *s, size_t len)
+{
+	int			code = 0;
+
+	if (len < 6 || s[0] != '\\' || s[1] != 'u')
+		return -1;
+	for (int i = 2; i < 6; i++)
+	{
+		int			d = hex_value(s[i]);
+
+		if (d < 0)
+			return -1;
+		code = code * 16 + d;
+	}
+	return code;
+}
+
+/*
+ * Copy a response body into "out" for pg_parse_json(), with every \u
+ * escape of a non-ASCII character (a surrogate pair as one) replaced by
+ * its UTF-8 bytes; escapes of ASCII characters, lone surrogates and
+ * anything malformed are copied unchanged for the parser to judge.  Also
+ * measure the nesting of objects and arrays outside strings.  Returns
+ * false, with *problem set, if it is deeper than APS_MAX_JSON_DEPTH.
+ */
+static bool
+prepare_json(const char *body, size_t len, StringInfo out, char **problem)
+{
+	int			depth = 0;
+	bool		in_string = false;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		char		c = body[i];
+
+		if (!in_string)
+		{
+			if (c == '{' || c == '[')
+			{
+				if (++depth > APS_MAX_JSON_DEPTH)
+				{
+					*problem = psprintf("the response body is nested deeper than %d levels",
+										APS_MAX_JSON_DEPTH);
+					return false;
+				}
+			}
+			else if (c == '}' || c == ']')
+				depth--;
+			else if (c == '"')
+				in_string = true;
+			appendStringInfoChar(out, c);
+			i++;
+		}
+		else if (c == '"')
+		{
+			in_string = false;
+			appendStringInfoChar(out, c);
+			i++;
+		}
+		else if (c == '\\' && i + 1 < len && body[i + 1] == 'u')
+		{
+			int			code = u_escape(body + i, len - i);
+			int			low = len - i >= 12 ? u_escape(body + i + 6, len - i - 6) : -1;
+			size_t		used = 6;
+			unsigned char utf8[MAX_MULTIBYTE_CHAR_LEN + 1];
+
+			if (code >= 0xD800 && code <= 0xDBFF && low >= 0xDC00 && low <= 0xDFFF)
+			{
+				code = surrogate_pair_to_codepoint(code, low);
+				used = 12;
+			}
+			if (code < 0x80 || (code >= 0xD800 && code <= 0xDFFF))
+			{
+				/* ASCII, a lone surrogate, or malformed: the parser judges */
+				appendBinaryStringInfo(out, body + i, 2);
+				i += 2;
+			}
+			else
+			{
+				unicode_to_utf8((pg_wchar) code, utf8);
+				appendBinaryStringInfo(out, (char *) utf8, pg_utf_mblen(utf8));
+				i += used;
+			}
+		}
+		else if (c == '\\' && i + 1 < len)
+		{
+			appendBinaryStringInfo(out, body + i, 2);
+			i += 2;
+		}
+		else
+		{
+			appendStringInfoChar(out, c);
+			i++;
+		}
+	}
+	return true;
+}
+
+/*
+ * Make text received from the network fit to be stored in the database:
+ *
+ * - Valid UTF-8 is converted to the database encoding; a character that
+ *   has no equivalent there becomes \uXXXX (or \UXXXXXXXX).  In a
+ *   SQL_ASCII database, valid UTF-8 is kept as it is, as PostgreSQL does.
+ * - Bytes that are not valid UTF-8 and ASCII control characters become
+ *   \xNN, C1 control characters \u00NN.
+ * - The result is at most APS_MAX_NETWORK_TEXT_BYTES bytes long; a cut is
+ *   marked with "...".
+ *
+ * Conversion errors are never raised: text that cannot be converted is
+ * escaped.  Text made only here (ASCII) passes unchanged.
+ */
+char *
+aps_network_text(const char *s, size_t len)
+{
+	int			dbenc = GetDatabaseEncoding();
+	Oid			proc = InvalidOid;
+	StringInfoData out;
+	size_t		i = 0;
+	bool		cut = false;
+
+	if (dbenc != PG_UTF8 && dbenc != PG_SQL_ASCII)
+		proc = FindDefaultConversionProc(PG_UTF8, dbenc);
+
+	initStringInfo(&out);
+	while (i < len)
+	{
+		const unsigned char *c = (const unsigned char *) s + i;
+		unsigned char piece[16];
+		int			piecelen;
+		int			charlen = 1;
+
+		if (*c < 0x80)
+		{
+			if (*c < 0x20 || *c == 0x7f)
+				piecelen = snprintf((char *) piece, sizeof(piece), "\\x%02x", *c);
+			else
+			{
+				piece[0] = *c;
+				piecelen = 1;
+			}
+		}
+		else if ((charlen = pg_utf_mblen(c)) > (int) (len - i) ||
+				 !pg_utf8_islegal(c, charlen))
+		{
+			charlen = 1;
+			piecelen = snprintf((char *) piece, sizeof(piece), "\\x%02x", *c);
+		}
+		else
+		{
+			pg_wchar	code = utf8_to_unicode(c);
+
+			piecelen = -1;
+			if (code < 0xA0)
+				;				/* C1 control: escaped below */
+			else if (dbenc == PG_UTF8 || dbenc == PG_SQL_ASCII)
+			{
+				memcpy(piece, c, charlen);
+				piecelen = charlen;
+			}
+			else if (OidIsValid(proc))
+			{
+				unsigned char conv[MAX_CONVERSION_GROWTH * MAX_MULTIBYTE_CHAR_LEN + 1];
+				int			done;
+
+				done = pg_do_encoding_conversion_buf(proc, PG_UTF8, dbenc,
+													 (unsigned char *) c, charlen,
+													 conv, sizeof(conv), true);
+				if (done == charlen && strlen((char *) conv) < sizeof(piece))
+				{
+					piecelen = strlen((char *) conv);
+					memcpy(piece, conv, piecelen);
+				}
+			}
+			if (piecelen < 0)
+				piecelen = snprintf((char *) piece, sizeof(piece),
+									code > 0xFFFF ? "\\U%08x" : "\\u%04x",
+									(unsigned int) code);
+		}
+
+		if (out.len + piecelen > APS_MAX_NETWORK_TEXT_BYTES - 3)
+		{
+			cut = true;
+			break;
+		}
+		appendBinaryStringInfo(&out, (char *) piece, piecelen);
+		i += charlen;
+	}
+	if (cut)
+		appendStringInfoString(&out, "...");
+	return out.data;
 }
 
 /*
@@ -181,6 +400,7 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	JsonSemAction sem;
 	ApsParseState st;
 	JsonParseErrorType rc;
+	StringInfoData prepared;
 	char	   *copy;
 
 	memset(result, 0, sizeof(*result));
@@ -206,7 +426,12 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 		return false;
 	}
 
-	copy = pnstrdup(body, len);
+	initStringInfo(&prepared);
+	if (!prepare_json(body, len, &prepared, problem))
+		return false;
+	copy = prepared.data;
+	len = prepared.len;
+
 	memset(&sem, 0, sizeof(sem));
 	memset(&st, 0, sizeof(st));
 	st.result = result;

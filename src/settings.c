@@ -96,7 +96,11 @@ check_cancel_path(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* alipayplus.client_id goes into a header and into the signed content */
+/*
+ * alipayplus.client_id goes into a header and into the signed content:
+ * printable ASCII without blanks or ".", and not longer than Alipay+'s ids
+ * could plausibly be.
+ */
 static bool
 check_client_id(char **newval, void **extra, GucSource source)
 {
@@ -109,6 +113,17 @@ check_client_id(char **newval, void **extra, GucSource source)
 			GUC_check_errdetail("The client id must not contain control characters or \".\".");
 			return false;
 		}
+		if (*p == ' ' || IS_HIGHBIT_SET(*p))
+		{
+			GUC_check_errdetail("The client id must consist of printable ASCII characters without blanks.");
+			return false;
+		}
+	}
+	if (*newval != NULL && strlen(*newval) > APS_MAX_CLIENT_ID_BYTES)
+	{
+		GUC_check_errdetail("The client id is %zu bytes long; at most %d are allowed.",
+							strlen(*newval), APS_MAX_CLIENT_ID_BYTES);
+		return false;
 	}
 	return true;
 }

@@ -12,24 +12,37 @@
  * alipayplus.public_key_file, decoded with OpenSSL's decoders (PEM or DER,
  * PKCS#8, PKCS#1 or SubjectPublicKeyInfo, or bare base64 DER as Alipay+'s
  * developer center hands them out) and cached.  A cached key is reused
- * while the setting names the same file and the file's identity, size and
- * modification time are unchanged.  Key material never leaves this file: it
- * is not logged, not returned and not quoted in error messages.
+ * while the setting names the same file and the file's identity, size,
+ * modification and status change times are unchanged.  Like git's "racy"
+ * index entries, a file whose times are less than APS_RACY_SECONDS older
+ * than the moment its contents were last read could have been rewritten
+ * within the same clock tick: its contents are read again and compared by
+ * SHA-256 on every use until that is no longer so.  Key material never
+ * leaves this file: it is not logged, not returned and not quoted in error
+ * messages.  Error messages name a key file by its path only to roles that
+ * may read the setting (like SHOW); others get the setting's name, and the
+ * path goes to the server log only.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <sys/stat.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <openssl/decoder.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 
+#include "catalog/pg_authid_d.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "storage/fd.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 
 #include "alipayplus_cancel.h"
@@ -40,6 +53,13 @@ PG_FUNCTION_INFO_V1(alipayplus_verify);
 /* Key files larger than this are certainly not a single RSA key */
 #define APS_MAX_KEY_FILE_BYTES	(64 * 1024)
 
+/*
+ * A key file changed less than this long before its contents were read is
+ * "racy": a rewrite within the same timestamp tick would leave its size and
+ * times unchanged, so its contents are compared on every use.
+ */
+#define APS_RACY_SECONDS	2
+
 typedef struct ApsKeyCache
 {
 	char		path[MAXPGPATH];
@@ -47,6 +67,9 @@ typedef struct ApsKeyCache
 	ino_t		ino;
 	off_t		size;
 	struct timespec mtime;
+	struct timespec ctime;
+	struct timespec read_at;	/* clock when the contents were last read */
+	unsigned char digest[SHA256_DIGEST_LENGTH];	/* SHA-256 of the contents */
 	EVP_PKEY   *key;
 } ApsKeyCache;
 
@@ -132,6 +155,80 @@ decode_key(const char *data, size_t len, int selection)
 }
 
 /*
+ * Whether error messages may name key files by their paths: only when both
+ * the current and the session user could SHOW the (GUC_SUPERUSER_ONLY)
+ * settings, i.e. are superusers or have the privileges of
+ * pg_read_all_settings.  The session user is asked too, so that a SECURITY
+ * DEFINER function does not hand the paths to its caller.
+ */
+static bool
+key_paths_visible(void)
+{
+	Oid			users[2];
+
+	users[0] = GetUserId();
+	users[1] = GetSessionUserId();
+	for (size_t i = 0; i < lengthof(users); i++)
+		if (!superuser_arg(users[i]) &&
+			!has_privs_of_role(users[i], ROLE_PG_READ_ALL_SETTINGS))
+			return false;
+	return true;
+}
+
+static bool
+timespec_equal(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+/* Whether the file's newest time is less than APS_RACY_SECONDS before "at" */
+static bool
+file_is_racy(const struct timespec *mtime, const struct timespec *ctime,
+			 const struct timespec *at)
+{
+	const struct timespec *newest = mtime;
+
+	if (ctime->tv_sec > mtime->tv_sec ||
+		(ctime->tv_sec == mtime->tv_sec && ctime->tv_nsec > mtime->tv_nsec))
+		newest = ctime;
+	if (newest->tv_sec + APS_RACY_SECONDS != at->tv_sec)
+		return newest->tv_sec + APS_RACY_SECONDS > at->tv_sec;
+	return newest->tv_nsec >= at->tv_nsec;
+}
+
+/*
+ * Read a key file of (about) "size" bytes into palloc'd memory; *nread is
+ * set to the number of bytes read.  The caller must zero and free it.
+ */
+static char *
+read_key_file(const char *name, const char *path, off_t size, size_t *nread)
+{
+	FILE	   *fp;
+	char	   *buf;
+
+	fp = AllocateFile(path, PG_BINARY_R);
+	if (fp == NULL)
+	{
+		int			save_errno = errno;
+		bool		visible = key_paths_visible();
+
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 visible ?
+				 errmsg("could not open key file \"%s\" named by %s: %m",
+						path, name) :
+				 errmsg("could not open the key file named by %s: %m", name),
+				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
+	}
+	buf = palloc(size + 1);
+	*nread = fread(buf, 1, size, fp);
+	FreeFile(fp);
+	buf[*nread] = '\0';
+	return buf;
+}
+
+/*
  * Return the key named by setting "name" (value "path"), from the cache
  * when the file has not changed, else freshly read and decoded.
  */
@@ -140,41 +237,114 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 		   bool is_private)
 {
 	struct stat st;
-	FILE	   *fp;
+	struct timespec now;
 	char	   *buf;
 	size_t		nread;
+	unsigned char digest[SHA256_DIGEST_LENGTH];
+	bool		same_file;
 	EVP_PKEY   *pkey;
 
 	aps_require_setting(name, path);
 
+	/* the moment the contents are read, at the latest: taken before stat */
+	clock_gettime(CLOCK_REALTIME, &now);
 	if (stat(path, &st) != 0)
+	{
+		int			save_errno = errno;
+		bool		visible = key_paths_visible();
+
+		errno = save_errno;
 		ereport(ERROR,
 				(errcode_for_file_access(),
+				 visible ?
 				 errmsg("could not access key file \"%s\" named by %s: %m",
-						path, name)));
+						path, name) :
+				 errmsg("could not access the key file named by %s: %m", name),
+				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
+	}
 	if (!S_ISREG(st.st_mode))
+	{
+		bool		visible = key_paths_visible();
+
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 visible ?
 				 errmsg("key file \"%s\" named by %s is not a regular file",
-						path, name)));
+						path, name) :
+				 errmsg("the key file named by %s is not a regular file", name),
+				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
+	}
 
 	/* checked on every use, so that a chmod takes effect at once */
 	if (is_private && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0 &&
 		(st.st_uid != 0 || (st.st_mode & S_IRWXO) != 0))
+	{
+		bool		visible = key_paths_visible();
+
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 visible ?
 				 errmsg("private key file \"%s\" has group or world access",
-						path),
+						path) :
+				 errmsg("the private key file named by %s has group or world access",
+						name),
 				 errdetail("File must have permissions u=rw (0600) or less if owned by the database user, or permissions u=rw,g=r (0640) or less if owned by root."),
+				 visible ? 0 : errdetail_log("The file is \"%s\". File must have permissions u=rw (0600) or less if owned by the database user, or permissions u=rw,g=r (0640) or less if owned by root.",
+											 path),
 				 errhint("Run chmod 0600 on the file.")));
+	}
 
-	if (cache->key != NULL &&
+	same_file = cache->key != NULL &&
 		strcmp(cache->path, path) == 0 &&
 		cache->dev == st.st_dev && cache->ino == st.st_ino &&
 		cache->size == st.st_size &&
-		cache->mtime.tv_sec == st.st_mtim.tv_sec &&
-		cache->mtime.tv_nsec == st.st_mtim.tv_nsec)
+		timespec_equal(&cache->mtime, &st.st_mtim) &&
+		timespec_equal(&cache->ctime, &st.st_ctim);
+	if (same_file && !file_is_racy(&cache->mtime, &cache->ctime, &cache->read_at))
 		return cache->key;
+
+	if (st.st_size <= 0 || st.st_size > APS_MAX_KEY_FILE_BYTES)
+	{
+		bool		visible = key_paths_visible();
+
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 visible ?
+				 errmsg("key file \"%s\" named by %s is empty or too large to be a key",
+						path, name) :
+				 errmsg("the key file named by %s is empty or too large to be a key",
+						name),
+				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
+	}
+
+	buf = read_key_file(name, path, st.st_size, &nread);
+	if (EVP_Digest(buf, nread, digest, NULL, EVP_sha256(), NULL) != 1)
+	{
+		explicit_bzero(buf, nread);
+		pfree(buf);
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not compute a SHA-256 digest"),
+				 errdetail_internal("OpenSSL: %s", openssl_reason())));
+	}
+
+	/*
+	 * Racy or touched, but the contents are what was decoded: keep the key,
+	 * and remember the file as it is now.
+	 */
+	if (cache->key != NULL && strcmp(cache->path, path) == 0 &&
+		memcmp(digest, cache->digest, sizeof(digest)) == 0)
+	{
+		explicit_bzero(buf, nread);
+		pfree(buf);
+		cache->dev = st.st_dev;
+		cache->ino = st.st_ino;
+		cache->size = st.st_size;
+		cache->mtime = st.st_mtim;
+		cache->ctime = st.st_ctim;
+		cache->read_at = now;
+		return cache->key;
+	}
 
 	/* the file or the setting changed: forget the old key first */
 	if (cache->key != NULL)
@@ -182,23 +352,6 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 		EVP_PKEY_free(cache->key);
 		cache->key = NULL;
 	}
-
-	if (st.st_size <= 0 || st.st_size > APS_MAX_KEY_FILE_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("key file \"%s\" named by %s is empty or too large to be a key",
-						path, name)));
-
-	fp = AllocateFile(path, PG_BINARY_R);
-	if (fp == NULL)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not open key file \"%s\" named by %s: %m",
-						path, name)));
-	buf = palloc(st.st_size + 1);
-	nread = fread(buf, 1, st.st_size, fp);
-	FreeFile(fp);
-	buf[nread] = '\0';
 
 	ERR_clear_error();
 	pkey = decode_key(buf, nread,
@@ -208,18 +361,31 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 	pfree(buf);
 
 	if (pkey == NULL)
+	{
+		const char *reason = openssl_reason();
+		bool		visible = key_paths_visible();
+
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 visible ?
 				 errmsg("key file \"%s\" named by %s does not hold a usable RSA %s key",
-						path, name, is_private ? "private" : "public"),
-				 errdetail_internal("OpenSSL: %s", openssl_reason()),
+						path, name, is_private ? "private" : "public") :
+				 errmsg("the key file named by %s does not hold a usable RSA %s key",
+						name, is_private ? "private" : "public"),
+				 errdetail_internal("OpenSSL: %s", reason),
+				 visible ? 0 : errdetail_log("The file is \"%s\"; OpenSSL: %s",
+											 path, reason),
 				 errhint("Give a PEM or DER file: PKCS#8 or PKCS#1 for a private key, SubjectPublicKeyInfo for a public key; encrypted keys are not supported.")));
+	}
 
 	strlcpy(cache->path, path, sizeof(cache->path));
 	cache->dev = st.st_dev;
 	cache->ino = st.st_ino;
 	cache->size = st.st_size;
 	cache->mtime = st.st_mtim;
+	cache->ctime = st.st_ctim;
+	cache->read_at = now;
+	memcpy(cache->digest, digest, sizeof(digest));
 	cache->key = pkey;
 	return pkey;
 }
@@ -326,58 +492,126 @@ aps_signature_header(const char *base64_signature)
 }
 
 /*
+ * Find the "name = value" field in s[0..len): a name of letters, '=', and a
+ * value that is not empty and not only '=' signs, with blanks allowed
+ * around each.  A bare base64 signature never is such a field: its only
+ * '=' signs are the padding at its end (percent-encoded, it has none).
+ * Returns false if s is not a field; else sets the trimmed name and value.
+ */
+static bool
+header_field(const char *s, size_t len, const char **name, size_t *namelen,
+			 const char **value, size_t *valuelen)
+{
+	const char *end = s + len;
+	const char *eq = memchr(s, '=', len);
+	const char *n = s;
+	const char *ne;
+	const char *v;
+	const char *ve = end;
+	bool		only_padding = true;
+
+	if (eq == NULL)
+		return false;
+	while (n < eq && isspace((unsigned char) *n))
+		n++;
+	ne = eq;
+	while (ne > n && isspace((unsigned char) ne[-1]))
+		ne--;
+	if (ne == n)
+		return false;
+	for (const char *p = n; p < ne; p++)
+		if (!isalpha((unsigned char) *p))
+			return false;
+
+	v = eq + 1;
+	while (v < end && isspace((unsigned char) *v))
+		v++;
+	while (ve > v && isspace((unsigned char) ve[-1]))
+		ve--;
+	for (const char *p = v; p < ve; p++)
+		if (*p != '=')
+			only_padding = false;
+	if (only_padding)
+		return false;
+
+	*name = n;
+	*namelen = ne - n;
+	*value = v;
+	*valuelen = ve - v;
+	return true;
+}
+
+static bool
+name_is(const char *name, size_t namelen, const char *word)
+{
+	return namelen == strlen(word) && pg_strncasecmp(name, word, namelen) == 0;
+}
+
+/*
  * Take the encoded signature out of a Signature header value.  The value
- * is a comma-separated list of key=value pairs, possibly with blanks after
- * the commas; a text without "signature=" is taken as the encoded
- * signature itself.  Returns NULL if no signature can be found.
+ * is a comma-separated list of name=value fields, with field names in any
+ * case and blanks allowed around '=' and ','; a text that is a single
+ * bare value (no comma, not a field) is taken as the encoded signature
+ * itself.  Returns NULL if no signature can be accepted: no signature
+ * field, a field given twice, a list element that is not a field, or an
+ * algorithm other than RSA256.
  */
 static char *
 signature_value(const char *header)
 {
-	char	   *copy = pstrdup(header);
-	char	   *pair;
-	char	   *save = NULL;
+	size_t		len = strlen(header);
+	const char *name;
+	const char *value;
+	size_t		namelen;
+	size_t		valuelen;
+	const char *sig = NULL;
+	size_t		siglen = 0;
+	bool		saw_algorithm = false;
+	const char *item;
 
-	if (strstr(copy, "signature=") == NULL)
+	if (memchr(header, ',', len) == NULL &&
+		!header_field(header, len, &name, &namelen, &value, &valuelen))
 	{
-		char	   *s = copy;
-		char	   *e;
+		const char *s = header;
+		const char *e = header + len;
 
-		while (isspace((unsigned char) *s))
+		while (s < e && isspace((unsigned char) *s))
 			s++;
-		e = s + strlen(s);
 		while (e > s && isspace((unsigned char) e[-1]))
-			*--e = '\0';
-		return *s ? s : NULL;
-	}
-
-	for (pair = strtok_r(copy, ",", &save); pair; pair = strtok_r(NULL, ",", &save))
-	{
-		char	   *eq;
-		char	   *e;
-
-		while (isspace((unsigned char) *pair))
-			pair++;
-		eq = strchr(pair, '=');
-		if (eq == NULL)
-			continue;
-		e = eq;
-		while (e > pair && isspace((unsigned char) e[-1]))
 			e--;
-		if ((size_t) (e - pair) == strlen("signature") &&
-			pg_strncasecmp(pair, "signature", e - pair) == 0)
-		{
-			char	   *v = eq + 1;
-
-			while (isspace((unsigned char) *v))
-				v++;
-			e = v + strlen(v);
-			while (e > v && isspace((unsigned char) e[-1]))
-				*--e = '\0';
-			return *v ? v : NULL;
-		}
+		return e > s ? pnstrdup(s, e - s) : NULL;
 	}
-	return NULL;
+
+	for (item = header; item != NULL;)
+	{
+		const char *comma = strchr(item, ',');
+		size_t		itemlen = comma ? (size_t) (comma - item) : strlen(item);
+		bool		blank = true;
+
+		for (size_t i = 0; i < itemlen; i++)
+			if (!isspace((unsigned char) item[i]))
+				blank = false;
+		if (!blank)
+		{
+			if (!header_field(item, itemlen, &name, &namelen, &value, &valuelen))
+				return NULL;
+			if (name_is(name, namelen, "signature"))
+			{
+				if (sig != NULL)
+					return NULL;
+				sig = value;
+				siglen = valuelen;
+			}
+			else if (name_is(name, namelen, "algorithm"))
+			{
+				if (saw_algorithm || !name_is(value, valuelen, "RSA256"))
+					return NULL;
+				saw_algorithm = true;
+			}
+		}
+		item = comma ? comma + 1 : NULL;
+	}
+	return sig ? pnstrdup(sig, siglen) : NULL;
 }
 
 /*

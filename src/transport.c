@@ -134,6 +134,15 @@ set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
 	SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "https");
 	SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(CURLOPT_NOSIGNAL, 1L);
+
+	/*
+	 * Do not wait for a pending DNS lookup when the transfer is abandoned
+	 * (query cancel, terminate, timeout): libcurl's threaded resolver would
+	 * otherwise join its thread in curl_multi_remove_handle(), and
+	 * getaddrinfo() can take as long as the system resolver's timeouts.
+	 * The thread is left to finish on its own and frees what it holds.
+	 */
+	SETOPT(CURLOPT_QUICK_EXIT, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(CURLOPT_SSL_VERIFYHOST, 2L);
 	if (aps_ca_file != NULL && aps_ca_file[0] != '\0')
@@ -155,20 +164,37 @@ set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
 }
 
 /*
- * Append one "Name: value" header.  Returns the new list, or NULL when
- * libcurl is out of memory, in which case the old list has been freed.
+ * The request headers as a curl list.  Every line is built, with exact
+ * allocation, before the list is started, so that an error raised while
+ * building cannot leak the list; the list itself is made by libcurl, which
+ * reports failure by returning NULL instead of raising.
  */
 static struct curl_slist *
-add_header(struct curl_slist *list, const char *name, const char *value)
+request_headers(ApsHttpExchange *ex)
 {
-	char		line[2048];
-	struct curl_slist *next;
+	const char *lines[5];
+	struct curl_slist *list = NULL;
 
-	snprintf(line, sizeof(line), "%s: %s", name, value);
-	next = curl_slist_append(list, line);
-	if (next == NULL)
-		curl_slist_free_all(list);
-	return next;
+	lines[0] = "Content-Type: application/json; charset=UTF-8";
+	lines[1] = psprintf("Client-Id: %s", ex->client_id);
+	lines[2] = psprintf("Request-Time: %s", ex->request_time);
+	lines[3] = psprintf("Signature: %s", ex->signature);
+	lines[4] = "Expect:";			/* no "Expect: 100-continue" */
+
+	for (size_t i = 0; i < lengthof(lines); i++)
+	{
+		struct curl_slist *next = curl_slist_append(list, lines[i]);
+
+		if (next == NULL)
+		{
+			curl_slist_free_all(list);
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory while building request headers")));
+		}
+		list = next;
+	}
+	return list;
 }
 
 /*
@@ -190,19 +216,7 @@ aps_http_post(ApsHttpExchange *ex)
 	curl_easy_reset(aps_easy);
 	errbuf[0] = '\0';
 
-	headers = add_header(NULL, "Content-Type", "application/json; charset=UTF-8");
-	if (headers)
-		headers = add_header(headers, "Client-Id", ex->client_id);
-	if (headers)
-		headers = add_header(headers, "Request-Time", ex->request_time);
-	if (headers)
-		headers = add_header(headers, "Signature", ex->signature);
-	if (headers)
-		headers = add_header(headers, "Expect", "");
-	if (headers == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory while building request headers")));
+	headers = request_headers(ex);
 
 	PG_TRY();
 	{

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""
+r"""
 fake_gateway.py -- a fake Alipay+ gateway for the extension's test rig.
 
 It serves the Alipay+ (ACQP -> Alipay+) cancelPayment API over HTTPS, checks
@@ -20,7 +20,21 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   otherclient-...        S signed for client OTHER_CLIENT_0001
   spaced-...             S, "a=b, c=d" header, lowercase hex and header names
   huge-...               S with a ~2 MiB body
+  chunked-...            S with a ~2 MiB body sent chunked, no Content-Length
   reset-...              TCP reset instead of a response
+  unsigned-otherclient-F-CODE-... / unsigned-otherclient-U-CODE-...
+                         no signature, Client-Id OTHER_CLIENT_0001
+  otherclientbytes-...   S signed for a Client-Id with bytes 0xff 0xfe 0x01
+  casedsig-...           S, "algorithm = rsa256 , keyVersion = 1 , SIGNATURE = ..."
+  ecc224-...             S, valid signature but "algorithm=ECC224"
+  deepjson-...           signed S whose ignored field "deep" nests 100000 arrays
+  escapes-...            signed F PROCESS_FAIL, resultMessage with \" \\ \u0041 and a
+                         surrogate pair, next to a field nested 64 levels deep
+  cutescape-...          signed body that ends inside a \u escape
+  longmsg-...            signed F PROCESS_FAIL, a 2000-character resultMessage
+                         with a line break and a tab
+  unicode-...            signed F PROCESS_FAIL whose resultMessage holds
+                         \u00e9, \u4e2d, \ud83d\ude00 escapes and a raw UTF-8 e-acute
   seq-T1.T2...-...       n-th request for the id gets token n (last repeats):
                          S, U (UNKNOWN_EXCEPTION), F (PROCESS_FAIL), R (reset),
                          E (HTTP 500), W (sleep 2000 ms, then S)
@@ -56,6 +70,12 @@ JSON_TYPE = "application/json; charset=UTF-8"
 ACQUIRER_ID = "1022188000000000001"
 PSP_ID = "1022172000000000001"
 OTHER_CLIENT_ID = "OTHER_CLIENT_0001"
+# a Client-Id that is not UTF-8 and holds a control character (sent as
+# these bytes: http.server encodes header values as latin-1)
+OTHER_CLIENT_BYTES = "OTHER\xff\xfe\x01X"
+DEEP_LEVELS = 100000
+UNICODE_MESSAGE = (b'caf\\u00e9 \\u4e2d \\ud83d\\ude00 raw ' +
+                   "\u00e9".encode("utf-8"))
 ID_FIELDS = ("paymentRequestId", "paymentId")
 HUGE_PADDING = 2 * 1024 * 1024
 UTC8 = timezone(timedelta(hours=8))
@@ -111,10 +131,11 @@ def pct_encode(b64, lowercase_hex=False):
     return enc
 
 
-def signature_header(b64, key_version="1", spaced=False, lowercase_hex=False):
+def signature_header(b64, key_version="1", spaced=False, lowercase_hex=False,
+                     algorithm="RSA256"):
     """Build 'algorithm=RSA256,keyVersion=1,signature=<pct-encoded b64>'."""
     sep = ", " if spaced else ","
-    return sep.join(["algorithm=RSA256", "keyVersion=" + key_version,
+    return sep.join(["algorithm=" + algorithm, "keyVersion=" + key_version,
                      "signature=" + pct_encode(b64, lowercase_hex)])
 
 
@@ -194,12 +215,16 @@ def parse_request_body(raw):
 
 class Plan:
     """What to answer.  kind: 'result' (JSON body), 'http500' or 'reset'.
-    sign: 'normal', 'none', 'bad', 'half', 'other' or 'spaced'."""
+    sign: 'normal', 'none', 'none-other' (no signature, foreign Client-Id),
+    'bad', 'half', 'other', 'otherbytes', 'spaced', 'cased' or 'ecc224'.
+    chunked: send the body with Transfer-Encoding: chunked."""
 
     def __init__(self, outcome, kind="result", status="S", code="SUCCESS",
-                 sign="normal", delay_ms=0, body=None, huge=False):
+                 sign="normal", delay_ms=0, body=None, huge=False,
+                 chunked=False):
         self.outcome, self.kind, self.status, self.code = outcome, kind, status, code
         self.sign, self.delay_ms, self.body, self.huge = sign, delay_ms, body, huge
+        self.chunked = chunked
 
 
 SEQ_TOKENS = {
@@ -223,6 +248,24 @@ SIMPLE_PREFIXES = {
     "otherclient": {"sign": "other"},
     "spaced": {"sign": "spaced"},
     "huge": {"huge": True},
+    "chunked": {"huge": True, "chunked": True},
+    "otherclientbytes": {"sign": "otherbytes"},
+    "casedsig": {"sign": "cased"},
+    "ecc224": {"sign": "ecc224"},
+    "deepjson": {"body": b'{"deep":' + b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS +
+                 b',"acquirerId":"' + ACQUIRER_ID.encode() + b'","pspId":"' +
+                 PSP_ID.encode() + b'","result":{"resultCode":"SUCCESS",'
+                 b'"resultMessage":"success.","resultStatus":"S"}}'},
+    "escapes": {"body": b'{"deep":' + b"[" * 63 + b"]" * 63 +
+                b',"result":{"resultCode":"PROCESS_FAIL","resultMessage":'
+                b'"quote \\" backslash \\\\u00e9 A=\\u0041 pair \\ud83d\\ude00",'
+                b'"resultStatus":"F"}}'},
+    "cutescape": {"body": b'{"result":{"resultCode":"PROCESS_FAIL","resultMessage":"\\ud83'},
+    "longmsg": {"body": result_body("F", "PROCESS_FAIL",
+                                    "first line\nsecond\tline " + "x" * 1978)},
+    "unicode": {"status": "F", "code": "PROCESS_FAIL",
+                "body": b'{"result":{"resultCode":"PROCESS_FAIL","resultMessage":"' +
+                UNICODE_MESSAGE + b'","resultStatus":"F"}}'},
 }
 
 CODE = r"([A-Za-z0-9_]+)"
@@ -242,6 +285,9 @@ def plan_for(ident, count):
         return Plan("U:" + r.group(1), status="U", code=r.group(1))
     if r := m(r"slow-(\d+)"):
         return Plan("slow:" + r.group(1), delay_ms=int(r.group(1)))
+    if r := m(r"unsigned-otherclient-([FU])-" + CODE):
+        return Plan("unsigned-otherclient-%s:%s" % r.groups(), status=r.group(1),
+                    code=r.group(2), sign="none-other")
     if r := m(r"unsigned-([FU])-" + CODE):
         return Plan("unsigned-%s:%s" % r.groups(), status=r.group(1),
                     code=r.group(2), sign="none")
@@ -261,7 +307,8 @@ class Gateway:
     def __init__(self, args):
         self.path = args.path
         self.client_id = args.client_id
-        self.client_pub = load_rsa_key(args.client_pubkey, private=False)
+        self.client_pubs = [load_rsa_key(k, private=False)
+                            for k in args.client_pubkey]
         self.sign_key = load_rsa_key(args.sign_key, private=True)
         self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl_ctx.load_cert_chain(args.cert, args.key)
@@ -304,7 +351,7 @@ class Gateway:
         content = content_to_sign(self.path.encode("latin-1"),
                                   client_id.encode("latin-1"),
                                   req_time.encode("latin-1"), body)
-        return verify(self.client_pub, content, sig)
+        return any(verify(k, content, sig) for k in self.client_pubs)
 
 
 # --------------------------------------------------------------------------
@@ -353,38 +400,61 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- replies ------------------------------------------------------------
 
-    def _send(self, code, body, headers=()):
+    def _send(self, code, body, headers=(), chunked=False):
         self.send_response(code)
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if not chunked:
             self.wfile.write(body)
+            return
+        step = 64 * 1024
+        for i in range(0, len(body), step):
+            part = body[i:i + step]
+            self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     def _send_plain(self, code, text):
         self._send(code, text.encode(), [("Content-Type", "text/plain; charset=utf-8")])
 
-    def _send_json(self, body, sign):
+    def _send_json(self, body, sign, chunked=False):
         """Send a 200 JSON body, signed according to `sign` (see Plan)."""
         gw = self.server.gw
         headers = [("Content-Type", JSON_TYPE)]
         if sign == "none":
-            self._send(200, body, headers)
+            self._send(200, body, headers, chunked)
             return
-        cid = OTHER_CLIENT_ID if sign == "other" else gw.client_id
+        if sign == "none-other":
+            headers.append(("Client-Id", OTHER_CLIENT_ID))
+            self._send(200, body, headers, chunked)
+            return
+        cid = {"other": OTHER_CLIENT_ID,
+               "otherbytes": OTHER_CLIENT_BYTES}.get(sign, gw.client_id)
         rtime = response_time_now()
         signed_body = body + b" " if sign == "bad" else body
-        b64 = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime, signed_body))
+        # header values go out as latin-1 bytes; sign those same bytes
+        b64 = sign_b64(gw.sign_key, content_to_sign(gw.path, cid.encode("latin-1"),
+                                                    rtime, signed_body))
         spaced = sign == "spaced"
         names = ("client-id", "response-time", "signature") if spaced else \
                 ("Client-Id", "Response-Time", "Signature")
         headers.append((names[0], cid))
         if sign != "half":
             headers.append((names[1], rtime))
-        headers.append((names[2], signature_header(b64, spaced=spaced,
-                                                   lowercase_hex=spaced)))
-        self._send(200, body, headers)
+        if sign == "cased":
+            sig = "algorithm = rsa256 , keyVersion = 1 , SIGNATURE = " + pct_encode(b64)
+        elif sign == "ecc224":
+            sig = signature_header(b64, algorithm="ECC224")
+        else:
+            sig = signature_header(b64, spaced=spaced, lowercase_hex=spaced)
+        headers.append((names[2], sig))
+        self._send(200, body, headers, chunked)
 
     def _reset(self):
         """Drop the connection with a TCP RST and no response."""
@@ -479,7 +549,7 @@ class Handler(BaseHTTPRequestHandler):
                 if plan.huge:
                     extra["padding"] = "x" * HUGE_PADDING
                 body = result_body(plan.status, plan.code, extra=extra)
-            self._send_json(body, plan.sign)
+            self._send_json(body, plan.sign, plan.chunked)
 
 
 class GatewayServer(ThreadingHTTPServer):
@@ -550,8 +620,10 @@ def main(argv=None):
     ap.add_argument("--path", default=DEFAULT_PATH)
     ap.add_argument("--pidfile")
     for name in ("--portfile", "--cert", "--key", "--client-id",
-                 "--client-pubkey", "--sign-key", "--log"):
+                 "--sign-key", "--log"):
         ap.add_argument(name, required=True)
+    ap.add_argument("--client-pubkey", required=True, action="append",
+                    help="the acquirer's public key; may be given more than once")
     args = ap.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _raise_stop)
