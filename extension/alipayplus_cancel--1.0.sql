@@ -222,8 +222,12 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'alipayplus_id_problem'
 LANGUAGE C IMMUTABLE STRICT;
 
-/* Run a query on a user table as that table's owner (src/orders.c) */
-CREATE FUNCTION alipayplus._order_exec(tbl regclass, query text, params text[])
+/*
+ * Run a query on a user table as that table's owner (src/orders.c); a
+ * param named in param_columns takes that column's type
+ */
+CREATE FUNCTION alipayplus._order_exec(tbl regclass, query text, params text[],
+	param_columns name[] DEFAULT NULL)
 RETURNS SETOF text[]
 AS 'MODULE_PATHNAME', 'alipayplus_order_exec'
 LANGUAGE C VOLATILE;
@@ -377,14 +381,13 @@ BEGIN
 					b.initiated_at_time_zone, b.initiated_at_column)
 		END;
 	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
-		format('SELECT %I::text, %I::text, %s, %s FROM %s WHERE %I = $1::%s FOR UPDATE%s',
+		format('SELECT %I::pg_catalog.text, %I::pg_catalog.text, %s, %s FROM %s WHERE %I OPERATOR(pg_catalog.=) $1 FOR UPDATE%s',
 			   b.status_column, b.request_id_column,
 			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
-					ELSE format('%I::text', b.payment_id_column) END,
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
 			   initiated, b.orders, key_col,
-			   alipayplus._column_type(b.orders, key_col),
 			   CASE WHEN p_nowait THEN ' NOWAIT' ELSE '' END),
-		ARRAY[p_id])
+		ARRAY[p_id], ARRAY[key_col])
 	LOOP
 		n := n + 1;
 		IF n > 1 THEN
@@ -418,7 +421,12 @@ BEGIN
 END;
 $$;
 
-/* Set the status of the bound order whose p_field id is p_id, as the table owner */
+/*
+ * Set the status of the bound order whose p_field id is p_id, as the table
+ * owner, and make sure it took: an owner's BEFORE trigger returning NULL or
+ * a row security policy can skip an UPDATE without an error, which would
+ * leave the order behind the ledger unnoticed.
+ */
 CREATE FUNCTION alipayplus._set_order_status(p_field text, p_id text, p_status text)
 RETURNS void
 LANGUAGE plpgsql
@@ -427,7 +435,9 @@ AS $$
 DECLARE
 	b alipayplus.order_binding;
 	key_col name;
-	status_type text;
+	r text[];
+	n integer := 0;
+	now_status text;
 BEGIN
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND OR p_status IS NULL OR p_id IS NULL THEN
@@ -437,13 +447,33 @@ BEGIN
 	IF key_col IS NULL THEN
 		RETURN;
 	END IF;
-	status_type := alipayplus._column_type(b.orders, b.status_column);
-	PERFORM alipayplus._order_exec(b.orders,
-		format('UPDATE %s SET %I = $1::%s WHERE %I = $2::%s AND %I IS DISTINCT FROM $1::%s RETURNING 1',
-			   b.orders, b.status_column, status_type,
-			   key_col, alipayplus._column_type(b.orders, key_col),
-			   b.status_column, status_type),
-		ARRAY[p_status, p_id]);
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('UPDATE %s SET %I = $1 WHERE %I OPERATOR(pg_catalog.=) $2 '
+			   'AND (%I IS NULL OR NOT %I OPERATOR(pg_catalog.=) $1) RETURNING %I::pg_catalog.text',
+			   b.orders, b.status_column, key_col, b.status_column,
+			   b.status_column, b.status_column),
+		ARRAY[p_status, p_id], ARRAY[b.status_column, key_col])
+	LOOP
+		n := n + 1;
+		now_status := r[1];
+	END LOOP;
+	IF n = 0 THEN
+		/* nothing to change, or nothing changed: look */
+		SELECT x[1] INTO now_status FROM alipayplus._order_exec(b.orders,
+			format('SELECT %I::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+				   b.status_column, b.orders, key_col),
+			ARRAY[p_id], ARRAY[key_col]) x;
+		IF NOT FOUND THEN
+			RETURN;
+		END IF;
+	END IF;
+	IF now_status IS DISTINCT FROM p_status THEN
+		RAISE EXCEPTION USING ERRCODE = 'triggered_data_change_violation',
+			MESSAGE = format('the order with %s = %L was not set to %L; it is %L',
+							 key_col, p_id, p_status, now_status),
+			DETAIL = 'An update of the orders table changed nothing: a trigger returned NULL, a rule or row security policy skipped the row, or a trigger rewrote the status.',
+			HINT = 'Let updates of the status column by the table''s owner through.';
+	END IF;
 END;
 $$;
 
@@ -840,6 +870,7 @@ DECLARE
 	v_claim_error text;
 	v_last_error text;
 	v_run bigint;
+	v_statement_timeout interval := current_setting('statement_timeout')::interval;
 BEGIN
 	IF $1 IS NULL OR $1 < 1 THEN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -858,6 +889,12 @@ BEGIN
 		END IF;
 		IF pg_catalog.clock_timestamp() - v_start >= $2 THEN
 			v_stop := 'time budget used';
+			EXIT;
+		END IF;
+		IF v_statement_timeout > interval '0'
+		   AND pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
+			   > v_statement_timeout - interval '500 ms' THEN
+			v_stop := 'statement_timeout near';
 			EXIT;
 		END IF;
 
@@ -1162,7 +1199,7 @@ BEGIN
 							 TG_NAME, TG_RELID::regclass);
 	END IF;
 	IF EXISTS (SELECT 1 FROM alipayplus._order_exec(TG_RELID::regclass,
-			format('SELECT 1 FROM %s WHERE %I::text = ANY ($1::text[]) LIMIT 1',
+			format('SELECT 1 FROM %s WHERE %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) LIMIT 1',
 				   TG_RELID::regclass, TG_ARGV[0]),
 			ARRAY[TG_ARGV[1:]::text])) THEN
 		RAISE EXCEPTION USING
@@ -1176,6 +1213,107 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_guard_truncate() IS
 	'Statement trigger: (status column, values...) refuses TRUNCATE while rows have one of the values';
+
+/*
+ * Why a column cannot be compared byte for byte, or NULL if it can.  The
+ * guard compares stored values exactly; a type or collation whose
+ * equality is looser (citext, a nondeterministic collation, a user type)
+ * would let 'Cancelled' count as cancelled for the application but not
+ * for the guard.
+ */
+CREATE FUNCTION alipayplus._not_bytewise(tbl regclass, col name)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	typ oid;
+	base oid;
+	coll oid;
+BEGIN
+	SELECT a.atttypid, a.attcollation INTO typ, coll FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid = tbl AND a.attname = col AND NOT a.attisdropped;
+	base := typ;
+	WHILE (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = base) = 'd' LOOP
+		base := (SELECT t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = base);
+	END LOOP;
+	IF (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = base) <> 'e'
+	   AND base NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
+						'int2'::regtype, 'int4'::regtype, 'int8'::regtype,
+						'uuid'::regtype) THEN
+		RETURN format('type %s', pg_catalog.format_type(typ, NULL));
+	END IF;
+	IF coll <> 0 AND NOT (SELECT c.collisdeterministic FROM pg_catalog.pg_collation c
+						  WHERE c.oid = coll) THEN
+		RETURN format('the nondeterministic collation %s',
+					  (SELECT c.collname FROM pg_catalog.pg_collation c WHERE c.oid = coll));
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+/*
+ * Rows of tbl already in a cancel state must have come through the ledger:
+ * a CANCELLING row without a cancellation would wait for ever (refused); a
+ * CANCELLED row without a confirmed one is an order cancelled before the
+ * extension (kept, with a warning: the guard keeps it CANCELLED).
+ */
+CREATE FUNCTION alipayplus._check_existing_rows(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_field text;
+	v_id text;
+	v_state text;
+	n_stuck bigint := 0;
+	n_legacy bigint := 0;
+	example text;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	FOR r IN SELECT * FROM alipayplus._order_exec(tbl,
+		format('SELECT %I::pg_catalog.text, %I::pg_catalog.text, %s FROM ONLY %s '
+			   'WHERE %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])',
+			   b.status_column, b.request_id_column,
+			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
+			   tbl, b.status_column),
+		ARRAY[ARRAY[b.cancelled_value, b.cancelling_value]::text])
+	LOOP
+		IF alipayplus._clean_id(r[2]) IS NOT NULL THEN
+			v_field := 'paymentRequestId';
+			v_id := r[2];
+		ELSE
+			v_field := 'paymentId';
+			v_id := alipayplus._clean_id(r[3]);
+		END IF;
+		SELECT c.state INTO v_state FROM alipayplus.cancellations c
+		WHERE c.sent_field = v_field AND c.sent_id = v_id;
+		IF r[1] = b.cancelling_value AND v_state IS NULL THEN
+			n_stuck := n_stuck + 1;
+			example := coalesce(example, v_id);
+		ELSIF r[1] = b.cancelled_value AND v_state IS DISTINCT FROM 'CANCELLED' THEN
+			n_legacy := n_legacy + 1;
+		END IF;
+	END LOOP;
+	IF n_stuck > 0 THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('%s rows of %s are %s without a cancellation in the ledger (for example %s)',
+							 n_stuck, tbl, b.cancelling_value, coalesce(example, 'one without ids')),
+			DETAIL = 'Under the guard they could only wait for a cancellation nobody asked Alipay+ for.',
+			HINT = format('Set them back to their previous status first, then request their cancellation with alipayplus_request_cancel().');
+	END IF;
+	IF n_legacy > 0 THEN
+		RAISE WARNING USING
+			MESSAGE = format('%s rows of %s are %s without a cancellation confirmed by Alipay+ in the ledger',
+							 n_legacy, tbl, b.cancelled_value),
+			DETAIL = 'They were cancelled before the extension saw them; the guard keeps them cancelled.';
+	END IF;
+END;
+$$;
 
 /*
  * Attach the guard triggers to the bound table and every table below it
@@ -1222,6 +1360,10 @@ BEGIN
 		FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid
 		ORDER BY tree.relid = b.orders::oid DESC
 	LOOP
+		/* a table that joins the tree brings its rows under the guard */
+		IF NOT p_replace AND NOT t.is_root AND NOT t.has_trunc THEN
+			PERFORM alipayplus._check_existing_rows(t.rel);
+		END IF;
 		/* row guard: its own on the root and on children that are not partitions */
 		IF t.is_root OR NOT t.relispartition THEN
 			IF p_replace OR NOT t.has_row THEN
@@ -1243,8 +1385,13 @@ BEGIN
 
 	/* the clones on partitions must fire under session_replication_role too */
 	FOR t IN
+		WITH RECURSIVE tree(relid) AS (
+			SELECT b.orders::oid
+			UNION
+			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		)
 		SELECT g.tgrelid::regclass AS rel FROM pg_catalog.pg_trigger g
-		JOIN pg_catalog.pg_inherits i ON i.inhrelid = g.tgrelid
+		JOIN tree ON tree.relid = g.tgrelid
 		WHERE g.tgname = 'alipayplus_guard_order' AND g.tgenabled <> 'A'
 	LOOP
 		EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER alipayplus_guard_order', t.rel);
@@ -1259,7 +1406,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF EXISTS (SELECT 1 FROM alipayplus.order_binding) THEN
+	/*
+	 * A restore (pg_dump's script, pg_restore) turns check_function_bodies
+	 * off and brings the triggers itself: stay out of its way.
+	 */
+	IF current_setting('check_function_bodies') = 'on'
+	   AND EXISTS (SELECT 1 FROM alipayplus.order_binding) THEN
 		PERFORM alipayplus._attach_guards(false);
 	END IF;
 END;
@@ -1285,6 +1437,7 @@ DECLARE
 	v_kind "char";
 	v_type text;
 	v_attnum smallint;
+	v_rel regclass;
 BEGIN
 	IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
 		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -1308,6 +1461,18 @@ BEGIN
 		IF col IS NOT NULL AND alipayplus._column_type($1, col) IS NULL THEN
 			RAISE EXCEPTION USING ERRCODE = 'undefined_column',
 				MESSAGE = format('column %I does not exist in table %s', col, $1);
+		END IF;
+	END LOOP;
+
+	/* the guard compares values byte for byte: the columns must allow that */
+	FOREACH col IN ARRAY ARRAY[$2, $3, $6] LOOP
+		CONTINUE WHEN col IS NULL;
+		val := alipayplus._not_bytewise($1, col);
+		IF val IS NOT NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'datatype_mismatch',
+				MESSAGE = format('column %I of table %s has %s, whose equality is not exact', col, $1, val),
+				DETAIL = 'The guard compares stored values exactly; a looser equality would let other spellings of the values slip past it.',
+				HINT = 'Use text, varchar, char(n), an enum, an integer type or uuid with a deterministic collation.';
 		END IF;
 	END LOOP;
 
@@ -1390,6 +1555,19 @@ BEGIN
 		initiated_at_time_zone = excluded.initiated_at_time_zone,
 		paid_value = excluded.paid_value, failed_value = excluded.failed_value,
 		bound_at = pg_catalog.now();
+
+	/* rows of the whole tree that are already cancelling or cancelled */
+	FOR v_rel IN
+		WITH RECURSIVE tree(relid) AS (
+			SELECT $1::oid
+			UNION
+			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		)
+		SELECT tree.relid::regclass FROM tree
+		JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE c.relkind = 'r'
+	LOOP
+		PERFORM alipayplus._check_existing_rows(v_rel);
+	END LOOP;
 
 	PERFORM alipayplus._attach_guards(true);
 END;

@@ -102,6 +102,29 @@ SET ROLE regress_shop_owner;
 SELECT errcheck('TRUNCATE shop.orders');
 RESET ROLE;
 
+-- the caller's search_path and temporary objects never reach the owner's
+-- code: a domain named text and a table named audit in the caller's pg_temp
+-- are not used when the order is locked and updated as its owner
+INSERT INTO shop.orders (order_no, request_id) VALUES (12, 'shop-J');
+SET ROLE regress_shop_app;
+SET search_path = pg_temp, pg_catalog, shop, public;
+CREATE TABLE pg_temp.hijacked (who name);
+CREATE FUNCTION pg_temp.evil(v pg_catalog.text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO pg_temp.hijacked VALUES (current_user);
+	RETURN true;
+END;
+$$;
+CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.evil(VALUE));
+CREATE TABLE pg_temp.audit (who name, superuser pg_catalog.text, search_path pg_catalog.text,
+	order_no int, status pg_catalog.text);
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-J');
+SELECT (SELECT count(*) FROM pg_temp.hijacked) AS evil_calls,
+	(SELECT count(*) FROM pg_temp.audit) AS shadow_audit_rows;
+RESET search_path;
+RESET ROLE;
+SELECT who, status FROM shop.audit WHERE order_no = 12;
+
 -- 3. one bad row does not stop the queue or erase Alipay+'s answer: the
 -- owner's trigger refuses to cancel order D
 SET ROLE regress_shop_owner;
@@ -141,24 +164,47 @@ SELECT state, needs_attention FROM alipayplus_requeue_cancellation(
 SELECT status FROM shop.orders WHERE order_no = 4;
 SELECT gw_requests('shop-D') AS requests_d;
 
+-- an owner's trigger that silently skips the update (returns NULL) does not
+-- leave the order behind the ledger unnoticed
+INSERT INTO shop.orders (order_no, request_id) VALUES (13, 'shop-K');
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.freeze() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF OLD.status = 'CANCELLING' AND NEW.order_no = 13 THEN
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER freeze_k BEFORE UPDATE ON shop.orders
+	FOR EACH ROW EXECUTE FUNCTION shop.freeze();
+RESET ROLE;
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-K');
+SELECT claimed, cancelled, attention FROM alipayplus_process_cancellations();
+SELECT c.state, c.needs_attention, o.status, left(a.reason, 120) AS reason
+FROM alipayplus.cancellations c JOIN shop.orders o ON o.request_id = c.sent_id
+LEFT JOIN alipayplus.attention a USING (cancellation_id) WHERE c.sent_id = 'shop-K';
+DROP TRIGGER freeze_k ON shop.orders;
+
 -- an order row holding an id Alipay+ cannot be sent is flagged, not fatal
 INSERT INTO shop.orders (order_no, request_id, payment_id) VALUES (6, 'shop-F', 'bad' || chr(9) || 'id');
 SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-F')$$);
 
--- a statement_timeout in the middle of a run loses only the call in flight:
--- the procedure committed the one before
+-- a statement_timeout in the middle of a run: the call gives up on its own
+-- just before the statement would be cancelled, so its attempt is recorded
+-- (local.timeout) and backs off, and the run before it stays committed
 INSERT INTO shop.orders (order_no, request_id) VALUES (10, 'shop-T1'), (11, 'slow-3000-shop-T2');
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-T1');
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'slow-3000-shop-T2');
 SET statement_timeout = '1500ms';
-\set VERBOSITY terse
 CALL alipayplus_run_cancellations();
-\set VERBOSITY default
 RESET statement_timeout;
-SELECT c.sent_id, c.state, c.attempt_count, o.status, c.next_attempt_at <= now() AS still_due
+SELECT c.sent_id, c.state, c.attempt_count, c.last_result_code, o.status
 FROM alipayplus.cancellations c JOIN shop.orders o ON o.request_id = c.sent_id
 WHERE c.sent_id LIKE '%shop-T%' ORDER BY c.cancellation_id;
--- the interrupted one goes through on the next run
+SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+-- the timed-out one goes through on a later run
+UPDATE alipayplus.cancellations SET next_attempt_at = now() WHERE sent_id = 'slow-3000-shop-T2';
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();
 
 -- 4. an outage: every attempt is kept, each row backs off on its own, and
@@ -292,6 +338,52 @@ INSERT INTO enum_orders2 (req) VALUES ('enm-1');
 SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'enm-1');
 SELECT errcheck($$UPDATE enum_orders2 SET st = 'PAID'$$);
 
+
+-- columns whose equality is looser than the stored bytes are refused
+CREATE EXTENSION IF NOT EXISTS citext SCHEMA public;
+CREATE TABLE ci_orders (req text PRIMARY KEY, st public.citext);
+SELECT errcheck($$SELECT alipayplus_bind_orders('ci_orders', 'req', 'st', 'CANCELLED', 'CANCELLING')$$);
+CREATE COLLATION case_blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE coll_orders (req text COLLATE case_blind PRIMARY KEY, st text);
+SELECT errcheck($$SELECT alipayplus_bind_orders('coll_orders', 'req', 'st', 'CANCELLED', 'CANCELLING')$$);
+
+-- a char(n) request id column: the padded id is the same payment
+CREATE TABLE charid_orders (req char(12) PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
+SELECT alipayplus_bind_orders('charid_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+INSERT INTO charid_orders (req) VALUES ('chid-1');
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'chid-1');
+SELECT req, st FROM charid_orders;
+
+-- rows already cancelling without a cancellation cannot join the bound tree
+CREATE TABLE part_orders_4 (LIKE part_orders);
+INSERT INTO part_orders_4 VALUES ('prt-4', 'CANCELLING', 4);
+SELECT alipayplus_bind_orders('part_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+SELECT errcheck($$ALTER TABLE part_orders ATTACH PARTITION part_orders_4 FOR VALUES IN (4)$$);
+-- nor can a table holding such rows be bound; cancelled ones are kept with a warning
+CREATE TABLE stuck_orders (req text PRIMARY KEY, st text);
+INSERT INTO stuck_orders VALUES ('stk-1', 'CANCELLING'), ('stk-2', 'CANCELLED');
+SELECT errcheck($$SELECT alipayplus_bind_orders('stuck_orders', 'req', 'st', 'CANCELLED', 'CANCELLING')$$);
+UPDATE stuck_orders SET st = 'PENDING' WHERE req = 'stk-1';
+SELECT alipayplus_bind_orders('stuck_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+SELECT errcheck($$UPDATE stuck_orders SET st = 'PAID' WHERE req = 'stk-2'$$);
+
+-- the bound guard cannot be borrowed to read the ledger from another table
+SET ROLE regress_shop_app;
+CREATE TEMP TABLE spy (req text, st text);
+CREATE TRIGGER g AFTER INSERT OR UPDATE OR DELETE ON spy FOR EACH ROW
+	EXECUTE FUNCTION alipayplus_guard_order('st', 'CANCELLED', 'CANCELLING', 'req', '');
+INSERT INTO spy VALUES ('shop-A', 'PENDING');
+SELECT errcheck($$UPDATE spy SET st = 'CANCELLED'$$);
+-- and another session's temporary tables are left alone by the event trigger
+CREATE TEMP TABLE tp (x int);
+CREATE TEMP TABLE tc () INHERITS (tp);
+CREATE FUNCTION pg_temp.tf() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+CREATE TRIGGER alipayplus_guard_order AFTER INSERT ON tc FOR EACH ROW EXECUTE FUNCTION pg_temp.tf();
+RESET ROLE;
+CREATE TABLE innocent (x int);
+SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'tc'::regclass;
+DROP TABLE innocent;
+
 ALTER DATABASE :"DBNAME" RESET search_path;
 ALTER ROLE regress_shop_owner RESET search_path;
 \c
@@ -299,4 +391,5 @@ DROP EXTENSION alipayplus_cancel CASCADE;
 DROP SCHEMA shop CASCADE;
 CREATE EXTENSION alipayplus_cancel;
 DROP ROLE regress_shop_owner;
+DROP OWNED BY regress_shop_app;
 DROP ROLE regress_shop_app;

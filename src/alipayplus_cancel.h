@@ -103,6 +103,7 @@ extern void aps_http_post(ApsHttpExchange *exchange);
 extern const char *aps_transport_failure_code(int curl_code);
 
 /* orders.c */
-extern char *aps_ledger_state(const char *field, const char *id);
+extern char *aps_ledger_state(Oid relid, const char *field, const char *id,
+							  bool *bound);
 
 #endif							/* ALIPAYPLUS_CANCEL_H */

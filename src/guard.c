@@ -37,6 +37,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -174,6 +175,14 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		if (isnull)
 			continue;
 		s = OidOutputFunctionCall(cols[i]->typoutput, v);
+		/* char(n): the key is the value without its padding, as ::text gives it */
+		if (getBaseType(cols[i]->att->atttypid) == BPCHAROID)
+		{
+			size_t		n = strlen(s);
+
+			while (n > 0 && s[n - 1] == ' ')
+				s[--n] = '\0';
+		}
 		for (p = s; *p && isspace((unsigned char) *p); p++)
 			;
 		if (*p == '\0')
@@ -355,15 +364,33 @@ guard(FunctionCallInfo fcinfo, bool bound)
 			}
 		}
 
+		/* no order is born cancelling or cancelled */
+		if (oldtuple == NULL && (new_cancelled || new_cancelling))
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+					 errmsg("cannot insert a row into table \"%s\" whose %s is \"%s\"",
+							relname, status.name, show_value(&status, newval, newnull)),
+					 errdetail("An order reaches \"%s\" or \"%s\" only through the cancellation ledger.",
+							   args[2], args[1]),
+					 errhint("Insert the order as it is, then request its cancellation with alipayplus_request_cancel().")));
+
 		/* entering a cancel state needs the ledger to agree */
 		if ((new_cancelled && !old_cancelled) ||
 			(new_cancelling && !old_cancelling && !old_cancelled))
 		{
 			char	   *state = NULL;
+			bool		in_tree = true;
 
 			if (order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
 						  &field, &id))
-				state = aps_ledger_state(field, id);
+				state = aps_ledger_state(RelationGetRelid(rel), field, id,
+										 &in_tree);
+			if (!in_tree)
+				ereport(ERROR,
+						(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						 errmsg("trigger \"%s\" on table \"%s\": alipayplus_guard_order() guards only the bound orders table",
+								trigger->tgname, relname),
+						 errhint("Use alipayplus_guard_cancelled() on other tables.")));
 
 			if (new_cancelled && (state == NULL || strcmp(state, "CANCELLED") != 0))
 				ereport(ERROR,

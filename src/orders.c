@@ -10,8 +10,9 @@
  * constraints, domain checks and index expressions: the table owner's
  * code.  alipayplus._order_exec() runs such a query as the table's owner,
  * in a restricted security context (as PostgreSQL does for REFRESH
- * MATERIALIZED VIEW and for foreign key checks), with the session's
- * configured search_path, and undoes any setting the owner's code changed.
+ * MATERIALIZED VIEW and for foreign key checks), with the search_path the
+ * owner's own sessions get (never the caller's) and pg_temp last, and
+ * undoes any setting the owner's code changed.
  *
  * aps_ledger_state() goes the other way: the guard trigger of a bound
  * orders table runs as whoever writes to that table, who may not read the
@@ -89,28 +90,74 @@ leave_owner_context(Oid save_userid, int save_sec_context, int save_nestlevel)
 }
 
 /*
- * alipayplus._order_exec(tbl regclass, query text, params text[])
- *	  RETURNS SETOF text[]
+ * The search_path the table owner's own sessions get in this database
+ * (ALTER ROLE ... IN DATABASE, ALTER ROLE, ALTER DATABASE ... SET, in that
+ * order of precedence), else PostgreSQL's default, always with pg_temp
+ * explicitly last.  Never the calling session's: the caller could point it
+ * at its own temporary objects and have the owner's code run them.
+ * Must be called inside an SPI connection.
+ */
+static char *
+owner_search_path(Oid owner)
+{
+	Oid			argtypes[2] = {OIDOID, OIDOID};
+	Datum		args[2];
+	char	   *path = "\"$user\", public";
+	int			ret;
+
+	args[0] = ObjectIdGetDatum(owner);
+	args[1] = ObjectIdGetDatum(MyDatabaseId);
+	ret = SPI_execute_with_args("SELECT pg_catalog.substr(s, 13) "
+								"FROM pg_catalog.pg_db_role_setting d, "
+								"pg_catalog.unnest(d.setconfig) s "
+								"WHERE s OPERATOR(pg_catalog.~~) 'search_path=%' "
+								"AND ((d.setrole OPERATOR(pg_catalog.=) $1 AND d.setdatabase OPERATOR(pg_catalog.=) $2) "
+								"OR (d.setrole OPERATOR(pg_catalog.=) $1 AND d.setdatabase OPERATOR(pg_catalog.=) 0) "
+								"OR (d.setrole OPERATOR(pg_catalog.=) 0 AND d.setdatabase OPERATOR(pg_catalog.=) $2)) "
+								"ORDER BY d.setrole OPERATOR(pg_catalog.<>) 0 AND d.setdatabase OPERATOR(pg_catalog.<>) 0 DESC, "
+								"d.setrole OPERATOR(pg_catalog.<>) 0 DESC LIMIT 1",
+								2, argtypes, args, NULL, true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed > 0)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v != NULL)
+			path = v;
+	}
+	return psprintf("%s, pg_temp", path[0] ? path : "\"$user\", public");
+}
+
+/*
+ * alipayplus._order_exec(tbl regclass, query text, params text[],
+ *						  param_columns name[]) RETURNS SETOF text[]
  *
- * Run query, with $1..$n bound to params as text, as the owner of tbl.
- * Every result row comes back as an array of its columns' text forms.
- * The query is built by the extension's own SQL with quoted identifiers;
- * the function is not granted to anybody.
+ * Run query, with $1..$n bound to params, as the owner of tbl.  A param
+ * whose param_columns entry names a column of tbl is converted to that
+ * column's type (and type modifier) by the type's input function; the
+ * others are text.  So the query needs no cast by type name, and its
+ * operators are schema-qualified: nothing in it resolves through a
+ * search_path.  Every result row comes back as an array of its columns'
+ * text forms.  The query is built by the extension's own SQL with quoted
+ * identifiers; the function is not granted to anybody.
  */
 Datum
 alipayplus_order_exec(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Oid			relid;
+	Oid			owner;
 	char	   *query;
 	int			nargs = 0;
+	Datum	   *elems = NULL;
+	bool	   *elemnulls = NULL;
+	char	  **cols = NULL;
 	Oid		   *argtypes = NULL;
 	Datum	   *argvalues = NULL;
 	char	   *argnulls = NULL;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	const char *search_path;
+	char	   *search_path;
 	int			ret;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -119,42 +166,66 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 				 errmsg("table and query must not be null")));
 	relid = PG_GETARG_OID(0);
 	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	owner = relation_owner(relid);
 
 	if (!PG_ARGISNULL(2))
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &elemnulls, &nargs);
+	cols = palloc0(sizeof(char *) * Max(nargs, 1));
+	if (!PG_ARGISNULL(3))
 	{
-		ArrayType  *params = PG_GETARG_ARRAYTYPE_P(2);
-		Datum	   *elems;
-		bool	   *elemnulls;
+		Datum	   *names;
+		bool	   *namenulls;
+		int			nnames;
 
-		deconstruct_array(params, TEXTOID, -1, false, TYPALIGN_INT,
-						  &elems, &elemnulls, &nargs);
-		argtypes = palloc(sizeof(Oid) * Max(nargs, 1));
-		argvalues = palloc(sizeof(Datum) * Max(nargs, 1));
-		argnulls = palloc(Max(nargs, 1) + 1);
-		for (int i = 0; i < nargs; i++)
-		{
-			argtypes[i] = TEXTOID;
-			argvalues[i] = elems[i];
-			argnulls[i] = elemnulls[i] ? 'n' : ' ';
-		}
-		argnulls[nargs] = '\0';
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), NAMEOID, NAMEDATALEN,
+						  false, TYPALIGN_CHAR, &names, &namenulls, &nnames);
+		for (int i = 0; i < nnames && i < nargs; i++)
+			if (!namenulls[i])
+				cols[i] = NameStr(*DatumGetName(names[i]));
 	}
+	argtypes = palloc(sizeof(Oid) * Max(nargs, 1));
+	argvalues = palloc(sizeof(Datum) * Max(nargs, 1));
+	argnulls = palloc(Max(nargs, 1) + 1);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
-	/*
-	 * The owner's triggers see the search_path the session was configured
-	 * with (postgresql.conf, ALTER ROLE/DATABASE), not the ledger
-	 * functions' pinned one, so that their unqualified names resolve as
-	 * they would for the application.
-	 */
-	search_path = GetConfigOptionResetString("search_path");
-	save_nestlevel = enter_owner_context(relation_owner(relid),
-										 search_path ? search_path : "\"$user\", public",
-										 &save_userid, &save_sec_context);
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	search_path = owner_search_path(owner);
+	save_nestlevel = enter_owner_context(owner, search_path,
+										 &save_userid, &save_sec_context);
+
+	/* parameters into the columns' types, as the owner (domain checks) */
+	for (int i = 0; i < nargs; i++)
+	{
+		argnulls[i] = elemnulls[i] ? 'n' : ' ';
+		argtypes[i] = TEXTOID;
+		argvalues[i] = elems[i];
+		if (cols[i] != NULL)
+		{
+			AttrNumber	attnum = get_attnum(relid, cols[i]);
+			Oid			typid;
+			int32		typmod;
+			Oid			collid;
+			Oid			typinput;
+			Oid			typioparam;
+
+			if (attnum == InvalidAttrNumber)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("column \"%s\" does not exist in table \"%s\"",
+								cols[i], get_rel_name(relid))));
+			get_atttypetypmodcoll(relid, attnum, &typid, &typmod, &collid);
+			getTypeInputInfo(typid, &typinput, &typioparam);
+			argtypes[i] = typid;
+			argvalues[i] = elemnulls[i] ? (Datum) 0 :
+				OidInputFunctionCall(typinput, TextDatumGetCString(elems[i]),
+									 typioparam, typmod);
+		}
+	}
+	argnulls[nargs] = '\0';
+
 	ret = SPI_execute_with_args(query, nargs, argtypes, argvalues, argnulls,
 								false, 0);
 	if (ret < 0)
@@ -168,8 +239,8 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 		for (uint64 row = 0; row < SPI_processed; row++)
 		{
 			HeapTuple	tuple = SPI_tuptable->vals[row];
-			Datum	   *cols = palloc(sizeof(Datum) * Max(desc->natts, 1));
-			bool	   *colnulls = palloc(sizeof(bool) * Max(desc->natts, 1));
+			Datum	   *vals = palloc(sizeof(Datum) * Max(desc->natts, 1));
+			bool	   *valnulls = palloc(sizeof(bool) * Max(desc->natts, 1));
 			int			dims[1];
 			int			lbs[1];
 			Datum		result;
@@ -179,41 +250,47 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 			{
 				char	   *v = SPI_getvalue(tuple, desc, c + 1);
 
-				colnulls[c] = (v == NULL);
-				cols[c] = v ? CStringGetTextDatum(v) : (Datum) 0;
+				valnulls[c] = (v == NULL);
+				vals[c] = v ? CStringGetTextDatum(v) : (Datum) 0;
 			}
 			dims[0] = desc->natts;
 			lbs[0] = 1;
-			result = PointerGetDatum(construct_md_array(cols, colnulls, 1, dims,
+			result = PointerGetDatum(construct_md_array(vals, valnulls, 1, dims,
 														lbs, TEXTOID, -1, false,
 														TYPALIGN_INT));
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc,
 								 &result, &resultnull);
 		}
 	}
-	SPI_finish();
 
 	leave_owner_context(save_userid, save_sec_context, save_nestlevel);
+	SPI_finish();
 	return (Datum) 0;
 }
 
 /*
  * The state of the ledger row for an id, as the ledger's owner sees it:
  * "CANCELLING", "CANCELLED", or NULL when there is none (or the extension's
- * schema is gone).  field is "paymentRequestId" or "paymentId".
+ * schema is gone).  field is "paymentRequestId" or "paymentId".  Only for
+ * the bound orders table and the tables below it: *bound is set to false
+ * (and NULL returned) for any other relation, so that the guard trigger
+ * cannot be used to read the ledger from elsewhere.
  */
 char *
-aps_ledger_state(const char *field, const char *id)
+aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 {
 	Oid			ledger;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		args[2];
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
+	Datum		args[3];
+	bool		isnull;
 	char	   *state = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	int			ret;
+
+	*bound = false;
 
 	/* catalog look-ups without permission checks: the writer may not see the schema */
 	ledger = get_relname_relid("cancellations",
@@ -223,22 +300,30 @@ aps_ledger_state(const char *field, const char *id)
 
 	args[0] = CStringGetTextDatum(field);
 	args[1] = CStringGetTextDatum(id);
+	args[2] = ObjectIdGetDatum(relid);
 
 	save_nestlevel = enter_owner_context(relation_owner(ledger),
 										 "pg_catalog, pg_temp",
 										 &save_userid, &save_sec_context);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("SELECT c.state FROM alipayplus.cancellations c "
-								"WHERE c.sent_field OPERATOR(pg_catalog.=) $1 "
-								"AND c.sent_id OPERATOR(pg_catalog.=) $2",
-								2, argtypes, args, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
+	ret = SPI_execute_with_args("WITH RECURSIVE tree(r) AS ("
+								" SELECT b.orders::pg_catalog.oid FROM alipayplus.order_binding b"
+								" UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
+								" JOIN tree ON i.inhparent OPERATOR(pg_catalog.=) tree.r) "
+								"SELECT EXISTS (SELECT 1 FROM tree WHERE tree.r OPERATOR(pg_catalog.=) $3), "
+								"(SELECT c.state FROM alipayplus.cancellations c "
+								" WHERE c.sent_field OPERATOR(pg_catalog.=) $1 "
+								" AND c.sent_id OPERATOR(pg_catalog.=) $2)",
+								3, argtypes, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ledger look-up failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
+	*bound = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+	if (*bound)
 	{
 		char	   *v = SPI_getvalue(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1);
+									 SPI_tuptable->tupdesc, 2);
 
 		if (v != NULL)
 			state = MemoryContextStrdup(caller, v);

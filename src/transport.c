@@ -25,9 +25,11 @@
 
 #include <curl/curl.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/pmsignal.h"
+#include "storage/proc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
@@ -35,6 +37,9 @@
 #include "alipayplus_cancel.h"
 
 #define APS_USER_AGENT "alipayplus_cancel/1.0"
+
+/* how long before statement_timeout a call gives up on its own */
+#define APS_STATEMENT_MARGIN_MS 250
 
 /* longest slice of waiting before interrupts are looked at again */
 #define APS_POLL_SLICE_MS 100
@@ -119,11 +124,36 @@ response_header(const char *name)
 	return pstrdup(h->value);
 }
 
+/*
+ * The time a call may take: alipayplus.timeout_ms, but never longer than
+ * what is left of statement_timeout (less a margin), so that a call that
+ * would outlive its statement ends as local.timeout, recorded and retried
+ * later, instead of cancelling the statement and taking the run with it.
+ */
+static long
+call_timeout_ms(void)
+{
+	long		timeout_ms = aps_timeout_ms;
+
+	if (StatementTimeout > 0)
+	{
+		long		elapsed_ms;
+		long		left_ms;
+
+		elapsed_ms = (long) ((GetCurrentTimestamp() -
+							  GetCurrentStatementStartTimestamp()) / 1000);
+		left_ms = (long) StatementTimeout - elapsed_ms - APS_STATEMENT_MARGIN_MS;
+		timeout_ms = Min(timeout_ms, Max(left_ms, 1L));
+	}
+	return timeout_ms;
+}
+
 /* Set every option of a request; returns the first failing CURLcode */
 static CURLcode
 set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
 {
 	CURLcode	rc = CURLE_OK;
+	long		timeout_ms = call_timeout_ms();
 
 #define SETOPT(opt, val) \
 	do { if (rc == CURLE_OK) rc = curl_easy_setopt(aps_easy, opt, val); } while (0)
@@ -148,8 +178,8 @@ set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
 	if (aps_ca_file != NULL && aps_ca_file[0] != '\0')
 		SETOPT(CURLOPT_CAINFO, aps_ca_file);
 	SETOPT(CURLOPT_PROXY, aps_proxy ? aps_proxy : "");
-	SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long) aps_connect_timeout_ms);
-	SETOPT(CURLOPT_TIMEOUT_MS, (long) aps_timeout_ms);
+	SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long) Min(aps_connect_timeout_ms, timeout_ms));
+	SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms);
 	SETOPT(CURLOPT_TCP_NODELAY, 1L);
 	SETOPT(CURLOPT_USERAGENT, APS_USER_AGENT);
 	SETOPT(CURLOPT_POST, 1L);
