@@ -387,9 +387,11 @@ DROP TABLE innocent;
 ALTER DATABASE :"DBNAME" RESET search_path;
 ALTER ROLE regress_shop_owner RESET search_path;
 \c
+SET client_min_messages = warning;
 DROP EXTENSION alipayplus_cancel CASCADE;
 DROP SCHEMA shop CASCADE;
 CREATE EXTENSION alipayplus_cancel;
+RESET client_min_messages;
 DROP ROLE regress_shop_owner;
 DROP OWNED BY regress_shop_app;
 DROP ROLE regress_shop_app;
