@@ -36,7 +36,6 @@ ORPHANS=()
 # every psql below goes to the crash cluster, never to the main one
 export PGHOST=$CRASH PGPORT=$CPORT PGUSER=postgres PGDATABASE=postgres
 
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 
 pg_ctl_crash() { as_postgres $PGBIN/pg_ctl -D "$CPGDATA" "$@"; }
 
@@ -189,17 +188,8 @@ fi
 rm -rf "$CRASH"
 mkdir -p "$CRASH"
 chown postgres:postgres "$CRASH"
-as_postgres $PGBIN/initdb -D "$CPGDATA" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null ||
+init_cluster "$CPGDATA" "$CPORT" "$CRASH" <<<"restart_after_crash = on" ||
 	{ not_ok "initdb"; finish; }
-cat >>"$CPGDATA/postgresql.conf" <<CONF
-port = $CPORT
-listen_addresses = ''
-unix_socket_directories = '$CRASH'
-max_connections = 20
-restart_after_crash = on
-log_line_prefix = '%m [%p] %q%u@%d '
-CONF
-rig_alipayplus_conf >>"$CPGDATA/postgresql.conf"
 pg_ctl_crash -l "$CRASH/postgres.log" -w start >/dev/null || { not_ok "start the crash cluster"; finish; }
 q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database"; finish; }
 q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; finish; }

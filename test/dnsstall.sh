@@ -37,7 +37,6 @@ NS_PID=
 # every psql below goes to the throwaway cluster, never to the main one
 export PGHOST=$DIR PGPORT=$DPORT PGUSER=postgres PGDATABASE=postgres
 
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 
 pg_ctl_dns() { as_postgres $PGBIN/pg_ctl -D "$DPGDATA" "$@"; }
 
@@ -52,16 +51,6 @@ cleanup() {
 	[ -n "$NS_PID" ] && kill "$NS_PID" 2>/dev/null
 }
 trap cleanup EXIT
-
-# wait_exit PID SECONDS: wait for a background job to end; false on timeout
-wait_exit() {
-	local deadline=$(($(now_ms) + $2 * 1000))
-	while kill -0 "$1" 2>/dev/null; do
-		[ "$(now_ms)" -lt $deadline ] || return 1
-		sleep 0.05
-	done
-	return 0
-}
 
 # backend_waiting ID: pid of the backend whose query mentions ID, once it
 # waits in the extension (10 s at most); empty if none
@@ -141,16 +130,7 @@ chmod 0644 "$DIR/resolv.conf"
 
 # ---------------------------------------------------------------------------
 echo "# a throwaway cluster in $DIR on port $DPORT, in a mount namespace with that resolv.conf"
-as_postgres $PGBIN/initdb -D "$DPGDATA" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null ||
-	{ not_ok "initdb"; finish; }
-cat >>"$DPGDATA/postgresql.conf" <<CONF
-port = $DPORT
-listen_addresses = ''
-unix_socket_directories = '$DIR'
-max_connections = 20
-log_line_prefix = '%m [%p] %q%u@%d '
-CONF
-rig_alipayplus_conf >>"$DPGDATA/postgresql.conf"
+init_cluster "$DPGDATA" "$DPORT" "$DIR" </dev/null || { not_ok "initdb"; finish; }
 echo "alipayplus.gateway_url = 'https://$HOST:443'" >>"$DPGDATA/postgresql.conf"
 # the namespace lives as long as the postmaster does; the sanity check
 # inside it shows that a lookup of $HOST stalls there

@@ -43,14 +43,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# now_ms: wall clock in milliseconds
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 
 # psql_session: run a psql script read from stdin in the test database
 psql_session() { $PGBIN/psql -X -q -d "$DB" "$@"; }
 
-# line_value FILE KEY: the text after "KEY=" on the first line starting so
-line_value() { sed -n "s/^$2=//p" "$1" | head -n 1; }
 
 # backend_waiting ID: "pid|wait_event_type|wait_event" of the backend whose
 # query mentions ID, polled until it waits in the extension (10 s at most)
@@ -69,18 +65,6 @@ backend_waiting() {
 	echo "$row"
 }
 
-# wait_exit PID SECONDS: wait for a background job to end; false on timeout
-wait_exit() {
-	local deadline=$(($(now_ms) + $2 * 1000))
-	while kill -0 "$1" 2>/dev/null; do
-		[ "$(now_ms)" -lt $deadline ] || return 1
-		sleep 0.05
-	done
-	return 0
-}
-
-# gateway_requests ID: how many requests for ID the gateway logged
-gateway_requests() { grep -c "\"id\": \"$1\"" "$RIG/gateway.jsonl"; }
 
 echo "# setting up database $DB"
 q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1

@@ -46,28 +46,15 @@ session() {
 		-P format=unaligned -P tuples_only=on
 }
 
-# line_value FILE KEY: the text after "KEY=" on the first line starting so
-line_value() { sed -n "s/^$2=//p" "$1" | head -n 1; }
 
-# gateway_requests ID: how often the gateway saw ID
-gateway_requests() { grep -c "\"id\": \"$1\"" "$RIG/gateway.jsonl"; }
 
 # ---------------------------------------------------------------------------
 echo "# a throwaway cluster in $DIR on port $NPORT, no shared_preload_libraries"
 rm -rf "$DIR"
 mkdir -p "$DIR"
 chown postgres:postgres "$DIR"
-as_postgres $PGBIN/initdb -D "$NPGDATA" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null ||
+init_cluster "$NPGDATA" "$NPORT" "$DIR" <<<"shared_preload_libraries = ''" ||
 	{ not_ok "initdb"; finish; }
-cat >>"$NPGDATA/postgresql.conf" <<CONF
-port = $NPORT
-listen_addresses = ''
-unix_socket_directories = '$DIR'
-shared_preload_libraries = ''
-max_connections = 20
-log_line_prefix = '%m [%p] %q%u@%d '
-CONF
-rig_alipayplus_conf >>"$NPGDATA/postgresql.conf"
 pg_ctl_np -l "$DIR/postgres.log" -w start >/dev/null || { not_ok "start the cluster"; finish; }
 expect "shared_preload_libraries is empty" "" "$(q postgres "SHOW shared_preload_libraries")"
 q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database"; finish; }

@@ -22,6 +22,43 @@ expect() {
 # q DB SQL: the single value a query returns (unaligned, no headers)
 q() { $PGBIN/psql -X -qAt -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 
+# now_ms: the wall clock in milliseconds
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+
+# wait_exit PID SECONDS: wait for a background job to end; false on timeout
+wait_exit() {
+	local deadline=$(($(now_ms) + $2 * 1000))
+	while kill -0 "$1" 2>/dev/null; do
+		[ "$(now_ms)" -lt $deadline ] || return 1
+		sleep 0.05
+	done
+	return 0
+}
+
+# line_value FILE KEY: the text after "KEY=" on the first line starting so
+line_value() { sed -n "s/^$2=//p" "$1" | head -n 1; }
+
+# gateway_requests ID: how many requests for ID the fake gateway logged
+gateway_requests() { grep -c "\"id\": \"$1\"" "$RIG/gateway.jsonl"; }
+
+# init_cluster DATADIR PORT SOCKETDIR: a throwaway cluster (not started),
+# unix socket only, configured for the rig's gateway and keys; extra
+# postgresql.conf lines come on standard input.  False if initdb fails.
+init_cluster() {
+	as_postgres $PGBIN/initdb -D "$1" --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
+	{
+		cat <<CONF
+port = $2
+listen_addresses = ''
+unix_socket_directories = '$3'
+max_connections = 20
+log_line_prefix = '%m [%p] %q%u@%d '
+CONF
+		cat
+		rig_alipayplus_conf
+	} >>"$1/postgresql.conf"
+}
+
 # finish: exit status of the test script
 finish() {
 	if [ "$checks_failed" -eq 0 ]; then
