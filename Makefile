@@ -12,7 +12,8 @@ OBJS = \
 	src/guard.o
 
 EXTENSION = alipayplus_cancel
-DATA = extension/alipayplus_cancel--1.0.sql
+DATA = extension/alipayplus_cancel--1.0.sql \
+	extension/alipayplus_cancel--1.0--1.1.sql
 PGFILEDESC = "alipayplus_cancel - Alipay+ cancelPayment from SQL"
 
 # pg_regress suites in sql/ and expected/, isolation specs in specs/.

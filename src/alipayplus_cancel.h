@@ -13,11 +13,18 @@
 
 #include <openssl/evp.h>
 
+#include "datatype/timestamp.h"
+
+struct curl_slist;
+
 /* Extension-specific SQLSTATEs (class ZA), documented in README.md */
 #define ERRCODE_APS_CANCELLED_STATE_VIOLATION	MAKE_SQLSTATE('Z','A','0','0','1')
 
 /* The largest response body we accept from the gateway */
 #define APS_MAX_RESPONSE_BYTES	(1024 * 1024)
+
+/* Most calls one backend keeps in flight (alipayplus.max_concurrency) */
+#define APS_MAX_CONCURRENCY	1024
 
 /* Longest paymentId / paymentRequestId the API accepts, in characters */
 #define APS_MAX_ID_CHARS	64
@@ -42,6 +49,7 @@ extern char *aps_ca_file;
 extern char *aps_proxy;
 extern int	aps_connect_timeout_ms;
 extern int	aps_timeout_ms;
+extern int	aps_max_concurrency;
 
 extern void aps_define_settings(void);
 extern void aps_require_setting(const char *name, const char *value);
@@ -83,6 +91,7 @@ typedef struct ApsHttpExchange
 	const char *client_id;
 	const char *request_time;
 	const char *signature;
+	TimestampTz deadline;		/* when set, the call ends by then at the latest */
 
 	/* what came back */
 	int			curl_code;		/* a CURLcode; 0 is success */
@@ -97,9 +106,18 @@ typedef struct ApsHttpExchange
 	char	   *hdr_response_time;
 	char	   *hdr_client_id;
 	double		latency_ms;
+
+	/* the transfer itself (transport.c) */
+	void	   *easy;			/* the libcurl handle while in flight */
+	struct curl_slist *headers;
+	char	   *errbuf;
+	TimestampTz started_at;
+	bool		done;
 } ApsHttpExchange;
 
 extern void aps_http_post(ApsHttpExchange *exchange);
+extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
+							   int concurrency);
 extern const char *aps_transport_failure_code(int curl_code);
 
 /* orders.c */

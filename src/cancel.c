@@ -23,17 +23,21 @@
 #include <time.h>
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "alipayplus_cancel.h"
 
 PG_FUNCTION_INFO_V1(alipayplus_check_ids);
 PG_FUNCTION_INFO_V1(alipayplus_id_problem);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
+PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 
 /* Columns of alipayplus._call_cancel's result, in order */
@@ -305,66 +309,60 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 	*r = parsed;
 }
 
-/*
- * alipayplus._call_cancel(payment_id, payment_request_id): one signed
- * cancelPayment call.  Returns what was sent and what it means.
- */
-Datum
-alipayplus_call_cancel(PG_FUNCTION_ARGS)
+/* The URL of the cancel API: alipayplus.gateway_url + alipayplus.cancel_path */
+static char *
+cancel_url(void)
 {
-	const char *field;
-	char	   *value;
-	char	   *body;
-	char	   *url;
-	char	   *request_time;
+	size_t		baselen = strlen(aps_gateway_url);
+
+	if (baselen > 0 && aps_gateway_url[baselen - 1] == '/')
+		baselen--;
+	return psprintf("%.*s%s", (int) baselen, aps_gateway_url, aps_cancel_path);
+}
+
+/* A signed request for one id, ready for the transport */
+static ApsHttpExchange *
+prepare_exchange(const char *field, const char *value, EVP_PKEY *key,
+				 const char *url)
+{
+	ApsHttpExchange *ex = palloc0(sizeof(ApsHttpExchange));
+	char	   *body = aps_cancel_body(field, value);
+	char	   *request_time = request_time_now();
 	char	   *content;
 	size_t		content_len;
-	ApsHttpExchange ex;
+
+	content = aps_content_to_sign(aps_cancel_path, aps_client_id, request_time,
+								  body, strlen(body), &content_len);
+	ex->url = url;
+	ex->body = body;
+	ex->body_len = strlen(body);
+	ex->client_id = aps_client_id;
+	ex->request_time = request_time;
+	ex->signature = aps_signature_header(aps_sign(key, content, content_len));
+	return ex;
+}
+
+/*
+ * The result columns of one exchange (what was sent and what it means),
+ * into values[first ...] and nulls[first ...].
+ */
+static void
+result_values(ApsHttpExchange *ex, const char *field, const char *value,
+			  Datum *values, bool *nulls)
+{
 	ApsResult	r;
 	bool		verified = false;
 	bool		verified_known = false;
 	char	   *detail;
-	TupleDesc	tupdesc;
-	Datum		values[NUM_COLS];
-	bool		nulls[NUM_COLS];
-	size_t		baselen;
-	EVP_PKEY   *key;
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("function returning record called in context that cannot accept type record")));
+	classify(ex, aps_cancel_path, &r, &verified, &verified_known, &detail);
 
-	check_ids(fcinfo, &field, &value);
-	key = check_config();
-
-	body = aps_cancel_body(field, value);
-	request_time = request_time_now();
-	content = aps_content_to_sign(aps_cancel_path, aps_client_id, request_time,
-								  body, strlen(body), &content_len);
-
-	baselen = strlen(aps_gateway_url);
-	if (baselen > 0 && aps_gateway_url[baselen - 1] == '/')
-		baselen--;
-	url = psprintf("%.*s%s", (int) baselen, aps_gateway_url, aps_cancel_path);
-
-	memset(&ex, 0, sizeof(ex));
-	ex.url = url;
-	ex.body = body;
-	ex.body_len = strlen(body);
-	ex.client_id = aps_client_id;
-	ex.request_time = request_time;
-	ex.signature = aps_signature_header(aps_sign(key, content, content_len));
-	aps_http_post(&ex);
-
-	classify(&ex, aps_cancel_path, &r, &verified, &verified_known, &detail);
-
-	memset(nulls, 0, sizeof(nulls));
+	memset(nulls, 0, sizeof(bool) * NUM_COLS);
 	values[COL_SENT_FIELD] = CStringGetTextDatum(field);
 	values[COL_SENT_ID] = CStringGetTextDatum(value);
-	values[COL_REQUEST_TIME] = CStringGetTextDatum(request_time);
-	values[COL_HTTP_STATUS] = Int32GetDatum((int32) ex.http_status);
-	nulls[COL_HTTP_STATUS] = ex.http_status == 0;
+	values[COL_REQUEST_TIME] = CStringGetTextDatum(ex->request_time);
+	values[COL_HTTP_STATUS] = Int32GetDatum((int32) ex->http_status);
+	nulls[COL_HTTP_STATUS] = ex->http_status == 0;
 	values[COL_RESULT_STATUS] = CStringGetTextDatum(r.result_status);
 
 	/*
@@ -387,8 +385,122 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 #undef NETWORK_TEXT_OR_NULL
 	values[COL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
 	nulls[COL_SIGNATURE_VERIFIED] = !verified_known;
-	values[COL_LATENCY_MS] = Float8GetDatum(ex.latency_ms);
+	values[COL_LATENCY_MS] = Float8GetDatum(ex->latency_ms);
+}
+
+/*
+ * alipayplus._call_cancel(payment_id, payment_request_id): one signed
+ * cancelPayment call.  Returns what was sent and what it means.
+ */
+Datum
+alipayplus_call_cancel(PG_FUNCTION_ARGS)
+{
+	const char *field;
+	char	   *value;
+	ApsHttpExchange *ex;
+	TupleDesc	tupdesc;
+	Datum		values[NUM_COLS];
+	bool		nulls[NUM_COLS];
+	EVP_PKEY   *key;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
+
+	check_ids(fcinfo, &field, &value);
+	key = check_config();
+
+	ex = prepare_exchange(field, value, key, cancel_url());
+	aps_http_post(ex);
+	result_values(ex, field, value, values, nulls);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
+}
+
+/*
+ * alipayplus._call_cancel_many(fields text[], ids text[]): one signed
+ * cancelPayment call per id, alipayplus.max_concurrency of them in flight
+ * at once.  Returns one row per id, in the order given, with its position
+ * (ord, from 1) first and then the columns of _call_cancel.  fields[i] is
+ * "paymentRequestId" or "paymentId".  max_ms, when not NULL, caps every
+ * call's time so that the whole batch ends within it (a processor run's
+ * time budget).
+ */
+Datum
+alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum	   *fields;
+	bool	   *fieldnulls;
+	int			nfields;
+	Datum	   *ids;
+	bool	   *idnulls;
+	int			nids;
+	ApsHttpExchange **exs;
+	char	  **fieldstr;
+	char	  **idstr;
+	EVP_PKEY   *key;
+	char	   *url;
+	int			max_ms;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("fields and ids must not be null")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), TEXTOID, -1, false,
+					  TYPALIGN_INT, &fields, &fieldnulls, &nfields);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false,
+					  TYPALIGN_INT, &ids, &idnulls, &nids);
+	if (nfields != nids)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("fields and ids must have the same length")));
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (nids == 0)
+		return (Datum) 0;
+
+	key = check_config();
+	url = cancel_url();
+	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
+	exs = palloc(sizeof(ApsHttpExchange *) * nids);
+	fieldstr = palloc(sizeof(char *) * nids);
+	idstr = palloc(sizeof(char *) * nids);
+	for (int i = 0; i < nids; i++)
+	{
+		if (fieldnulls[i] || idnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("fields and ids must not contain nulls")));
+		fieldstr[i] = TextDatumGetCString(fields[i]);
+		idstr[i] = TextDatumGetCString(ids[i]);
+		if (strcmp(fieldstr[i], "paymentRequestId") == 0)
+			check_id("payment_request_id", idstr[i]);
+		else if (strcmp(fieldstr[i], "paymentId") == 0)
+			check_id("payment_id", idstr[i]);
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("field must be paymentRequestId or paymentId, not \"%s\"",
+							fieldstr[i])));
+		exs[i] = prepare_exchange(fieldstr[i], idstr[i], key, url);
+		if (max_ms > 0)
+			exs[i]->deadline = GetCurrentTimestamp() + (TimestampTz) max_ms * 1000;
+	}
+
+	aps_http_post_many(exs, nids, aps_max_concurrency);
+
+	for (int i = 0; i < nids; i++)
+	{
+		Datum		values[NUM_COLS + 1];
+		bool		nulls[NUM_COLS + 1];
+
+		values[0] = Int32GetDatum(i + 1);
+		nulls[0] = false;
+		result_values(exs[i], fieldstr[i], idstr[i], values + 1, nulls + 1);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -29,6 +29,7 @@ char	   *aps_ca_file = NULL;
 char	   *aps_proxy = NULL;
 int			aps_connect_timeout_ms = 3000;
 int			aps_timeout_ms = 10000;
+int			aps_max_concurrency = 16;
 
 /* Read by the SQL ledger functions through current_setting() */
 static int	aps_max_attempts = 10;
@@ -209,6 +210,14 @@ aps_define_settings(void)
 							&aps_timeout_ms,
 							10000, 1, 3600000,
 							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.max_concurrency",
+							"Most cancelPayment calls one processor run keeps in flight at once.",
+							"Each call in flight holds one kept-alive connection to the gateway.",
+							&aps_max_concurrency,
+							16, 1, APS_MAX_CONCURRENCY,
+							PGC_SUSET, 0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("alipayplus.max_attempts",

@@ -45,7 +45,13 @@
 #define APS_POLL_SLICE_MS 100
 
 static CURLM *aps_multi = NULL;
-static CURL *aps_easy = NULL;
+
+/*
+ * Easy handles, one per call in flight, kept for the backend's life so that
+ * each keeps its connection and TLS session alive from call to call.
+ */
+static CURL *aps_pool[APS_MAX_CONCURRENCY];
+static int	aps_pool_size = 0;
 
 /*
  * Append received bytes to the exchange's buffer.  Runs inside libcurl:
@@ -90,9 +96,9 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* Create the per-backend handles on first use */
+/* Create the multi handle and n easy handles on first use */
 static void
-ensure_handles(void)
+ensure_handles(int n)
 {
 	if (aps_multi == NULL)
 	{
@@ -101,24 +107,28 @@ ensure_handles(void)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("could not create a libcurl multi handle")));
+		/* keep a connection for every handle, also between windows */
+		curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) APS_MAX_CONCURRENCY);
 	}
-	if (aps_easy == NULL)
+	while (aps_pool_size < n)
 	{
-		aps_easy = curl_easy_init();
-		if (aps_easy == NULL)
+		CURL	   *easy = curl_easy_init();
+
+		if (easy == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("could not create a libcurl easy handle")));
+		aps_pool[aps_pool_size++] = easy;
 	}
 }
 
 /* Copy a response header (case-insensitive name) into palloc'd memory */
 static char *
-response_header(const char *name)
+response_header(CURL *easy, const char *name)
 {
 	struct curl_header *h = NULL;
 
-	if (curl_easy_header(aps_easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
+	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
 		h == NULL || h->value == NULL)
 		return NULL;
 	return pstrdup(h->value);
@@ -131,9 +141,13 @@ response_header(const char *name)
  * later, instead of cancelling the statement and taking the run with it.
  */
 static long
-call_timeout_ms(void)
+call_timeout_ms(ApsHttpExchange *ex)
 {
 	long		timeout_ms = aps_timeout_ms;
+
+	if (ex->deadline != 0)
+		timeout_ms = Min(timeout_ms,
+						 Max((long) ((ex->deadline - GetCurrentTimestamp()) / 1000), 1L));
 
 	if (StatementTimeout > 0)
 	{
@@ -150,13 +164,14 @@ call_timeout_ms(void)
 
 /* Set every option of a request; returns the first failing CURLcode */
 static CURLcode
-set_options(ApsHttpExchange *ex, struct curl_slist *headers, char *errbuf)
+set_options(CURL *easy, ApsHttpExchange *ex, struct curl_slist *headers,
+			char *errbuf)
 {
 	CURLcode	rc = CURLE_OK;
-	long		timeout_ms = call_timeout_ms();
+	long		timeout_ms = call_timeout_ms(ex);
 
 #define SETOPT(opt, val) \
-	do { if (rc == CURLE_OK) rc = curl_easy_setopt(aps_easy, opt, val); } while (0)
+	do { if (rc == CURLE_OK) rc = curl_easy_setopt(easy, opt, val); } while (0)
 
 	SETOPT(CURLOPT_ERRORBUFFER, errbuf);
 	SETOPT(CURLOPT_URL, ex->url);
@@ -227,55 +242,146 @@ request_headers(ApsHttpExchange *ex)
 	return list;
 }
 
+/* Detach a finished or abandoned transfer from its easy handle */
+static void
+release_transfer(CURL *easy, ApsHttpExchange *ex)
+{
+	curl_multi_remove_handle(aps_multi, easy);
+	/* the easy handle must not keep pointers into this call's memory */
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, NULL);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
+	curl_slist_free_all(ex->headers);
+	ex->headers = NULL;
+}
+
+/* Start exchange ex on the idle easy handle easy */
+static void
+start_transfer(CURL *easy, ApsHttpExchange *ex)
+{
+	CURLcode	rc;
+	CURLMcode	mc;
+
+	curl_easy_reset(easy);
+	ex->errbuf = palloc0(CURL_ERROR_SIZE);
+	ex->headers = request_headers(ex);
+	rc = set_options(easy, ex, ex->headers, ex->errbuf);
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_PRIVATE, ex);
+	if (rc != CURLE_OK)
+	{
+		curl_slist_free_all(ex->headers);
+		ex->headers = NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not configure libcurl: %s",
+						curl_easy_strerror(rc))));
+	}
+	ex->started_at = GetCurrentTimestamp();
+	mc = curl_multi_add_handle(aps_multi, easy);
+	if (mc != CURLM_OK)
+	{
+		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(ex->headers);
+		ex->headers = NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not start the transfer: %s",
+						curl_multi_strerror(mc))));
+	}
+	ex->easy = easy;
+}
+
+/* Fill in the outcome of a transfer that libcurl reports done */
+static void
+finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
+{
+	ex->curl_code = result;
+	ex->latency_ms = (double) (GetCurrentTimestamp() - ex->started_at) / 1000.0;
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &ex->http_status);
+	if (result != CURLE_OK)
+		ex->curl_error = pstrdup(ex->errbuf[0] ? ex->errbuf :
+								 curl_easy_strerror(result));
+	else
+	{
+		ex->hdr_signature = response_header(easy, "Signature");
+		ex->hdr_response_time = response_header(easy, "Response-Time");
+		ex->hdr_client_id = response_header(easy, "Client-Id");
+	}
+	ex->done = true;
+}
+
 /*
- * POST ex->body to ex->url with the signed Alipay+ headers and fill in
- * the outcome.  Network trouble is reported in ex->curl_code, never as an
- * error; errors are raised only for interrupts and local resource failure.
+ * POST every exchange's body to its URL with the signed Alipay+ headers,
+ * at most "concurrency" at once, and fill in the outcomes.  Each transfer
+ * has its own timeouts; a finished one makes room for the next at once.
+ * Network trouble is reported in ex->curl_code, never as an error; errors
+ * are raised only for interrupts and local resource failure, and then
+ * every transfer in flight is abandoned and its resources freed first.
  */
 void
-aps_http_post(ApsHttpExchange *ex)
+aps_http_post_many(ApsHttpExchange **exs, int n, int concurrency)
 {
-	struct curl_slist *volatile headers = NULL;
-	volatile bool added = false;
+	volatile int next = 0;
+	volatile int active = 0;
 	volatile bool interrupted = false;
 	volatile bool postmaster_died = false;
-	char		errbuf[CURL_ERROR_SIZE];
-	TimestampTz start;
+	bool	   *busy;
 
-	ensure_handles();
-	curl_easy_reset(aps_easy);
-	errbuf[0] = '\0';
-
-	headers = request_headers(ex);
+	if (n <= 0)
+		return;
+	concurrency = Max(1, Min(concurrency, Min(n, APS_MAX_CONCURRENCY)));
+	ensure_handles(concurrency);
+	busy = palloc0(sizeof(bool) * concurrency);
 
 	PG_TRY();
 	{
-		CURLcode	rc;
 		CURLMcode	mc = CURLM_OK;
-		int			running = 1;
-
-		rc = set_options(ex, headers, errbuf);
-		if (rc != CURLE_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("could not configure libcurl: %s",
-							curl_easy_strerror(rc))));
-
-		start = GetCurrentTimestamp();
-		mc = curl_multi_add_handle(aps_multi, aps_easy);
-		if (mc != CURLM_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("could not start the transfer: %s",
-							curl_multi_strerror(mc))));
-		added = true;
 
 		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		while (mc == CURLM_OK)
+		while (next < n || active > 0)
 		{
+			int			running;
+			CURLMsg    *msg;
+			int			left;
+
+			/* fill the free handles */
+			for (int h = 0; h < concurrency && next < n; h++)
+			{
+				if (busy[h])
+					continue;
+				start_transfer(aps_pool[h], exs[next]);
+				busy[h] = true;
+				next++;
+				active++;
+			}
+
 			mc = curl_multi_perform(aps_multi, &running);
-			if (mc != CURLM_OK || running == 0)
+			if (mc != CURLM_OK)
 				break;
+
+			/* collect what finished */
+			while ((msg = curl_multi_info_read(aps_multi, &left)) != NULL)
+			{
+				ApsHttpExchange *ex = NULL;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &ex);
+				if (ex == NULL || ex->done)
+					continue;
+				finish_transfer(msg->easy_handle, ex, msg->data.result);
+				release_transfer(msg->easy_handle, ex);
+				for (int h = 0; h < concurrency; h++)
+					if (aps_pool[h] == msg->easy_handle)
+						busy[h] = false;
+				ex->easy = NULL;
+				active--;
+			}
+			if (active == 0 && next >= n)
+				break;
+
 			if (QueryCancelPending || ProcDiePending)
 			{
 				interrupted = true;
@@ -286,47 +392,36 @@ aps_http_post(ApsHttpExchange *ex)
 				postmaster_died = true;
 				break;
 			}
-			mc = curl_multi_poll(aps_multi, NULL, 0, APS_POLL_SLICE_MS, NULL);
+			if (active > 0)
+			{
+				mc = curl_multi_poll(aps_multi, NULL, 0, APS_POLL_SLICE_MS, NULL);
+				if (mc != CURLM_OK)
+					break;
+			}
 		}
 
 		if (mc != CURLM_OK)
 			ereport(ERROR,
 					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 					 errmsg("libcurl failed: %s", curl_multi_strerror(mc))));
-
-		if (!interrupted && !postmaster_died)
-		{
-			CURLMsg    *msg;
-			int			left;
-
-			ex->curl_code = CURLE_OK;
-			while ((msg = curl_multi_info_read(aps_multi, &left)) != NULL)
-				if (msg->msg == CURLMSG_DONE && msg->easy_handle == aps_easy)
-					ex->curl_code = msg->data.result;
-
-			ex->latency_ms = (double) (GetCurrentTimestamp() - start) / 1000.0;
-			curl_easy_getinfo(aps_easy, CURLINFO_RESPONSE_CODE, &ex->http_status);
-			if (ex->curl_code != CURLE_OK)
-				ex->curl_error = pstrdup(errbuf[0] ? errbuf :
-										 curl_easy_strerror(ex->curl_code));
-			else
-			{
-				ex->hdr_signature = response_header("Signature");
-				ex->hdr_response_time = response_header("Response-Time");
-				ex->hdr_client_id = response_header("Client-Id");
-			}
-		}
 	}
 	PG_FINALLY();
 	{
 		pgstat_report_wait_end();
-		if (added)
-			curl_multi_remove_handle(aps_multi, aps_easy);
-		/* the easy handle must not keep pointers into this call's memory */
-		curl_easy_setopt(aps_easy, CURLOPT_HTTPHEADER, NULL);
-		curl_easy_setopt(aps_easy, CURLOPT_WRITEDATA, NULL);
-		curl_easy_setopt(aps_easy, CURLOPT_ERRORBUFFER, NULL);
-		curl_slist_free_all(headers);
+		/* abandon whatever is still in flight */
+		for (int i = 0; i < n; i++)
+		{
+			if (exs[i]->easy != NULL)
+			{
+				release_transfer(exs[i]->easy, exs[i]);
+				exs[i]->easy = NULL;
+			}
+			else if (exs[i]->headers != NULL)
+			{
+				curl_slist_free_all(exs[i]->headers);
+				exs[i]->headers = NULL;
+			}
+		}
 	}
 	PG_END_TRY();
 
@@ -342,6 +437,13 @@ aps_http_post(ApsHttpExchange *ex)
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("canceling Alipay+ call because of a pending interrupt")));
 	}
+}
+
+/* One exchange */
+void
+aps_http_post(ApsHttpExchange *ex)
+{
+	aps_http_post_many(&ex, 1, 1);
 }
 
 /*

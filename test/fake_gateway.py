@@ -70,6 +70,11 @@ JSON_TYPE = "application/json; charset=UTF-8"
 ACQUIRER_ID = "1022188000000000001"
 PSP_ID = "1022172000000000001"
 OTHER_CLIENT_ID = "OTHER_CLIENT_0001"
+
+# requests being handled right now, across the server's threads: logged with
+# each request ("inflight", itself included) to show a client's concurrency
+INFLIGHT_LOCK = threading.Lock()
+INFLIGHT = [0]
 # a Client-Id that is not UTF-8 and holds a control character (sent as
 # these bytes: http.server encodes header values as latin-1)
 OTHER_CLIENT_BYTES = "OTHER\xff\xfe\x01X"
@@ -469,6 +474,16 @@ class Handler(BaseHTTPRequestHandler):
     # -- request handling ---------------------------------------------------
 
     def _dispatch(self):
+        with INFLIGHT_LOCK:
+            INFLIGHT[0] += 1
+            self._inflight = INFLIGHT[0]
+        try:
+            self._dispatch_counted()
+        finally:
+            with INFLIGHT_LOCK:
+                INFLIGHT[0] -= 1
+
+    def _dispatch_counted(self):
         gw = self.server.gw
         try:
             body = self._read_body()
@@ -494,6 +509,7 @@ class Handler(BaseHTTPRequestHandler):
             # the client's address and port: the same port on two requests
             # means the client reused its connection
             "peer": "%s:%s" % self.client_address[:2],
+            "inflight": self._inflight,
         }
 
         if self.command != "POST" or self.path != gw.path:
