@@ -510,7 +510,11 @@ SELECT
 	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
 	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
 	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
-FROM @extschema@.alipayplus_queue_depth() q;
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention) q;
 COMMENT ON VIEW alipayplus.stats IS
 	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
 REVOKE ALL ON alipayplus.stats FROM PUBLIC;
