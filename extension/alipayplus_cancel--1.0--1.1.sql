@@ -50,8 +50,15 @@ BEGIN
 	BEGIN
 		a := alipayplus._record_attempt(c, r, p_caller);
 		PERFORM alipayplus._apply_result(c, a);
-	EXCEPTION WHEN OTHERS THEN
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		/*
+		 * Also a query cancel or statement_timeout while applying: the
+		 * answer is kept and the run told to stop (see the processor).
+		 */
 		GET STACKED DIAGNOSTICS v_msg = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
+		IF v_state = '57014' THEN
+			PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'true', true);
+		END IF;
 		a := alipayplus._record_attempt(c, r, p_caller);
 		c := alipayplus._result_not_applied(c, a,
 			format('%s (SQLSTATE %s)', v_msg, v_state));
@@ -119,6 +126,7 @@ DECLARE
 	v_run bigint;
 	v_statement_timeout interval := current_setting('statement_timeout')::interval;
 	v_concurrency integer := current_setting('alipayplus.max_concurrency')::integer;
+	v_interrupted boolean := false;
 BEGIN
 	IF $1 IS NULL OR $1 < 1 THEN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -202,6 +210,9 @@ BEGIN
 			LOOP
 				c := v_window[r.ord];
 				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
+				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
+					v_interrupted := true;
+				END IF;
 				IF alipayplus._unanswered(a.result_code) THEN
 					n_unanswered := n_unanswered + 1;
 					v_last_error := format('%s: %s', a.result_code, a.error_detail);
@@ -218,6 +229,11 @@ BEGIN
 			END LOOP;
 		END IF;
 
+		IF v_interrupted THEN
+			/* a cancel or statement_timeout came while an answer was applied */
+			v_stop := 'interrupted';
+			EXIT;
+		END IF;
 		IF v_nothing_due THEN
 			v_stop := 'nothing due';
 			EXIT;
@@ -279,6 +295,7 @@ DECLARE
 	v_last_error text;
 	v_due bigint;
 	v_rate float8;
+	v_interrupted boolean := false;
 BEGIN
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -293,6 +310,7 @@ BEGIN
 		n_cancelled := n_cancelled + r.cancelled;
 		n_unanswered := n_unanswered + r.unanswered;
 		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
 		COMMIT;
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		IF progress IS NOT NULL AND pg_catalog.clock_timestamp() - v_said >= progress THEN
@@ -307,7 +325,7 @@ BEGIN
 					 THEN pg_catalog.make_interval(secs => round((v_due / v_rate)::numeric))::text
 					 ELSE 'unknown' END;
 		END IF;
-		EXIT WHEN r.claimed = 0;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
 	END LOOP;
 	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	IF progress IS NOT NULL THEN
@@ -340,6 +358,7 @@ DECLARE
 	n integer := 0;
 	n_unanswered integer := 0;
 	v_last_error text;
+	v_interrupted boolean := false;
 BEGIN
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -353,8 +372,9 @@ BEGIN
 		n := n + r.claimed;
 		n_unanswered := n_unanswered + r.unanswered;
 		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
 		COMMIT;
-		EXIT WHEN r.claimed = 0;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
 	END LOOP;
 	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	IF n > 0 AND n_unanswered = n THEN

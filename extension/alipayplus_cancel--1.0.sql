@@ -170,6 +170,16 @@ CREATE TABLE alipayplus.order_binding (
 COMMENT ON TABLE alipayplus.order_binding IS
 	'The user orders table that follows the ledger (set by alipayplus_bind_orders)';
 
+/*
+ * The tables of the bound tree whose rows have been checked and which
+ * carry the guards (kept by _attach_guards; a table that leaves the tree
+ * leaves this list, and is checked again if it comes back).  Not dumped:
+ * it names tables by OID.
+ */
+CREATE TABLE alipayplus.guarded_tables (
+	relid oid PRIMARY KEY
+);
+
 CREATE TABLE alipayplus.known_refunds (
 	refund_request_id text UNIQUE,
 	refund_id text UNIQUE,
@@ -224,10 +234,11 @@ LANGUAGE C IMMUTABLE STRICT;
 
 /*
  * Run a query on a user table as that table's owner (src/orders.c); a
- * param named in param_columns takes that column's type
+ * param named in param_columns takes that column's type; ledger_write
+ * ({field, id, status}) marks the ledger's own status write
  */
 CREATE FUNCTION alipayplus._order_exec(tbl regclass, query text, params text[],
-	param_columns name[] DEFAULT NULL)
+	param_columns name[] DEFAULT NULL, ledger_write text[] DEFAULT NULL)
 RETURNS SETOF text[]
 AS 'MODULE_PATHNAME', 'alipayplus_order_exec'
 LANGUAGE C VOLATILE;
@@ -427,7 +438,8 @@ $$;
  * a row security policy can skip an UPDATE without an error, which would
  * leave the order behind the ledger unnoticed.
  */
-CREATE FUNCTION alipayplus._set_order_status(p_field text, p_id text, p_status text)
+CREATE FUNCTION alipayplus._set_order_status(p_field text, p_id text, p_status text,
+	p_ledger_field text DEFAULT NULL, p_ledger_id text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -452,7 +464,9 @@ BEGIN
 			   'AND (%I IS NULL OR NOT %I OPERATOR(pg_catalog.=) $1) RETURNING %I::pg_catalog.text',
 			   b.orders, b.status_column, key_col, b.status_column,
 			   b.status_column, b.status_column),
-		ARRAY[p_status, p_id], ARRAY[b.status_column, key_col])
+		ARRAY[p_status, p_id], ARRAY[b.status_column, key_col],
+		CASE WHEN p_status IN (b.cancelled_value, b.cancelling_value)
+			 THEN ARRAY[coalesce(p_ledger_field, p_field), coalesce(p_ledger_id, p_id), p_status] END)
 	LOOP
 		n := n + 1;
 		now_status := r[1];
@@ -574,9 +588,11 @@ BEGIN
 	IF o.order_found THEN
 		SELECT * INTO b FROM alipayplus.order_binding;
 		IF c.state = 'CANCELLED' THEN
-			PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.cancelled_value);
+			PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.cancelled_value,
+												 c.sent_field, c.sent_id);
 		ELSIF o.status IS DISTINCT FROM b.cancelled_value THEN
-			PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.cancelling_value);
+			PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.cancelling_value,
+												 c.sent_field, c.sent_id);
 		END IF;
 	END IF;
 	RETURN c;
@@ -772,8 +788,15 @@ BEGIN
 	BEGIN
 		a := alipayplus._record_attempt(c, r, p_caller);
 		PERFORM alipayplus._apply_result(c, a);
-	EXCEPTION WHEN OTHERS THEN
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		/*
+		 * Also a query cancel or statement_timeout while applying: the
+		 * answer is kept and the run told to stop (see the processor).
+		 */
 		GET STACKED DIAGNOSTICS v_msg = MESSAGE_TEXT, v_state = RETURNED_SQLSTATE;
+		IF v_state = '57014' THEN
+			PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'true', true);
+		END IF;
 		a := alipayplus._record_attempt(c, r, p_caller);
 		c := alipayplus._result_not_applied(c, a,
 			format('%s (SQLSTATE %s)', v_msg, v_state));
@@ -1056,11 +1079,15 @@ DECLARE
 	c alipayplus.cancellations;
 BEGIN
 	SELECT * INTO c FROM alipayplus.cancellations x
-	WHERE x.cancellation_id = $1 FOR UPDATE;
+	WHERE x.cancellation_id = $1;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
 			MESSAGE = format('no cancellation with id %s', $1);
 	END IF;
+	/* the order row first, then the ledger row, like every other path */
+	PERFORM alipayplus._lock_order(c.sent_field, c.sent_id);
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1 FOR UPDATE;
 	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
 			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
@@ -1070,7 +1097,6 @@ BEGIN
 		/* Alipay+ cancelled it; only the bound order has to follow */
 		SELECT * INTO b FROM alipayplus.order_binding;
 		IF FOUND THEN
-			PERFORM alipayplus._lock_order(c.sent_field, c.sent_id);
 			PERFORM alipayplus._set_order_status(c.sent_field, c.sent_id, b.cancelled_value);
 		END IF;
 		UPDATE alipayplus.cancellations x SET
@@ -1146,10 +1172,14 @@ BEGIN
 		v_payment_id := coalesce(v_payment_id, o.payment_id);
 	END IF;
 
+	/* the payment's own cancellation: by its request id, or by its payment id
+	   when that cancellation knows no other request id */
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE (x.sent_field = 'paymentRequestId' AND x.sent_id = v_request_id)
-	   OR (x.sent_field = 'paymentId' AND x.sent_id = v_payment_id)
-	ORDER BY x.cancellation_id LIMIT 1
+	   OR (x.sent_field = 'paymentId' AND x.sent_id = v_payment_id
+		   AND (v_request_id IS NULL OR x.payment_request_id IS NULL
+				OR x.payment_request_id = v_request_id))
+	ORDER BY x.sent_field DESC, x.cancellation_id LIMIT 1
 	FOR UPDATE;
 	IF FOUND THEN
 		UPDATE alipayplus.cancellations x SET
@@ -1194,9 +1224,23 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	IF TG_NARGS < 2 OR TG_LEVEL <> 'STATEMENT' OR TG_OP <> 'TRUNCATE' THEN
-		RAISE EXCEPTION USING ERRCODE = 'E0P01'::text,
+		RAISE EXCEPTION USING ERRCODE = '39P01',
 			MESSAGE = format('trigger %s on %s must be BEFORE TRUNCATE ... FOR EACH STATEMENT with arguments (status column, values...)',
 							 TG_NAME, TG_RELID::regclass);
+	END IF;
+	/* only on the ledger and the bound tree: elsewhere it would read a table for its caller */
+	IF TG_RELID <> 'alipayplus.cancellations'::regclass
+	   AND NOT EXISTS (
+		   WITH RECURSIVE tree(relid) AS (
+			   SELECT b.orders::oid FROM alipayplus.order_binding b
+			   UNION
+			   SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		   )
+		   SELECT 1 FROM tree WHERE tree.relid = TG_RELID) THEN
+		RAISE EXCEPTION USING ERRCODE = '39P01',
+			MESSAGE = format('trigger %s on %s: alipayplus_guard_truncate() guards only the bound orders table and the ledger',
+							 TG_NAME, TG_RELID::regclass),
+			HINT = 'If the table is no longer bound, drop the trigger.';
 	END IF;
 	IF EXISTS (SELECT 1 FROM alipayplus._order_exec(TG_RELID::regclass,
 			format('SELECT 1 FROM %s WHERE %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) LIMIT 1',
@@ -1292,7 +1336,7 @@ BEGIN
 		END IF;
 		SELECT c.state INTO v_state FROM alipayplus.cancellations c
 		WHERE c.sent_field = v_field AND c.sent_id = v_id;
-		IF r[1] = b.cancelling_value AND v_state IS NULL THEN
+		IF r[1] = b.cancelling_value AND v_state IS DISTINCT FROM 'CANCELLING' THEN
 			n_stuck := n_stuck + 1;
 			example := coalesce(example, v_id);
 		ELSIF r[1] = b.cancelled_value AND v_state IS DISTINCT FROM 'CANCELLED' THEN
@@ -1301,7 +1345,7 @@ BEGIN
 	END LOOP;
 	IF n_stuck > 0 THEN
 		RAISE EXCEPTION USING ERRCODE = 'ZA001',
-			MESSAGE = format('%s rows of %s are %s without a cancellation in the ledger (for example %s)',
+			MESSAGE = format('%s rows of %s are %s without a cancellation in progress in the ledger (for example %s)',
 							 n_stuck, tbl, b.cancelling_value, coalesce(example, 'one without ids')),
 			DETAIL = 'Under the guard they could only wait for a cancellation nobody asked Alipay+ for.',
 			HINT = format('Set them back to their previous status first, then request their cancellation with alipayplus_request_cancel().');
@@ -1344,6 +1388,11 @@ BEGIN
 					   coalesce(b.payment_id_column, ''));
 	trunc_args := format('%L, %L, %L', b.status_column, b.cancelled_value,
 						 b.cancelling_value);
+	IF p_replace THEN
+		DELETE FROM alipayplus.guarded_tables;
+	END IF;
+	/* the DDL below fires the event trigger: it must not come back here */
+	PERFORM pg_catalog.set_config('alipayplus_cancel.attaching', 'on', true);
 
 	FOR t IN
 		WITH RECURSIVE tree(relid) AS (
@@ -1351,8 +1400,10 @@ BEGIN
 			UNION
 			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
 		)
-		SELECT tree.relid::regclass AS rel, c.relispartition,
+		SELECT tree.relid, tree.relid::regclass AS rel, c.relispartition,
 			tree.relid = b.orders::oid AS is_root,
+			c.relpersistence = 't' AND c.relnamespace <> pg_catalog.pg_my_temp_schema() AS others_temp,
+			EXISTS (SELECT 1 FROM alipayplus.guarded_tables g WHERE g.relid = tree.relid) AS known,
 			EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
 					WHERE g.tgrelid = tree.relid AND g.tgname = 'alipayplus_guard_order') AS has_row,
 			EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
@@ -1360,8 +1411,13 @@ BEGIN
 		FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid
 		ORDER BY tree.relid = b.orders::oid DESC
 	LOOP
+		IF t.others_temp THEN
+			/* another session's temporary table: out of reach, and gone with it */
+			RAISE WARNING 'temporary table % of another session below the bound orders table is not guarded', t.rel;
+			CONTINUE;
+		END IF;
 		/* a table that joins the tree brings its rows under the guard */
-		IF NOT p_replace AND NOT t.is_root AND NOT t.has_trunc THEN
+		IF NOT p_replace AND NOT t.known THEN
 			PERFORM alipayplus._check_existing_rows(t.rel);
 		END IF;
 		/* row guard: its own on the root and on children that are not partitions */
@@ -1381,7 +1437,20 @@ BEGIN
 						   t.rel, trunc_args);
 			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER alipayplus_guard_truncate', t.rel);
 		END IF;
+		IF NOT t.known OR p_replace THEN
+			INSERT INTO alipayplus.guarded_tables VALUES (t.relid) ON CONFLICT DO NOTHING;
+		END IF;
 	END LOOP;
+
+	/* tables that left the tree must be checked again if they come back */
+	DELETE FROM alipayplus.guarded_tables g
+	WHERE NOT EXISTS (
+		WITH RECURSIVE tree(relid) AS (
+			SELECT b.orders::oid
+			UNION
+			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		)
+		SELECT 1 FROM tree WHERE tree.relid = g.relid);
 
 	/* the clones on partitions must fire under session_replication_role too */
 	FOR t IN
@@ -1392,10 +1461,13 @@ BEGIN
 		)
 		SELECT g.tgrelid::regclass AS rel FROM pg_catalog.pg_trigger g
 		JOIN tree ON tree.relid = g.tgrelid
+		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
 		WHERE g.tgname = 'alipayplus_guard_order' AND g.tgenabled <> 'A'
+			AND NOT (c.relpersistence = 't' AND c.relnamespace <> pg_catalog.pg_my_temp_schema())
 	LOOP
 		EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER alipayplus_guard_order', t.rel);
 	END LOOP;
+	PERFORM pg_catalog.set_config('alipayplus_cancel.attaching', 'off', true);
 END;
 $$;
 
@@ -1407,10 +1479,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	/*
-	 * A restore (pg_dump's script, pg_restore) turns check_function_bodies
-	 * off and brings the triggers itself: stay out of its way.
+	 * A restore (pg_dump's script, pg_restore), run by a superuser, turns
+	 * check_function_bodies off and brings the triggers itself: stay out of
+	 * its way.  Anybody else gets the guards whatever that setting says.
 	 */
-	IF current_setting('check_function_bodies') = 'on'
+	IF (current_setting('check_function_bodies') = 'on'
+		OR NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = session_user))
+	   AND current_setting('alipayplus_cancel.attaching', true) IS DISTINCT FROM 'on'
 	   AND EXISTS (SELECT 1 FROM alipayplus.order_binding) THEN
 		PERFORM alipayplus._attach_guards(false);
 	END IF;
@@ -1438,6 +1513,7 @@ DECLARE
 	v_type text;
 	v_attnum smallint;
 	v_rel regclass;
+	v_fits boolean;
 BEGIN
 	IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
 		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
@@ -1480,9 +1556,17 @@ BEGIN
 	v_type := alipayplus._column_type($1, $3);
 	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] LOOP
 		IF val IS NOT NULL THEN
-			EXECUTE format('SELECT $1::%s::text IS NOT DISTINCT FROM $1', v_type)
-				INTO STRICT col USING val;
-			IF NOT col::boolean THEN
+			/* stored as the owner stores it: a domain's CHECK is the owner's code */
+			BEGIN
+				SELECT x[1] IS NOT DISTINCT FROM val INTO v_fits
+				FROM alipayplus._order_exec($1, 'SELECT $1::pg_catalog.text',
+											ARRAY[val], ARRAY[$3]) x;
+			EXCEPTION
+				WHEN invalid_text_representation OR string_data_right_truncation
+					 OR check_violation OR invalid_parameter_value THEN
+					v_fits := false;
+			END;
+			IF NOT v_fits THEN
 				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
 					MESSAGE = format('the value %L does not fit column %I of type %s', val, $3, v_type),
 					DETAIL = 'Stored in that column it would read differently, so the guard could never recognise it.',

@@ -103,8 +103,9 @@ SELECT errcheck('TRUNCATE shop.orders');
 RESET ROLE;
 
 -- the caller's search_path and temporary objects never reach the owner's
--- code: a domain named text and a table named audit in the caller's pg_temp
--- are not used when the order is locked and updated as its owner
+-- code: with a domain named text and a table named audit in the caller's
+-- pg_temp, the ledger refuses to touch the orders table at all; without
+-- them it goes ahead
 INSERT INTO shop.orders (order_no, request_id) VALUES (12, 'shop-J');
 SET ROLE regress_shop_app;
 SET search_path = pg_temp, pg_catalog, shop, public;
@@ -118,10 +119,12 @@ $$;
 CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.evil(VALUE));
 CREATE TABLE pg_temp.audit (who name, superuser pg_catalog.text, search_path pg_catalog.text,
 	order_no int, status pg_catalog.text);
-SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-J');
+SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-J')$$);
 SELECT (SELECT count(*) FROM pg_temp.hijacked) AS evil_calls,
 	(SELECT count(*) FROM pg_temp.audit) AS shadow_audit_rows;
 RESET search_path;
+DISCARD TEMP;
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-J');
 RESET ROLE;
 SELECT who, status FROM shop.audit WHERE order_no = 12;
 
@@ -383,6 +386,107 @@ RESET ROLE;
 CREATE TABLE innocent (x int);
 SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'tc'::regclass;
 DROP TABLE innocent;
+
+-- (a fresh session: the temporary tables above would stop the ledger)
+\c
+-- binding checks the values as the table's owner: a domain's CHECK is the
+-- owner's code and must not run as the superuser who binds
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.status_ok(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+	IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		EXECUTE 'ALTER ROLE regress_shop_owner SUPERUSER';
+	END IF;
+	RETURN true;
+END;
+$$;
+CREATE DOMAIN shop.order_status AS text CHECK (shop.status_ok(VALUE));
+CREATE TABLE shop.dom_orders (req text PRIMARY KEY, st shop.order_status NOT NULL DEFAULT 'PENDING',
+	pay text);
+INSERT INTO shop.dom_orders (req, pay) VALUES ('dom-1', 'P-DOM-1'), ('dom-2', 'P-DOM-2'), ('dom-3', NULL);
+RESET ROLE;
+SELECT alipayplus_bind_orders('shop.dom_orders', 'req', 'st', 'CANCELLED', 'CANCELLING',
+	payment_id_column => 'pay');
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_shop_owner';
+
+-- an order cannot borrow another payment's verified S: not by changing its
+-- ids in the same statement, not by changing them first; and an order whose
+-- cancellation is CANCELLED cannot be moved back to CANCELLING
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_request_id => 'dom-1');
+-- (the table is written as its owner: a superuser's INSERT would run the
+-- domain's CHECK as superuser, as PostgreSQL always does)
+SET ROLE regress_shop_owner;
+SELECT errcheck($$UPDATE shop.dom_orders SET req = 'dom-1x', st = 'CANCELLED' WHERE req = 'dom-2'$$);
+RESET ROLE;
+-- a payment cancelled by its payment id alone (no order has that id yet)
+SELECT result_status, state FROM alipayplus_cancel_payment(payment_id => 'P-LONE');
+SET ROLE regress_shop_owner;
+-- an order made to carry that payment id, its request id blanked, then set CANCELLED
+UPDATE shop.dom_orders SET req = ' ', pay = 'P-LONE' WHERE req = 'dom-3';
+SELECT errcheck($$UPDATE shop.dom_orders SET st = 'CANCELLED' WHERE req = ' '$$);
+UPDATE shop.dom_orders SET req = 'dom-3', pay = NULL WHERE req = ' ';
+INSERT INTO shop.dom_orders (req) VALUES ('dom-4');
+RESET ROLE;
+SELECT result_status FROM alipayplus_cancel_payment(payment_request_id => 'dom-4');
+SET ROLE regress_shop_owner;
+SELECT errcheck($$UPDATE shop.dom_orders SET req = 'dom-4b' WHERE req = 'dom-4'$$);
+SELECT errcheck($$UPDATE shop.dom_orders SET st = 'CANCELLING' WHERE req = 'dom-4'$$);
+RESET ROLE;
+SELECT req, st FROM shop.dom_orders ORDER BY req;
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_shop_owner';
+
+-- a statement_timeout while an answer is applied: the answer is kept, the
+-- row flagged, the run stops without an error
+SET ROLE regress_shop_owner;
+CREATE FUNCTION shop.slow_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.st = 'CANCELLED' THEN
+		PERFORM pg_sleep(3);
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER slow_cancel BEFORE UPDATE ON shop.dom_orders
+	FOR EACH ROW EXECUTE FUNCTION shop.slow_cancel();
+INSERT INTO shop.dom_orders (req) VALUES ('dom-5'), ('dom-6');
+RESET ROLE;
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'dom-5');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'dom-6');
+SET statement_timeout = '1s';
+CALL alipayplus_run_cancellations();
+RESET statement_timeout;
+SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
+SELECT c.sent_id, c.state, c.needs_attention, c.attempt_count, o.st,
+	left(c.attention_reason, 80) AS reason
+FROM alipayplus.cancellations c JOIN shop.dom_orders o ON o.req = c.sent_id
+WHERE c.sent_id IN ('dom-5', 'dom-6') ORDER BY c.cancellation_id;
+DROP TRIGGER slow_cancel ON shop.dom_orders;
+SELECT state, needs_attention FROM alipayplus_requeue_cancellation(
+	(SELECT cancellation_id FROM alipayplus.cancellations WHERE sent_id = 'dom-5'));
+SELECT st FROM shop.dom_orders WHERE req = 'dom-5';
+
+-- a partition that leaves the tree is checked again when it comes back
+SELECT alipayplus_bind_orders('part_orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+ALTER TABLE part_orders DETACH PARTITION part_orders_1;
+INSERT INTO part_orders_1 VALUES ('prt-back', 'CANCELLING', 1);
+SELECT errcheck($$ALTER TABLE part_orders ATTACH PARTITION part_orders_1 FOR VALUES IN (1)$$);
+DELETE FROM part_orders_1 WHERE req = 'prt-back';
+ALTER TABLE part_orders ATTACH PARTITION part_orders_1 FOR VALUES IN (1);
+-- check_function_bodies = off by a non-superuser does not switch the guards off
+ALTER TABLE part_orders OWNER TO regress_shop_owner;
+\c - regress_shop_owner
+SET check_function_bodies = off;
+CREATE TABLE part_orders_5 PARTITION OF part_orders FOR VALUES IN (5);
+\c - postgres
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'part_orders_5'::regclass AND tgname LIKE 'alipayplus%' ORDER BY 1;
+
+-- the TRUNCATE guard cannot be borrowed to read another table
+CREATE TABLE other_table (secret text);
+INSERT INTO other_table VALUES ('s3cret');
+CREATE TRIGGER borrowed BEFORE TRUNCATE ON other_table
+	FOR EACH STATEMENT EXECUTE FUNCTION alipayplus_guard_truncate('secret', 's3cret');
+SELECT errcheck($$TRUNCATE other_table$$);
+DROP TABLE other_table;
 
 ALTER DATABASE :"DBNAME" RESET search_path;
 ALTER ROLE regress_shop_owner RESET search_path;

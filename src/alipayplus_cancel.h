@@ -121,6 +121,8 @@ extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
 extern const char *aps_transport_failure_code(int curl_code);
 
 /* orders.c */
+extern bool aps_ledger_write_allows(const char *field, const char *id,
+									const char *status);
 extern char *aps_ledger_state(Oid relid, const char *field, const char *id,
 							  bool *bound);
 

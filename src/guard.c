@@ -151,6 +151,22 @@ show_value(GuardColumn *col, Datum v, bool isnull)
 	return isnull ? "null" : OidOutputFunctionCall(col->typoutput, v);
 }
 
+/* A value as the ledger sees it: its text, without char(n)'s padding */
+static char *
+ledger_text(GuardColumn *col, Datum v)
+{
+	char	   *s = OidOutputFunctionCall(col->typoutput, v);
+
+	if (getBaseType(col->att->atttypid) == BPCHAROID)
+	{
+		size_t		n = strlen(s);
+
+		while (n > 0 && s[n - 1] == ' ')
+			s[--n] = '\0';
+	}
+	return s;
+}
+
 /*
  * The ledger key of an order row: its request id if it has a non-blank
  * one, else its payment id.  Returns false when it has neither.
@@ -174,15 +190,7 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		v = heap_getattr(tuple, cols[i]->attnum, tupdesc, &isnull);
 		if (isnull)
 			continue;
-		s = OidOutputFunctionCall(cols[i]->typoutput, v);
-		/* char(n): the key is the value without its padding, as ::text gives it */
-		if (getBaseType(cols[i]->att->atttypid) == BPCHAROID)
-		{
-			size_t		n = strlen(s);
-
-			while (n > 0 && s[n - 1] == ' ')
-				s[--n] = '\0';
-		}
+		s = ledger_text(cols[i], v);
 		for (p = s; *p && isspace((unsigned char) *p); p++)
 			;
 		if (*p == '\0')
@@ -381,8 +389,11 @@ guard(FunctionCallInfo fcinfo, bool bound)
 			char	   *state = NULL;
 			bool		in_tree = true;
 
-			if (order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
-						  &field, &id))
+			bool		has_key;
+
+			has_key = order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
+								&field, &id);
+			if (has_key)
 				state = aps_ledger_state(RelationGetRelid(rel), field, id,
 										 &in_tree);
 			if (!in_tree)
@@ -411,6 +422,17 @@ guard(FunctionCallInfo fcinfo, bool bound)
 						 errdetail("No cancellation was requested for this payment, so Alipay+ would never be asked to cancel it."),
 						 errhint("Use SELECT alipayplus_request_cancel(payment_request_id => ...); it sets \"%s\" and queues the call in the same transaction.",
 								 args[2])));
+
+			/* only the ledger's own write for this very payment */
+			if (!has_key ||
+				!aps_ledger_write_allows(field, id, ledger_text(&status, newval)))
+				ereport(ERROR,
+						(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+						 errmsg("cannot set %s of row %s of table \"%s\" to \"%s\": only the cancellation ledger sets it",
+								status.name, describe_row(rel, newtuple), relname,
+								show_value(&status, newval, newnull)),
+						 errdetail("The ledger sets an order cancelling when its cancellation is requested and cancelled when Alipay+ confirmed it, for the payment the order's ids name."),
+						 errhint("Use alipayplus_request_cancel(); do not change the ids of the order in the same statement.")));
 		}
 	}
 

@@ -31,6 +31,9 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/varlena.h"
+#include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -41,6 +44,31 @@
 #include "alipayplus_cancel.h"
 
 PG_FUNCTION_INFO_V1(alipayplus_order_exec);
+
+/*
+ * The status write the ledger is making right now, if any: which payment
+ * (its ledger key) and which status.  The bound orders table's guard lets
+ * a row enter a cancel state only for this write, so that no other
+ * statement (a user's UPDATE, a trigger of the owner's running inside the
+ * ledger's own update) can put an order into a cancel state.
+ */
+typedef struct ApsLedgerWrite
+{
+	char	   *field;
+	char	   *id;
+	char	   *status;
+} ApsLedgerWrite;
+
+static ApsLedgerWrite *current_write = NULL;
+
+bool
+aps_ledger_write_allows(const char *field, const char *id, const char *status)
+{
+	return current_write != NULL &&
+		strcmp(current_write->field, field) == 0 &&
+		strcmp(current_write->id, id) == 0 &&
+		strcmp(current_write->status, status) == 0;
+}
 
 /* The owner of a relation; error if it does not exist */
 static Oid
@@ -90,6 +118,67 @@ leave_owner_context(Oid save_userid, int save_sec_context, int save_nestlevel)
 }
 
 /*
+ * A search_path with every pg_temp entry taken out and pg_temp put last:
+ * the temporary schema is the calling session's, never the owner's.
+ */
+static char *
+without_pg_temp(const char *path)
+{
+	char	   *copy = pstrdup(path);
+	List	   *names;
+	ListCell   *lc;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (!SplitIdentifierString(copy, ',', &names))
+		names = NIL;			/* unparsable: fall back to the default */
+	foreach(lc, names)
+	{
+		char	   *name = (char *) lfirst(lc);
+
+		if (strcmp(name, "pg_temp") == 0 || strncmp(name, "pg_temp_", 8) == 0)
+			continue;
+		if (buf.len > 0)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, strcmp(name, "$user") == 0 ?
+							   "\"$user\"" : quote_identifier(name));
+	}
+	if (buf.len == 0)
+		appendStringInfoString(&buf, "\"$user\", public");
+	appendStringInfoString(&buf, ", pg_temp");
+	return buf.data;
+}
+
+/*
+ * The calling session's temporary tables, views and types would be found
+ * by the owner's code through any unqualified name its own search_path
+ * does not resolve (pg_temp can be put last, never left out), and a
+ * trigger on such a table would run as the owner.  So the owner's code
+ * runs only from sessions that have none.
+ */
+static void
+refuse_temp_objects(void)
+{
+	int			ret;
+	bool		isnull;
+
+	ret = SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+					  "WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()) "
+					  "OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t "
+					  "WHERE t.typnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())",
+					  true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look for temporary objects");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								   1, &isnull)) && !isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot work on the orders table from a session that has temporary tables or types"),
+				 errdetail("The table owner's triggers and constraints run as the owner, and could otherwise reach this session's temporary objects."),
+				 errhint("Drop the temporary objects (DISCARD TEMP), or call from another session.")));
+}
+
+/*
  * The search_path the table owner's own sessions get in this database
  * (ALTER ROLE ... IN DATABASE, ALTER ROLE, ALTER DATABASE ... SET, in that
  * order of precedence), else PostgreSQL's default, always with pg_temp
@@ -110,7 +199,7 @@ owner_search_path(Oid owner)
 	ret = SPI_execute_with_args("SELECT pg_catalog.substr(s, 13) "
 								"FROM pg_catalog.pg_db_role_setting d, "
 								"pg_catalog.unnest(d.setconfig) s "
-								"WHERE s OPERATOR(pg_catalog.~~) 'search_path=%' "
+								"WHERE pg_catalog.left(s, 12) OPERATOR(pg_catalog.=) 'search_path=' "
 								"AND ((d.setrole OPERATOR(pg_catalog.=) $1 AND d.setdatabase OPERATOR(pg_catalog.=) $2) "
 								"OR (d.setrole OPERATOR(pg_catalog.=) $1 AND d.setdatabase OPERATOR(pg_catalog.=) 0) "
 								"OR (d.setrole OPERATOR(pg_catalog.=) 0 AND d.setdatabase OPERATOR(pg_catalog.=) $2)) "
@@ -124,20 +213,23 @@ owner_search_path(Oid owner)
 		if (v != NULL)
 			path = v;
 	}
-	return psprintf("%s, pg_temp", path[0] ? path : "\"$user\", public");
+	return without_pg_temp(path);
 }
 
 /*
  * alipayplus._order_exec(tbl regclass, query text, params text[],
- *						  param_columns name[]) RETURNS SETOF text[]
+ *						  param_columns name[], ledger_write text[])
+ *	  RETURNS SETOF text[]
  *
  * Run query, with $1..$n bound to params, as the owner of tbl.  A param
  * whose param_columns entry names a column of tbl is converted to that
  * column's type (and type modifier) by the type's input function; the
  * others are text.  So the query needs no cast by type name, and its
  * operators are schema-qualified: nothing in it resolves through a
- * search_path.  Every result row comes back as an array of its columns'
- * text forms.  The query is built by the extension's own SQL with quoted
+ * search_path.  ledger_write, when given, is {field, id, status}: the
+ * ledger's own status write that this query makes, which the guard lets
+ * through (see current_write).  Every result row comes back as an array of
+ * its columns' text forms.  The query is built by the extension's own SQL with quoted
  * identifiers; the function is not granted to anybody.
  */
 Datum
@@ -192,6 +284,7 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	refuse_temp_objects();
 	search_path = owner_search_path(owner);
 	save_nestlevel = enter_owner_context(owner, search_path,
 										 &save_userid, &save_sec_context);
@@ -226,8 +319,36 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 	}
 	argnulls[nargs] = '\0';
 
-	ret = SPI_execute_with_args(query, nargs, argtypes, argvalues, argnulls,
-								false, 0);
+	if (!PG_ARGISNULL(4))
+	{
+		Datum	   *w;
+		bool	   *wnulls;
+		int			nw;
+		ApsLedgerWrite *volatile saved = current_write;
+		ApsLedgerWrite this_write;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), TEXTOID, -1, false,
+						  TYPALIGN_INT, &w, &wnulls, &nw);
+		if (nw != 3 || wnulls[0] || wnulls[1] || wnulls[2])
+			elog(ERROR, "ledger_write must be {field, id, status}");
+		this_write.field = TextDatumGetCString(w[0]);
+		this_write.id = TextDatumGetCString(w[1]);
+		this_write.status = TextDatumGetCString(w[2]);
+		current_write = &this_write;
+		PG_TRY();
+		{
+			ret = SPI_execute_with_args(query, nargs, argtypes, argvalues,
+										argnulls, false, 0);
+		}
+		PG_FINALLY();
+		{
+			current_write = saved;
+		}
+		PG_END_TRY();
+	}
+	else
+		ret = SPI_execute_with_args(query, nargs, argtypes, argvalues, argnulls,
+									false, 0);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_with_args failed: %s",
 			 SPI_result_code_string(ret));
