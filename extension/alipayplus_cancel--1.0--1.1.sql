@@ -125,7 +125,7 @@ DECLARE
 	v_last_error text;
 	v_run bigint;
 	v_statement_timeout interval := current_setting('statement_timeout')::interval;
-	v_concurrency integer := current_setting('alipayplus.max_concurrency')::integer;
+	v_concurrency integer;
 	v_interrupted boolean := false;
 BEGIN
 	IF $1 IS NULL OR $1 < 1 THEN
@@ -137,6 +137,8 @@ BEGIN
 			MESSAGE = 'time_budget must be positive';
 	END IF;
 	PERFORM alipayplus._check_config();
+	/* read only now: the line above loads the library that defines it */
+	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
 
 	LOOP
 		IF n_claimed >= $1 THEN
@@ -303,7 +305,8 @@ BEGIN
 		EXIT WHEN n >= max_count OR v_left <= interval '0';
 		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
 			least(max_count - n,
-				  current_setting('alipayplus.max_concurrency')::integer),
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
 			v_left, v_run) x;
 		v_run := r.run_id;
 		n := n + r.claimed;
@@ -366,7 +369,8 @@ BEGIN
 		EXIT WHEN n >= max_count OR v_left <= interval '0';
 		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
 			least(max_count - n,
-				  current_setting('alipayplus.max_concurrency')::integer),
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
 			v_left, v_run) x;
 		v_run := r.run_id;
 		n := n + r.claimed;

@@ -16,7 +16,7 @@ TAG=$(date +%s%N)
 TMP=$(mktemp -d /tmp/apc_backlog.XXXXXX)
 BG_PIDS=()
 cleanup() {
-	for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
