@@ -271,6 +271,8 @@ main(int argc, char **argv)
 		for (int i = 0; i < concurrency && next < calls; i++)
 			if (!pool[i].busy)
 				start(multi, &pool[i], url, ca, prefix, next++);
+		int			finished = 0;
+
 		curl_multi_perform(multi, &running);
 		while ((msg = curl_multi_info_read(multi, &left)) != NULL)
 		{
@@ -284,8 +286,10 @@ main(int argc, char **argv)
 			curl_multi_remove_handle(multi, msg->easy_handle);
 			c->busy = 0;
 			done++;
+			finished++;
 		}
-		if (done < calls)
+		/* a finished call makes room: start the next one before waiting */
+		if (done < calls && finished == 0)
 			curl_multi_poll(multi, NULL, 0, 100, NULL);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
