@@ -198,10 +198,12 @@ set output "$OUT/throughput.png"
 set datafile separator ","
 set multiplot layout 1,2 title "signed cancelPayment calls per second on this machine (fake gateway on loopback)"
 set logscale x 2
+set logscale y 10
 set xrange [0.8:320]
+set yrange [1:10000]
 set xlabel "calls in flight"
 set ylabel "calls per second"
-set key top left
+set key bottom right
 set grid
 do for [lat in "0 100"] {
 	set title sprintf("gateway latency %s ms", lat)
