@@ -18,16 +18,6 @@ psql_rig -q -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE b
 psql_rig -q -d bench -c "CREATE EXTENSION alipayplus_cancel"
 
 coproc PSQL { $PGBIN/psql -X -qAt -d bench 2>&1; }
-ask() {
-	echo "$1" >&"${PSQL[1]}"
-	echo "\\echo __done__" >&"${PSQL[1]}"
-	local line out=""
-	while read -r line <&"${PSQL[0]}"; do
-		[ "$line" = "__done__" ] && break
-		out+="$line"
-	done
-	echo "$out"
-}
 
 pid=$(ask "SELECT pg_backend_pid();")
 ask "SELECT count(*) FROM alipayplus._call_cancel(NULL, 'warmup');" >/dev/null

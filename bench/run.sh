@@ -21,16 +21,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 PUBLISH=${1:-}
-BENCH_PACKAGES="gnuplot-nox postgresql-plpython3-15"
-missing=()
-for p in $BENCH_PACKAGES; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	say "installing ${missing[*]}"
-	apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# what the benchmark needs besides the rig; rig_up installs it with apt-get
+PACKAGES="$PACKAGES gnuplot-nox postgresql-plpython3-15"
 
 rig_up
 OUT=$RIG/bench
@@ -87,16 +79,6 @@ psql_rig -q -d postgres -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE b
 psql_rig -q -d bench -c "CREATE EXTENSION alipayplus_cancel" -c "CREATE EXTENSION plpython3u"
 
 coproc PSQL { $PGBIN/psql -X -qAt -d bench 2>&1; }
-ask() {
-	echo "$1" >&"${PSQL[1]}"
-	echo "\\echo __done__" >&"${PSQL[1]}"
-	local line out=""
-	while read -r line <&"${PSQL[0]}"; do
-		[ "$line" = "__done__" ] && break
-		out+="$line"
-	done
-	echo "$out"
-}
 pid=$(ask "SELECT pg_backend_pid();")
 ask "SELECT count(*) FROM alipayplus_cancel_payment(payment_request_id => 'bench-warmup-$RANDOM');" >/dev/null
 for lat in 0 100; do

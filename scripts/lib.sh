@@ -182,3 +182,16 @@ rig_up() {
 }
 
 psql_rig() { $PGBIN/psql -X -v ON_ERROR_STOP=1 "$@"; }
+
+# ask SQL: the output of SQL in the one long-lived session (coproc PSQL),
+# all of it on one line
+ask() {
+	echo "$1" >&"${PSQL[1]}"
+	echo "\\echo __done__" >&"${PSQL[1]}"
+	local line out=""
+	while read -r line <&"${PSQL[0]}"; do
+		[ "$line" = "__done__" ] && break
+		out+="$line"
+	done
+	echo "$out"
+}

@@ -3,17 +3,19 @@
  * transport.c
  *	  HTTPS transport to the Alipay+ gateway with libcurl.
  *
- * Each backend keeps one curl multi handle and one easy handle for its
- * whole life, so connections and TLS sessions are reused from call to call.
- * A call adds the easy handle to the multi handle and drives it with
- * curl_multi_poll() in slices of at most 100 ms; between slices it looks at
- * PostgreSQL's pending-interrupt flags and at postmaster death.  When one
- * is set, the transfer is abandoned, every curl resource is released, and
- * only then does CHECK_FOR_INTERRUPTS() raise PostgreSQL's own error
- * (57014 for a query cancel or statement_timeout).  No callback ever
- * raises an error or allocates with palloc's error-raising variants, so no
- * longjmp crosses libcurl.  The multi interface is also what a batch mode
- * needs: several easy handles can be added to the same loop later.
+ * Each backend keeps one curl multi handle and a pool of easy handles (one
+ * per call in flight, up to alipayplus.max_concurrency) for its whole life,
+ * so connections and TLS sessions are reused from call to call.  A batch
+ * adds a transfer to every idle handle, drives them all with
+ * curl_multi_poll() in slices of at most 100 ms, and starts the next
+ * transfer as soon as one finishes; between slices it looks at PostgreSQL's
+ * pending-interrupt flags and at postmaster death.  When one is set, every
+ * transfer in flight is abandoned and its curl resources released, and only
+ * then does CHECK_FOR_INTERRUPTS() raise PostgreSQL's own error (57014 for
+ * a query cancel).  No callback ever raises an error or allocates with
+ * palloc's error-raising variants, so no longjmp crosses libcurl.  Each
+ * call's time is capped by alipayplus.timeout_ms, its batch's deadline and
+ * what is left of statement_timeout.
  *
  * Security: HTTPS only, peer and host verification always on, redirects
  * never followed, the response body capped at APS_MAX_RESPONSE_BYTES, no
