@@ -100,12 +100,15 @@ default_version=$(sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" "$REPO/$EXT.co
 required=(
 	"/usr/lib/postgresql/$PGMAJOR/lib/$EXT.so"
 	"/usr/share/postgresql/$PGMAJOR/extension/$EXT.control"
-	"/usr/share/postgresql/$PGMAJOR/extension/$EXT--$default_version.sql"
 )
-for f in "$REPO"/extension/"$EXT"--*.sql; do # every other install or update script
-	[ "$(basename "$f")" = "$EXT--$default_version.sql" ] ||
-		required+=("/usr/share/postgresql/$PGMAJOR/extension/$(basename "$f")")
+for f in "$REPO"/extension/"$EXT"--*.sql; do # every install and update script
+	required+=("/usr/share/postgresql/$PGMAJOR/extension/$(basename "$f")")
 done
+# the default version is installable: its own script, or a chain of updates
+# from an install script (PostgreSQL follows the chain)
+if ! printf '%s\n' "${FILES[@]}" | grep -qE "/$EXT--([0-9.]+--)?$default_version\.sql$"; then
+	fail "no install or update script reaches version $default_version"
+fi
 missing=0
 for f in "${required[@]}"; do
 	if printf '%s\n' "${FILES[@]}" | grep -qxF "$f"; then
