@@ -138,6 +138,7 @@ BEGIN
 	PERFORM alipayplus._check_config();
 	/* read only now: the line above loads the library that defines it */
 	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
+	PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'false', true);
 
 	LOOP
 		IF n_claimed >= $1 THEN
@@ -198,6 +199,16 @@ BEGIN
 			v_window := v_window || c;
 		END LOOP;
 
+		/*
+		 * Under a statement_timeout, the calls must leave time to record
+		 * and apply their answers before the statement would be cancelled.
+		 */
+		IF v_statement_timeout > interval '0' THEN
+			v_left_ms := least(v_left_ms,
+				(extract(epoch FROM v_statement_timeout
+						 - (pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())) * 1000)::integer
+				- 500 - 5 * cardinality(v_window));
+		END IF;
 		IF cardinality(v_window) > 0 THEN
 			n_claimed := n_claimed + cardinality(v_window);
 			/* call them all at once, then settle each */
@@ -208,6 +219,11 @@ BEGIN
 					v_left_ms)
 			LOOP
 				c := v_window[r.ord];
+				IF r.result_code = 'local.not_sent' THEN
+					/* the run's time ran out before this call started: left due */
+					n_claimed := n_claimed - 1;
+					CONTINUE;
+				END IF;
 				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
 				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
 					v_interrupted := true;
@@ -437,7 +453,8 @@ BEGIN
 	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
 		BEGIN
 			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
-			WHERE x.payment_request_id = v_id OR x.payment_id = v_id;
+			WHERE CASE WHEN $2 THEN x.payment_id = v_id
+					   ELSE x.sent_field = 'paymentRequestId' AND x.sent_id = v_id END;
 			IF $2 THEN
 				c := alipayplus._mark_cancelling(v_id, NULL, NULL);
 			ELSE

@@ -113,6 +113,7 @@ typedef struct ApsHttpExchange
 	char	   *errbuf;
 	TimestampTz started_at;
 	bool		done;
+	bool		not_sent;		/* its deadline passed before it could start */
 } ApsHttpExchange;
 
 extern void aps_http_post(ApsHttpExchange *exchange);

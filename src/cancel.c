@@ -230,6 +230,13 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 	*verified_known = false;
 	*detail = NULL;
 
+	if (ex->not_sent)
+	{
+		local_verdict(r, "local.not_sent", "the run's time ran out before this call could start; nothing was sent");
+		*detail = "not sent";
+		return;
+	}
+
 	if (ex->curl_code != 0)
 	{
 		const char *code;
@@ -444,6 +451,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	EVP_PKEY   *key;
 	char	   *url;
 	int			max_ms;
+	TimestampTz deadline;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -462,9 +470,11 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	if (nids == 0)
 		return (Datum) 0;
 
+	/* one deadline for the whole batch, taken before any signing */
+	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
+	deadline = max_ms > 0 ? GetCurrentTimestamp() + (TimestampTz) max_ms * 1000 : 0;
 	key = check_config();
 	url = cancel_url();
-	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
 	exs = palloc(sizeof(ApsHttpExchange *) * nids);
 	fieldstr = palloc(sizeof(char *) * nids);
 	idstr = palloc(sizeof(char *) * nids);
@@ -486,8 +496,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 					 errmsg("field must be paymentRequestId or paymentId, not \"%s\"",
 							fieldstr[i])));
 		exs[i] = prepare_exchange(fieldstr[i], idstr[i], key, url);
-		if (max_ms > 0)
-			exs[i]->deadline = GetCurrentTimestamp() + (TimestampTz) max_ms * 1000;
+		exs[i]->deadline = deadline;
 	}
 
 	aps_http_post_many(exs, nids, aps_max_concurrency);

@@ -25,6 +25,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include <curl/curl.h>
 
 #include "access/xact.h"
@@ -109,8 +111,6 @@ ensure_handles(int n)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("could not create a libcurl multi handle")));
-		/* keep a connection for every handle, also between windows */
-		curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) APS_MAX_CONCURRENCY);
 	}
 	while (aps_pool_size < n)
 	{
@@ -244,6 +244,21 @@ request_headers(ApsHttpExchange *ex)
 	return list;
 }
 
+/*
+ * The most calls a backend can keep in flight: each holds a socket (and
+ * opens the CA file while it connects), outside PostgreSQL's own count of
+ * open files, so half of what the process may open is left to PostgreSQL.
+ */
+static int
+max_in_flight(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+		return APS_MAX_CONCURRENCY;
+	return (int) Max(1, Min((rlim_t) APS_MAX_CONCURRENCY, (rl.rlim_cur - 64) / 2));
+}
+
 /* Detach a finished or abandoned transfer from its easy handle */
 static void
 release_transfer(CURL *easy, ApsHttpExchange *ex)
@@ -323,8 +338,9 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
  * every transfer in flight is abandoned and its resources freed first.
  */
 void
-aps_http_post_many(ApsHttpExchange **exs, int n, int concurrency)
+aps_http_post_many(ApsHttpExchange **exs, int n, int want)
 {
+	volatile int concurrency = Max(1, Min(want, Min(n, max_in_flight())));
 	volatile int next = 0;
 	volatile int active = 0;
 	volatile bool interrupted = false;
@@ -333,8 +349,9 @@ aps_http_post_many(ApsHttpExchange **exs, int n, int concurrency)
 
 	if (n <= 0)
 		return;
-	concurrency = Max(1, Min(concurrency, Min(n, APS_MAX_CONCURRENCY)));
 	ensure_handles(concurrency);
+	/* keep one connection per handle in use, also between windows */
+	curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) concurrency);
 	busy = palloc0(sizeof(bool) * concurrency);
 
 	PG_TRY();
@@ -348,11 +365,20 @@ aps_http_post_many(ApsHttpExchange **exs, int n, int concurrency)
 			CURLMsg    *msg;
 			int			left;
 
-			/* fill the free handles */
+			/* fill the free handles; a call whose deadline has passed is not sent */
 			for (int h = 0; h < concurrency && next < n; h++)
 			{
 				if (busy[h])
 					continue;
+				if (exs[next]->deadline != 0 &&
+					GetCurrentTimestamp() >= exs[next]->deadline)
+				{
+					exs[next]->not_sent = true;
+					exs[next]->done = true;
+					next++;
+					h--;		/* the handle is still free */
+					continue;
+				}
 				start_transfer(aps_pool[h], exs[next]);
 				busy[h] = true;
 				next++;
