@@ -175,6 +175,18 @@ key_paths_visible(void)
 	return true;
 }
 
+/*
+ * How an error message names a key file: by its path for roles that may
+ * read the settings, else only by its setting (the caller then puts the
+ * path in the server log with errdetail_log).
+ */
+static char *
+key_file_label(const char *path, const char *name, bool visible)
+{
+	return visible ? psprintf("key file \"%s\" named by %s", path, name) :
+		psprintf("the key file named by %s", name);
+}
+
 static bool
 timespec_equal(const struct timespec *a, const struct timespec *b)
 {
@@ -211,14 +223,12 @@ read_key_file(const char *name, const char *path, off_t size, size_t *nread)
 	{
 		int			save_errno = errno;
 		bool		visible = key_paths_visible();
+		char	   *label = key_file_label(path, name, visible);
 
 		errno = save_errno;
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 visible ?
-				 errmsg("could not open key file \"%s\" named by %s: %m",
-						path, name) :
-				 errmsg("could not open the key file named by %s: %m", name),
+				 errmsg("could not open %s: %m", label),
 				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
 	}
 	buf = palloc(size + 1);
@@ -252,14 +262,12 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 	{
 		int			save_errno = errno;
 		bool		visible = key_paths_visible();
+		char	   *label = key_file_label(path, name, visible);
 
 		errno = save_errno;
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 visible ?
-				 errmsg("could not access key file \"%s\" named by %s: %m",
-						path, name) :
-				 errmsg("could not access the key file named by %s: %m", name),
+				 errmsg("could not access %s: %m", label),
 				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
 	}
 	if (!S_ISREG(st.st_mode))
@@ -268,10 +276,7 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 visible ?
-				 errmsg("key file \"%s\" named by %s is not a regular file",
-						path, name) :
-				 errmsg("the key file named by %s is not a regular file", name),
+				 errmsg("%s is not a regular file", key_file_label(path, name, visible)),
 				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
 	}
 
@@ -309,11 +314,8 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 visible ?
-				 errmsg("key file \"%s\" named by %s is empty or too large to be a key",
-						path, name) :
-				 errmsg("the key file named by %s is empty or too large to be a key",
-						name),
+				 errmsg("%s is empty or too large to be a key",
+						key_file_label(path, name, visible)),
 				 visible ? 0 : errdetail_log("The file is \"%s\".", path)));
 	}
 
@@ -367,11 +369,9 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 visible ?
-				 errmsg("key file \"%s\" named by %s does not hold a usable RSA %s key",
-						path, name, is_private ? "private" : "public") :
-				 errmsg("the key file named by %s does not hold a usable RSA %s key",
-						name, is_private ? "private" : "public"),
+				 errmsg("%s does not hold a usable RSA %s key",
+						key_file_label(path, name, visible),
+						is_private ? "private" : "public"),
 				 errdetail_internal("OpenSSL: %s", reason),
 				 visible ? 0 : errdetail_log("The file is \"%s\"; OpenSSL: %s",
 											 path, reason),
