@@ -13,7 +13,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RIG=${ALIPAYPLUS_RIG:-/tmp/alipayplus_rig}
 # ALIPAYPLUS_PGBIN: a copy of PostgreSQL 15's tree to build and run against
-# instead of the system's (development only; the suites expect the default RIG)
+# instead of the system's (see rig_copy_postgres; then set ALIPAYPLUS_RIG and
+# ALIPAYPLUS_PGPORT too, so that the two rigs do not meet)
 PGBIN=${ALIPAYPLUS_PGBIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PGBIN/pg_config
 PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
@@ -179,6 +180,27 @@ rig_up() {
 	rig_keys
 	rig_gateway
 	rig_cluster
+}
+
+# rig_copy_postgres DIR: a private copy of PostgreSQL 15's server tree under
+# DIR (binaries, libraries, extension files, headers), for a rig that must not
+# touch the system's installation: a sanitizer build (scripts/sanitize.sh) or
+# a second rig beside a running one.  PostgreSQL finds its files relative to
+# its binaries, so the copy is complete.  Use it as
+# ALIPAYPLUS_PGBIN=DIR/usr/lib/postgresql/15/bin.
+rig_copy_postgres() {
+	local dir=$1
+	rm -rf "$dir"
+	mkdir -p "$dir/usr/lib/postgresql" "$dir/usr/share/postgresql" "$dir/usr/include/postgresql"
+	cp -a /usr/lib/postgresql/15 "$dir/usr/lib/postgresql/"
+	cp -a /usr/share/postgresql/15 "$dir/usr/share/postgresql/"
+	cp -a /usr/include/postgresql/15 "$dir/usr/include/postgresql/"
+	# the client-side headers pg_config --includedir names
+	for f in /usr/include/postgresql/*.h; do
+		[ -e "$f" ] && cp -a "$f" "$dir/usr/include/postgresql/"
+	done
+	[ -d /usr/include/postgresql/internal ] && cp -a /usr/include/postgresql/internal "$dir/usr/include/postgresql/"
+	chmod -R a+rX "$dir"
 }
 
 psql_rig() { $PGBIN/psql -X -v ON_ERROR_STOP=1 "$@"; }
