@@ -75,7 +75,7 @@ if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 		xargs -0 -r sh -c 'for f; do if [ -e "$f" ] || [ -L "$f" ]; then printf "%s\0" "$f"; fi; done' sh |
 		tar --null -T - -cf -) | tar -xf - -C "$SRC"
 else
-	tar -C "$REPO" --exclude=./dist --exclude=./.git -cf - . | tar -xf - -C "$SRC"
+	tar -C "$REPO" --exclude=./dist --exclude=./.git --exclude=./.fuzz -cf - . | tar -xf - -C "$SRC"
 fi
 # no -dbgsym package: dist/ gets the one package to install
 if ! (cd "$SRC" && DEB_BUILD_OPTIONS="noddebs ${DEB_BUILD_OPTIONS:-}" \

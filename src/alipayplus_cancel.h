@@ -57,6 +57,7 @@ extern void aps_require_setting(const char *name, const char *value);
 /* signing.c */
 extern EVP_PKEY *aps_private_key(void);
 extern EVP_PKEY *aps_public_key(void);
+extern EVP_PKEY *aps_decode_key(const char *data, size_t len, int selection);
 extern char *aps_content_to_sign(const char *path, const char *client_id,
 								 const char *time, const char *body,
 								 size_t body_len, size_t *content_len);

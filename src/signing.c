@@ -99,8 +99,8 @@ openssl_reason(void)
  * "selection" is OSSL_KEYMGMT_SELECT_PRIVATE_KEY or _PUBLIC_KEY.  Bytes
  * without a PEM armour line are taken as base64 of the DER form.
  */
-static EVP_PKEY *
-decode_key(const char *data, size_t len, int selection)
+EVP_PKEY *
+aps_decode_key(const char *data, size_t len, int selection)
 {
 	EVP_PKEY   *pkey = NULL;
 	OSSL_DECODER_CTX *dctx;
@@ -356,7 +356,7 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 	}
 
 	ERR_clear_error();
-	pkey = decode_key(buf, nread,
+	pkey = aps_decode_key(buf, nread,
 					  is_private ? OSSL_KEYMGMT_SELECT_PRIVATE_KEY :
 					  OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
 	explicit_bzero(buf, nread);
@@ -747,7 +747,7 @@ alipayplus_verify(PG_FUNCTION_ARGS)
 		text	   *pem = PG_GETARG_TEXT_PP(5);
 
 		ERR_clear_error();
-		own_key = decode_key(VARDATA_ANY(pem), VARSIZE_ANY_EXHDR(pem),
+		own_key = aps_decode_key(VARDATA_ANY(pem), VARSIZE_ANY_EXHDR(pem),
 							 OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
 		if (own_key == NULL)
 			ereport(ERROR,
