@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PACKAGES="clang-14 libclang-rt-14-dev llvm-14 binutils postgresql-15 postgresql-server-dev-15 libssl-dev libcurl4-openssl-dev pkg-config"
 rig_install_deps
 
-HARNESSES="response network_text signature key"
+HARNESSES="response network_text signature key body"
 FUZZ_SRC=$REPO/test/fuzz
 BUILD=$REPO/.fuzz
 CC=clang-14
@@ -37,8 +37,9 @@ PGLIB=$PKGLIBDIR
 max_response=$(($(sed -n 's/^#define APS_MAX_RESPONSE_BYTES[[:space:]]*//p' "$REPO/src/alipayplus_cancel.h")))
 max_key=$(($(sed -n 's/^#define APS_MAX_KEY_FILE_BYTES[[:space:]]*//p' "$REPO/src/signing.c")))
 max_header=102400		# libcurl's CURL_MAX_HTTP_HEADER: no longer header reaches transport.c
+# body: a list of pieces, some of them 64-byte blocks (see fuzz_body.c)
 declare -A MAX_LEN=([response]=$max_response [network_text]=$max_response
-					[signature]=$max_header [key]=$max_key)
+					[signature]=$max_header [key]=$max_key [body]=4096)
 
 CFLAGS=(-g -O1 -fno-omit-frame-pointer -fwrapv -fno-strict-aliasing
 	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
@@ -70,13 +71,27 @@ if ! build; then
 	echo "fuzz: the common objects did not build" >&2
 	exit 1
 fi
+link() {
+	local h=$1
+	shift
+	$CC -fsanitize=fuzzer,address,undefined "$@" "$BUILD/obj/fuzz_$h.o" \
+		"$BUILD/obj/runtime.o" "$PGLIB/libpgcommon.a" "$PGLIB/libpgport.a" \
+		"${CURL_SSL_LIBS[@]}" -ldl -lm -o "$BUILD/bin/fuzz_$h"
+}
 for h in $HARNESSES; do
-	if ! $CC "${CFLAGS[@]}" -c "$FUZZ_SRC/fuzz_$h.c" -o "$BUILD/obj/fuzz_$h.o" ||
-		! $CC -fsanitize=fuzzer,address,undefined -rdynamic \
-			"$BUILD/obj/fuzz_$h.o" "$BUILD/obj/json.o" "$BUILD/obj/signing.o" \
-			"$BUILD/obj/runtime.o" "$BUILD/obj/jsonapi.o" \
-			"$PGLIB/libpgcommon.a" "$PGLIB/libpgport.a" \
-			"${CURL_SSL_LIBS[@]}" -ldl -lm -o "$BUILD/bin/fuzz_$h"; then
+	if [ "$h" = body ]; then
+		# includes src/transport.c for its static write_body(); only that
+		# is kept (see fuzz_body.c)
+		if ! $CC "${CFLAGS[@]}" -ffunction-sections -fdata-sections \
+			-fsanitize-coverage-allowlist="$FUZZ_SRC/fuzz_body.allowlist" \
+			-c "$FUZZ_SRC/fuzz_body.c" -o "$BUILD/obj/fuzz_body.o" ||
+			! link body -Wl,--gc-sections; then
+			build_failed+=("$h")
+		fi
+	elif ! $CC "${CFLAGS[@]}" -c "$FUZZ_SRC/fuzz_$h.c" -o "$BUILD/obj/fuzz_$h.o" ||
+		! link "$h" -rdynamic "$BUILD/obj/json.o" "$BUILD/obj/signing.o" \
+			"$BUILD/obj/jsonapi.o"; then
+		# -rdynamic: utf8_and_iso8859_1.so calls back into the harness
 		build_failed+=("$h")
 	fi
 done

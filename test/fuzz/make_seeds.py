@@ -89,6 +89,18 @@ def signatures():
     write("signature", "percent_odd", "signature=%2%zz%%41+/=%00AA")
 
 
+def body():
+    # piece lists for fuzz_body (see its header): a byte < 0x80 is the length
+    # of the piece that follows; 0x80 | hi, lo, fill is (hi << 8 | lo) * 64
+    # bytes of fill
+    pieces = [b'{"result":', b'{"resultCode":"SUCCESS",', b'"resultStatus":"S"}}']
+    write("body", "three_pieces", b"".join(bytes([len(p)]) + p for p in pieces))
+    write("body", "cap_exact", b"\xc0\x00x")
+    write("body", "cap_then_one_more", b"\xc0\x00x\x01A")
+    write("body", "over_cap", b"\xc0\x01x")
+    write("body", "empty_pieces", b"\x00\x00\x81\x00 \x7f")
+
+
 def keys():
     with open(os.path.join(VECTORS, "vector_b_private.pem"), "rb") as f:
         priv = serialization.load_pem_private_key(f.read(), None)
@@ -119,4 +131,5 @@ if __name__ == "__main__":
     responses()
     network_text()
     signatures()
+    body()
     keys()
