@@ -66,6 +66,10 @@ build() {
 	(cd "$BUILD/obj" && ar x "$PGLIB/libpgcommon.a" jsonapi.o) || return 1
 	objcopy --redefine-sym unicode_to_utf8=aps_fuzz_json_unicode_to_utf8 \
 		"$BUILD/obj/jsonapi.o" || return 1
+	# the backend's conv.c (UtfToLocal, for the conversion libraries
+	# runtime.c loads), from the bitcode the server package ships for JIT
+	$CC -c -O1 "$PKGLIBDIR/bitcode/postgres/utils/mb/conv.bc" \
+		-o "$BUILD/obj/conv.o" || return 1
 }
 if ! build; then
 	echo "fuzz: the common objects did not build" >&2
@@ -90,8 +94,8 @@ for h in $HARNESSES; do
 		fi
 	elif ! $CC "${CFLAGS[@]}" -c "$FUZZ_SRC/fuzz_$h.c" -o "$BUILD/obj/fuzz_$h.o" ||
 		! link "$h" -rdynamic "$BUILD/obj/json.o" "$BUILD/obj/signing.o" \
-			"$BUILD/obj/jsonapi.o"; then
-		# -rdynamic: utf8_and_iso8859_1.so calls back into the harness
+			"$BUILD/obj/jsonapi.o" "$BUILD/obj/conv.o"; then
+		# -rdynamic: the conversion libraries call back into the harness
 		build_failed+=("$h")
 	fi
 done

@@ -17,10 +17,12 @@
  * - Errors: ereport()/elog() at ERROR or above print the message and abort,
  *   so that libFuzzer reports any error raised on outside input as a
  *   crash ("nothing here raises an error on bad gateway input").
- * - The database encoding: set by the harness (UTF8, SQL_ASCII, LATIN1).
- *   The UTF8 to LATIN1 conversion is PostgreSQL's own, from
- *   utf8_and_iso8859_1.so, loaded with dlopen and called with the input
- *   limit pg_do_encoding_conversion_buf() applies.
+ * - The database encoding: set by the harness (UTF8, SQL_ASCII, LATIN1,
+ *   WIN1252, EUC_JIS_2004).  The conversions from UTF8 are PostgreSQL's
+ *   own, from its libraries (utf8_and_iso8859_1.so and the others, with
+ *   the backend's conv.c that scripts/fuzz.sh compiles from the server's
+ *   shipped bitcode), loaded with dlopen and called with the input limit
+ *   pg_do_encoding_conversion_buf() applies.
  * - json_errdetail(), which the frontend JSON parser lacks (see below).
  * - The one place where the frontend JSON parser differs from the
  *   backend's on the extension's input: for a \u escape in a string, the
@@ -59,15 +61,29 @@
 #error "APS_FUZZ_PKGLIBDIR must name PostgreSQL's pkglibdir"
 #endif
 
-/* the Oid FindDefaultConversionProc() hands out for UTF8 -> LATIN1 */
-#define LATIN1_PROC_OID 1
-
 const int	aps_fuzz_encodings[APS_FUZZ_N_ENCODINGS] = {
-	PG_UTF8, PG_SQL_ASCII, PG_LATIN1
+	PG_UTF8, PG_SQL_ASCII, PG_LATIN1, PG_WIN1252, PG_EUC_JIS_2004
+};
+
+/*
+ * PostgreSQL's conversions from UTF8, from its own libraries; the Oid
+ * FindDefaultConversionProc() hands out is the index here plus one.
+ */
+typedef struct Conversion
+{
+	int			encoding;
+	const char *library;
+	const char *function;
+	PGFunction	fn;
+} Conversion;
+
+static Conversion conversions[] = {
+	{PG_LATIN1, "utf8_and_iso8859_1.so", "utf8_to_iso8859_1", NULL},
+	{PG_WIN1252, "utf8_and_win.so", "utf8_to_win", NULL},
+	{PG_EUC_JIS_2004, "utf8_and_euc2004.so", "utf8_to_euc_jis_2004", NULL},
 };
 
 static int	database_encoding = PG_UTF8;
-static PGFunction utf8_to_latin1 = NULL;
 
 /* ---------- errors ---------- */
 
@@ -118,6 +134,17 @@ errfinish(const char *filename, int lineno, const char *funcname)
 
 int
 errmsg(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(error_text, sizeof(error_text), fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+int
+errmsg_internal(const char *fmt,...)
 {
 	va_list		ap;
 
@@ -294,22 +321,34 @@ aps_fuzz_reset(void)
 static void
 load_conversions(void)
 {
-	void	   *lib;
+	for (size_t i = 0; i < lengthof(conversions); i++)
+	{
+		char		path[MAXPGPATH];
+		void	   *lib;
 
-	if (utf8_to_latin1 != NULL)
-		return;
-	lib = dlopen(APS_FUZZ_PKGLIBDIR "/utf8_and_iso8859_1.so", RTLD_NOW);
-	if (lib == NULL)
-	{
-		fprintf(stderr, "fuzz runtime: %s\n", dlerror());
-		abort();
+		if (conversions[i].fn != NULL)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", APS_FUZZ_PKGLIBDIR,
+				 conversions[i].library);
+		lib = dlopen(path, RTLD_NOW);
+		if (lib != NULL)
+			conversions[i].fn = (PGFunction) dlsym(lib, conversions[i].function);
+		if (conversions[i].fn == NULL)
+		{
+			fprintf(stderr, "fuzz runtime: %s\n", dlerror());
+			abort();
+		}
 	}
-	utf8_to_latin1 = (PGFunction) dlsym(lib, "utf8_to_iso8859_1");
-	if (utf8_to_latin1 == NULL)
-	{
-		fprintf(stderr, "fuzz runtime: %s\n", dlerror());
-		abort();
-	}
+}
+
+/* The conversion from UTF8 to the database encoding, or NULL */
+static Conversion *
+conversion_for(int encoding)
+{
+	for (size_t i = 0; i < lengthof(conversions); i++)
+		if (conversions[i].encoding == encoding)
+			return &conversions[i];
+	return NULL;
 }
 
 void
@@ -328,15 +367,18 @@ GetDatabaseEncoding(void)
 Oid
 FindDefaultConversionProc(int32 for_encoding, int32 to_encoding)
 {
-	if (for_encoding == PG_UTF8 && to_encoding == PG_LATIN1)
-		return LATIN1_PROC_OID;
-	return InvalidOid;
+	Conversion *conv = conversion_for(to_encoding);
+
+	if (for_encoding != PG_UTF8 || conv == NULL)
+		return InvalidOid;
+	return (Oid) (conv - conversions) + 1;
 }
 
 /* Call the conversion function, as OidFunctionCall6() would */
 static int
-call_conversion(int src_encoding, int dest_encoding, unsigned char *src,
-				unsigned char *dest, int srclen, bool noError)
+call_conversion(Conversion *conv, int src_encoding, int dest_encoding,
+				unsigned char *src, unsigned char *dest, int srclen,
+				bool noError)
 {
 	LOCAL_FCINFO(fcinfo, 6);
 
@@ -349,7 +391,7 @@ call_conversion(int src_encoding, int dest_encoding, unsigned char *src,
 	fcinfo->args[5].value = BoolGetDatum(noError);
 	for (int i = 0; i < 6; i++)
 		fcinfo->args[i].isnull = false;
-	return DatumGetInt32(utf8_to_latin1(fcinfo));
+	return DatumGetInt32(conv->fn(fcinfo));
 }
 
 int
@@ -357,13 +399,13 @@ pg_do_encoding_conversion_buf(Oid proc, int src_encoding, int dest_encoding,
 							  unsigned char *src, int srclen,
 							  unsigned char *dest, int destlen, bool noError)
 {
-	if (proc != LATIN1_PROC_OID)
+	if (proc < 1 || proc > lengthof(conversions))
 		runtime_error("conversion function not found");
 	/* the backend passes no more input than the buffer holds at worst */
 	if ((Size) srclen >= ((destlen - 1) / (Size) MAX_CONVERSION_GROWTH))
 		srclen = ((destlen - 1) / (Size) MAX_CONVERSION_GROWTH);
-	return call_conversion(src_encoding, dest_encoding, src, dest, srclen,
-						   noError);
+	return call_conversion(&conversions[proc - 1], src_encoding,
+						   dest_encoding, src, dest, srclen, noError);
 }
 
 bool
@@ -381,8 +423,10 @@ check_encoding_conversion_args(int src_encoding, int dest_encoding, int len,
 							   int expected_src_encoding,
 							   int expected_dest_encoding)
 {
-	if (src_encoding != expected_src_encoding ||
-		dest_encoding != expected_dest_encoding || len < 0)
+	/* an expected encoding below zero means any (utf8_to_win, for one) */
+	if ((expected_src_encoding >= 0 && src_encoding != expected_src_encoding) ||
+		(expected_dest_encoding >= 0 && dest_encoding != expected_dest_encoding) ||
+		len < 0)
 		runtime_error("conversion function called with wrong arguments");
 }
 
@@ -411,14 +455,15 @@ aps_fuzz_json_unicode_to_utf8(pg_wchar c, unsigned char *s)
 {
 	if (c > 0x7F && database_encoding != PG_UTF8)
 	{
+		Conversion *conv = conversion_for(database_encoding);
 		unsigned char utf8[MAX_MULTIBYTE_CHAR_LEN + 1];
-		unsigned char conv[MAX_CONVERSION_GROWTH * MAX_MULTIBYTE_CHAR_LEN + 1];
+		unsigned char out[MAX_CONVERSION_GROWTH * MAX_MULTIBYTE_CHAR_LEN + 1];
 
-		if (database_encoding != PG_LATIN1)
+		if (conv == NULL)
 			runtime_error("\\u escape: no conversion from UTF8 to the database encoding");
 		unicode_to_utf8(c, utf8);
-		call_conversion(PG_UTF8, PG_LATIN1, utf8, conv, pg_utf_mblen(utf8),
-						false);
+		call_conversion(conv, PG_UTF8, database_encoding, utf8, out,
+						pg_utf_mblen(utf8), false);
 	}
 	return unicode_to_utf8(c, s);
 }
@@ -541,11 +586,13 @@ aps_fuzz_check_network_text(const char *text)
 
 		if (c < 0x20 || c == 0x7f)
 			aps_fuzz_fail("network text holds a control character");
-		/* C1 controls: U+0080..U+009F */
-		if (database_encoding == PG_LATIN1 ? (c >= 0x80 && c <= 0x9f) :
-			(c == 0xc2 && i + 1 < len &&
-			 (unsigned char) text[i + 1] >= 0x80 &&
-			 (unsigned char) text[i + 1] <= 0x9f))
+		/* C1 controls, U+0080..U+009F, where they can be told by bytes */
+		if (database_encoding == PG_LATIN1 && c >= 0x80 && c <= 0x9f)
+			aps_fuzz_fail("network text holds a C1 control character");
+		if ((database_encoding == PG_UTF8 || database_encoding == PG_SQL_ASCII) &&
+			c == 0xc2 && i + 1 < len &&
+			(unsigned char) text[i + 1] >= 0x80 &&
+			(unsigned char) text[i + 1] <= 0x9f)
 			aps_fuzz_fail("network text holds a C1 control character");
 	}
 }

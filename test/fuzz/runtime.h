@@ -12,7 +12,7 @@
 #include "postgres.h"
 
 /* Database encodings every harness runs its input under */
-#define APS_FUZZ_N_ENCODINGS 3
+#define APS_FUZZ_N_ENCODINGS 5
 extern const int aps_fuzz_encodings[APS_FUZZ_N_ENCODINGS];
 
 /* Make "encoding" the database encoding (GetDatabaseEncoding()) */
