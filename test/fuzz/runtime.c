@@ -7,7 +7,8 @@
  * The harnesses link the extension's own src/json.c and src/signing.c with
  * PostgreSQL's frontend library libpgcommon.a (StringInfo, psprintf, the
  * JSON parser, the encoding tables) and libpgport.a.  This file stands in
- * for what only a backend has, and nothing else:
+ * for what only a backend has (and, at its end, holds the checks the
+ * harnesses share):
  *
  * - Memory: palloc and its family on malloc, each chunk on a list that
  *   aps_fuzz_reset() frees after every input, as the reset of the memory
