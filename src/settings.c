@@ -32,7 +32,7 @@ int			aps_timeout_ms = 10000;
 int			aps_max_concurrency = 16;
 
 /* Read by the SQL ledger functions through current_setting() */
-static int	aps_max_attempts = 10;
+int			aps_max_attempts = 10;
 static int	aps_retry_base_ms = 5000;
 static int	aps_retry_max_ms = 900000;
 
