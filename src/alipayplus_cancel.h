@@ -48,6 +48,7 @@ extern char *aps_client_id;
 extern char *aps_private_key_file;
 extern char *aps_public_key_file;
 extern int	aps_key_version;
+extern int	aps_response_key_version;
 extern char *aps_ca_file;
 extern char *aps_proxy;
 extern int	aps_connect_timeout_ms;
@@ -109,6 +110,9 @@ typedef struct ApsHttpExchange
 	char	   *hdr_signature;	/* response headers, NULL when absent */
 	char	   *hdr_response_time;
 	char	   *hdr_client_id;
+	char	   *hdr_content_encoding;
+	const char *hdr_repeated;	/* a header above that came more than once */
+	int			hdr_repeats;	/* and how many times */
 	double		latency_ms;
 
 	/* the transfer itself (transport.c) */

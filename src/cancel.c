@@ -14,7 +14,10 @@
  *	local.bad_response, local.bad_signature, local.client_id_mismatch,
  *	local.unsigned_success
  *
- * so a cancellation is never reported unless Alipay+ signed it.
+ * so a cancellation is never reported unless Alipay+ signed it.  An answer
+ * that could be read more than one way (a Signature, Response-Time or
+ * Client-Id header given twice, a Response-Time that is not a time, a
+ * body in a Content-Encoding that was never asked for) is not taken either.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,6 +32,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -217,6 +221,57 @@ local_verdict(ApsResult *r, const char *code, const char *message)
 }
 
 /*
+ * Whether a Response-Time header is an ISO 8601 date-time with a UTC
+ * offset, the form Alipay+ sends (2025-01-15T10:30:01+08:00; a fraction of
+ * a second and "Z" are allowed too).  The shape is checked here and the
+ * calendar (month 13, February 30, hour 25) by PostgreSQL's date-time
+ * decoder, which reports problems by its return value and never raises on
+ * input of this shape.
+ */
+static bool
+response_time_valid(const char *s)
+{
+	static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+	size_t		len = strlen(s);
+	const char *p;
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+
+	if (len < sizeof(shape) - 1 || len > MAXDATELEN)
+		return false;
+	for (int i = 0; shape[i] != '\0'; i++)
+		if (shape[i] == 'd' ? !isdigit((unsigned char) s[i]) : s[i] != shape[i])
+			return false;
+	p = s + sizeof(shape) - 1;
+	if (*p == '.')
+	{
+		if (!isdigit((unsigned char) p[1]))
+			return false;
+		for (p++; isdigit((unsigned char) *p); p++)
+			;
+	}
+	if (strcmp(p, "Z") != 0 &&
+		((*p != '+' && *p != '-') ||
+		 !isdigit((unsigned char) p[1]) || !isdigit((unsigned char) p[2]) ||
+		 p[3] != ':' ||
+		 !isdigit((unsigned char) p[4]) || !isdigit((unsigned char) p[5]) ||
+		 p[6] != '\0'))
+		return false;
+
+	if (ParseDateTime(s, workbuf, sizeof(workbuf), field, ftype,
+					  MAXDATEFIELDS, &nf) != 0 ||
+		DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0)
+		return false;
+	return dtype == DTK_DATE;
+}
+
+/*
  * Decide what an exchange means.  Sets *verified (NULL-able through
  * *verified_known) and *detail.
  */
@@ -262,6 +317,23 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
+	/*
+	 * A Signature, Response-Time, Client-Id or Content-Encoding header given
+	 * more than once: which one counts cannot be told, so none does.
+	 */
+	if (ex->hdr_repeated != NULL)
+	{
+		if (strcmp(ex->hdr_repeated, "Client-Id") == 0)
+			local_verdict(r, "local.client_id_mismatch", "the response names its client id more than once; the outcome is unknown");
+		else if (strcmp(ex->hdr_repeated, "Content-Encoding") == 0)
+			local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		else
+			local_verdict(r, "local.bad_signature", "the response is signed more than once; the outcome is unknown");
+		*detail = psprintf("response has %d %s headers", ex->hdr_repeats,
+						   ex->hdr_repeated);
+		return;
+	}
+
 	/* a foreign Client-Id is never accepted, whether signed or not */
 	if (ex->hdr_client_id != NULL && strcmp(ex->hdr_client_id, aps_client_id) != 0)
 	{
@@ -278,6 +350,13 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		char	   *content;
 		size_t		content_len;
 
+		if (!response_time_valid(ex->hdr_response_time))
+		{
+			local_verdict(r, "local.bad_signature", "the response's Response-Time is not a time; the outcome is unknown");
+			*detail = psprintf("Response-Time \"%s\" is not an ISO 8601 date-time with an offset",
+							   ex->hdr_response_time);
+			return;
+		}
 		content = aps_content_to_sign(path, aps_client_id, ex->hdr_response_time,
 									  ex->response ? ex->response : "",
 									  ex->response_len, &content_len);
@@ -299,6 +378,16 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		local_verdict(r, "local.bad_signature", "the response is only partly signed; the outcome is unknown");
 		*detail = has_sig ? "response has a Signature header but no Response-Time" :
 			"response has a Response-Time header but no Signature";
+		return;
+	}
+
+	/* libcurl was not asked to decode anything: the body is not the JSON */
+	if (ex->hdr_content_encoding != NULL &&
+		pg_strcasecmp(ex->hdr_content_encoding, "identity") != 0)
+	{
+		local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		*detail = psprintf("response has Content-Encoding \"%s\", which was not asked for",
+						   ex->hdr_content_encoding);
 		return;
 	}
 
