@@ -33,7 +33,7 @@ CREATE OR REPLACE FUNCTION alipayplus._settle(c alipayplus.cancellations, r reco
 	p_caller text)
 RETURNS alipayplus.cancel_attempts
 AS 'MODULE_PATHNAME', 'alipayplus_settle'
-LANGUAGE C VOLATILE;
+LANGUAGE C VOLATILE STRICT;
 
 CREATE OR REPLACE FUNCTION @extschema@.alipayplus_cancel_payment(payment_id text DEFAULT NULL,
 	payment_request_id text DEFAULT NULL)

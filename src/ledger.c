@@ -50,6 +50,7 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
+#include "utils/typcache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -249,6 +250,12 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	},
 };
 
+/* The types of alipayplus._call_cancel's columns (aps_call_column_names) */
+static const Oid call_column_types[APS_CALL_NUM_COLS] = {
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, BOOLOID, FLOAT8OID, TEXTOID
+};
+
 /* The kept plans, and the extension they were made for */
 static SPIPlanPtr plans[NUM_QUERIES];
 static Oid	plans_extension = InvalidOid;
@@ -388,13 +395,102 @@ text_or_null(const char *s, char *nulls, int i)
 	return CStringGetTextDatum(s);
 }
 
+/*
+ * Column "name" of a composite value, which must be of type "type".  The
+ * rows come from the extension's own tables or from a caller of _settle:
+ * a column of another type (a DBA's ALTER TABLE, a hand-made record) is
+ * an error, never a misread.
+ */
+static Datum
+field(HeapTupleHeader row, const char *name, Oid type, bool *isnull)
+{
+	TupleDesc	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row),
+											  HeapTupleHeaderGetTypMod(row));
+	HeapTupleData tuple;
+	Oid			found = InvalidOid;
+	int			i;
+	Datum		d;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+		{
+			found = att->atttypid;
+			break;
+		}
+	}
+	if (found != type)
+	{
+		ReleaseTupleDesc(desc);
+		if (found == InvalidOid)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("the row has no column \"%s\"", name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of the row is of type %s, not %s",
+						name, format_type_be(found), format_type_be(type))));
+	}
+	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+	ItemPointerSetInvalid(&(tuple.t_self));
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = row;
+	d = heap_getattr(&tuple, i + 1, desc, isnull);
+	ReleaseTupleDesc(desc);
+	return d;
+}
+
 static char *
 field_text(HeapTupleHeader row, const char *name)
 {
 	bool		isnull;
-	Datum		d = GetAttributeByName(row, name, &isnull);
+	Datum		d = field(row, name, TEXTOID, &isnull);
 
 	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static int64
+field_int8(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		d = field(row, name, INT8OID, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("column \"%s\" of the row is NULL", name)));
+	return DatumGetInt64(d);
+}
+
+static int32
+field_int4(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		d = field(row, name, INT4OID, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("column \"%s\" of the row is NULL", name)));
+	return DatumGetInt32(d);
+}
+
+/* The ledger row's columns the rules use */
+static void
+ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
+{
+	c->cancellation_id = field_int8(h, "cancellation_id");
+	c->sent_field = field_text(h, "sent_field");
+	c->sent_id = field_text(h, "sent_id");
+	c->state = field_text(h, "state");
+	c->attempt_count = field_int4(h, "attempt_count");
+	c->retry_budget_start = field_int4(h, "retry_budget_start");
+	if (c->sent_field == NULL || c->sent_id == NULL || c->state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the ledger row lacks its sent id or state")));
 }
 
 /*
@@ -412,12 +508,7 @@ ledger_row_from_result(LedgerRow *c, MemoryContext mcxt)
 	old = MemoryContextSwitchTo(mcxt);
 	c->row = datumCopy(d, false, -1);
 	h = DatumGetHeapTupleHeader(c->row);
-	c->cancellation_id = DatumGetInt64(GetAttributeByName(h, "cancellation_id", &isnull));
-	c->sent_field = field_text(h, "sent_field");
-	c->sent_id = field_text(h, "sent_id");
-	c->state = field_text(h, "state");
-	c->attempt_count = DatumGetInt32(GetAttributeByName(h, "attempt_count", &isnull));
-	c->retry_budget_start = DatumGetInt32(GetAttributeByName(h, "retry_budget_start", &isnull));
+	ledger_row_fields(c, h);
 	MemoryContextSwitchTo(old);
 }
 
@@ -618,7 +709,7 @@ record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	old = MemoryContextSwitchTo(mcxt);
 	a = datumCopy(col_datum(0, 1, &isnull), false, -1);
 	h = DatumGetHeapTupleHeader(a);
-	*attempt_id = DatumGetInt64(GetAttributeByName(h, "attempt_id", &isnull));
+	*attempt_id = field_int8(h, "attempt_id");
 	*result_code = field_text(h, "result_code");
 	MemoryContextSwitchTo(old);
 	return a;
@@ -647,8 +738,11 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		bool		bound = c->bound;
 
 		if (run(Q_APPLY_S, v, n) != 1)
-			elog(ERROR, "ledger row %lld was not updated",
-				 (long long) c->cancellation_id);
+			ereport(ERROR,
+					(errcode(ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION),
+					 errmsg("the update of ledger row %lld changed nothing",
+							(long long) c->cancellation_id),
+					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
 		old = MemoryContextSwitchTo(mcxt);
 		state = col_text(0, 1);
 		MemoryContextSwitchTo(old);
@@ -682,8 +776,11 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		v[4] = Int32GetDatum(attempt_no);
 		v[5] = Int32GetDatum(aps_max_attempts);
 		if (run(Q_APPLY_OTHER, v, n) != 1)
-			elog(ERROR, "ledger row %lld was not updated",
-				 (long long) c->cancellation_id);
+			ereport(ERROR,
+					(errcode(ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION),
+					 errmsg("the update of ledger row %lld changed nothing",
+							(long long) c->cancellation_id),
+					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
 		old = MemoryContextSwitchTo(mcxt);
 		state = col_text(0, 1);
 		MemoryContextSwitchTo(old);
@@ -742,11 +839,24 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		v[1] = Int64GetDatum(attempt_id);
 		v[2] = CStringGetTextDatum(why);
 		if (run(Q_NOT_APPLIED, v, n) != 1)
-			elog(ERROR, "ledger row %lld was not updated",
-				 (long long) c->cancellation_id);
-		out->state = MemoryContextStrdup(mcxt, col_text(0, 1));
-		ereport(WARNING,
-				(errmsg("%s", col_text(0, 3))));
+		{
+			/*
+			 * Something (a DBA's trigger on the ledger) skipped even this
+			 * update: the attempt stays recorded, the row as it was.
+			 */
+			out->state = MemoryContextStrdup(mcxt, c->state);
+			ereport(WARNING,
+					(errmsg("Alipay+ answered %s, but neither the result nor the failure to apply it could be written to ledger row %lld: %s",
+							status, (long long) c->cancellation_id, why),
+					 errdetail("The answer is kept as attempt %lld.",
+							   (long long) attempt_id)));
+		}
+		else
+		{
+			out->state = MemoryContextStrdup(mcxt, col_text(0, 1));
+			ereport(WARNING,
+					(errmsg("%s", col_text(0, 3))));
+		}
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -786,26 +896,28 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 Datum
 alipayplus_settle(PG_FUNCTION_ARGS)
 {
-	HeapTupleHeader ch = PG_GETARG_HEAPTUPLEHEADER(0);
-	HeapTupleHeader rh = PG_GETARG_HEAPTUPLEHEADER(1);
-	char	   *caller = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	HeapTupleHeader ch;
+	HeapTupleHeader rh;
+	char	   *caller;
 	LedgerRow	c;
 	ApsCallResult r;
 	Settled		s;
-	bool		isnull;
 	int			i;
 	MemoryContext outer = CurrentMemoryContext;
 
+	/* declared STRICT; checked again for a definition that is not */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	ch = PG_GETARG_HEAPTUPLEHEADER(0);
+	rh = PG_GETARG_HEAPTUPLEHEADER(1);
+	caller = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	memset(&c, 0, sizeof(c));
 	c.row = PointerGetDatum(ch);
-	c.cancellation_id = DatumGetInt64(GetAttributeByName(ch, "cancellation_id", &isnull));
-	c.sent_field = field_text(ch, "sent_field");
-	c.sent_id = field_text(ch, "sent_id");
-	c.state = field_text(ch, "state");
-	c.attempt_count = DatumGetInt32(GetAttributeByName(ch, "attempt_count", &isnull));
-	c.retry_budget_start = DatumGetInt32(GetAttributeByName(ch, "retry_budget_start", &isnull));
+	ledger_row_fields(&c, ch);
 	c.binding_known = false;
 	for (i = 0; i < APS_CALL_NUM_COLS; i++)
-		r.values[i] = GetAttributeByName(rh, aps_call_column_names[i], &r.nulls[i]);
+		r.values[i] = field(rh, aps_call_column_names[i], call_column_types[i],
+							&r.nulls[i]);
 	if (r.nulls[APS_CALL_RESULT_STATUS])
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -876,21 +988,27 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 		Settled		s;
 		HeapTupleHeader h;
 
+		/*
+		 * The key again: marking ran the order owner's code, which may
+		 * have reloaded the key cache and freed the one checked above.
+		 */
+		key = aps_private_key();
 		aps_call_one(c.sent_field, c.sent_id, key, &r);
 		settle(&c, &r, "alipayplus_cancel_payment", &s, outer);
 		c.state = s.state;
 		h = DatumGetHeapTupleHeader(s.attempt);
-		values[0] = GetAttributeByName(h, "result_status", &nulls[0]);
-		values[1] = GetAttributeByName(h, "result_code", &nulls[1]);
-		values[2] = GetAttributeByName(h, "result_message", &nulls[2]);
-		values[3] = GetAttributeByName(h, "acquirer_id", &nulls[3]);
-		values[4] = GetAttributeByName(h, "psp_id", &nulls[4]);
-		values[5] = GetAttributeByName(h, "attempt_id", &nulls[5]);
+		values[0] = field(h, "result_status", TEXTOID, &nulls[0]);
+		values[1] = field(h, "result_code", TEXTOID, &nulls[1]);
+		values[2] = field(h, "result_message", TEXTOID, &nulls[2]);
+		values[3] = field(h, "acquirer_id", TEXTOID, &nulls[3]);
+		values[4] = field(h, "psp_id", TEXTOID, &nulls[4]);
+		values[5] = field(h, "attempt_id", INT8OID, &nulls[5]);
 	}
 	values[6] = Int64GetDatum(c.cancellation_id);
 	values[7] = CStringGetTextDatum(c.state);
-	SPI_finish();
 
+	/* copied into the result before SPI's memory, which some values use, goes */
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	SPI_finish();
 	return (Datum) 0;
 }
