@@ -9,11 +9,13 @@ OBJS = \
 	src/transport.o \
 	src/cancel.o \
 	src/orders.o \
+	src/ledger.o \
 	src/guard.o
 
 EXTENSION = alipayplus_cancel
 DATA = extension/alipayplus_cancel--1.0.sql \
-	extension/alipayplus_cancel--1.0--1.1.sql
+	extension/alipayplus_cancel--1.0--1.1.sql \
+	extension/alipayplus_cancel--1.1--1.2.sql
 PGFILEDESC = "alipayplus_cancel - Alipay+ cancelPayment from SQL"
 
 # pg_regress suites in sql/ and expected/, isolation specs in specs/.

@@ -71,6 +71,37 @@ rig_keys() {
 	printf 'subjectAltName=DNS:localhost\n' >"$k/server.ext"
 	openssl x509 -req -in "$k/server.csr" -CA "$k/ca.pem" -CAkey "$k/ca.key" -CAcreateserial \
 		-days 2 -extfile "$k/server.ext" -out "$k/server.crt" 2>/dev/null
+	# for the fault matrix, two more server certificates from the same CA,
+	# each wrong in one way only: one for another host name, and one for
+	# localhost that expired long ago (openssl ca takes explicit dates)
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=other.example" \
+		-keyout "$k/otherhost.key" -out "$k/otherhost.csr" 2>/dev/null
+	printf 'subjectAltName=DNS:other.example\n' >"$k/otherhost.ext"
+	openssl x509 -req -in "$k/otherhost.csr" -CA "$k/ca.pem" -CAkey "$k/ca.key" -CAcreateserial \
+		-days 2 -extfile "$k/otherhost.ext" -out "$k/otherhost.crt" 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+		-keyout "$k/expired.key" -out "$k/expired.csr" 2>/dev/null
+	mkdir -p "$k/ca_db"
+	: >"$k/ca_db/index.txt"
+	echo 1000 >"$k/ca_db/serial"
+	cat >"$k/ca_db/ca.cnf" <<CNF
+[ca]
+default_ca = rig
+[rig]
+database = $k/ca_db/index.txt
+new_certs_dir = $k/ca_db
+serial = $k/ca_db/serial
+default_md = sha256
+policy = any
+x509_extensions = ext
+[any]
+commonName = supplied
+[ext]
+subjectAltName = DNS:localhost
+CNF
+	openssl ca -batch -notext -config "$k/ca_db/ca.cnf" -cert "$k/ca.pem" -keyfile "$k/ca.key" \
+		-startdate 20200101000000Z -enddate 20200102000000Z \
+		-in "$k/expired.csr" -out "$k/expired.crt" 2>/dev/null
 	# the acquirer's key pair: PKCS#8 PEM, and the same key as PKCS#1 PEM, DER and bare base64
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$k/client.pem" 2>/dev/null
 	openssl pkey -in "$k/client.pem" -pubout -out "$k/client_pub.pem"
@@ -99,6 +130,12 @@ rig_keys() {
 	chmod 0644 "$k/world_readable.pem"
 }
 
+# rig_gateway [GATEWAY OPTIONS...]: start the gateway (extra options such as
+# --chaos 0.2 go to test/fake_gateway.py).  Besides its main port
+# ($RIG/gateway.port) it serves an expired certificate
+# ($RIG/gateway.port.expired), a certificate for another host
+# ($RIG/gateway.port.otherhost), and a port that never speaks TLS
+# ($RIG/gateway.port.silent), for the fault matrix (sql/faults.sql).
 rig_gateway() {
 	say "starting the fake Alipay+ gateway"
 	local k=$RIG/keys
@@ -109,12 +146,16 @@ rig_gateway() {
 		--client-id "$CLIENT_ID" --client-pubkey "$k/client_pub.pem" \
 		--client-pubkey "$k/client4096_pub.pem" \
 		--sign-key "$k/gateway.pem" --log "$RIG/gateway.jsonl" \
+		--alt-listener expired "$k/expired.crt" "$k/expired.key" \
+		--alt-listener otherhost "$k/otherhost.crt" "$k/otherhost.key" \
+		--silent-listener "$@" \
 		>"$RIG/gateway.out" 2>&1 9>&- &
 	for _ in $(seq 1 100); do
 		[ -s "$RIG/gateway.port" ] && break
 		sleep 0.1
 	done
 	[ -s "$RIG/gateway.port" ] || { cat "$RIG/gateway.out" >&2; return 1; }
+	chmod 0644 "$RIG"/gateway.port*
 	GATEWAY_PORT=$(cat "$RIG/gateway.port")
 	echo "gateway listening on https://localhost:$GATEWAY_PORT"
 }
@@ -166,7 +207,8 @@ rig_lock() {
 	fi
 }
 
-# The whole set-up: deps, build, keys, gateway, cluster.
+# The whole set-up: deps, build, keys, gateway, cluster.  Arguments go to
+# the gateway (rig_gateway).
 rig_up() {
 	[ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and switches to the postgres user)" >&2; exit 1; }
 	rig_lock
@@ -178,7 +220,7 @@ rig_up() {
 	chmod 0755 "$RIG"
 	rig_build
 	rig_keys
-	rig_gateway
+	rig_gateway "$@"
 	rig_cluster
 }
 

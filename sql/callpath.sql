@@ -201,3 +201,17 @@ SELECT sent_id, result_status, result_code, http_status, signature_verified,
 FROM alipayplus.cancel_attempts
 WHERE sent_id LIKE '%-cp' OR sent_id LIKE 'cp-%'
 ORDER BY attempt_id;
+
+-- the key is taken again after marking: a trigger that reloads the key
+-- cache while the payment is marked does not leave the call a freed key
+CREATE FUNCTION reload_key() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM set_config('alipayplus.private_key_file', '/tmp/alipayplus_rig/keys/client4096.pem', true);
+	PERFORM alipayplus._check_config();
+	RETURN NEW;
+END $$;
+CREATE TRIGGER reload_key AFTER INSERT ON alipayplus.cancellations
+	FOR EACH ROW EXECUTE FUNCTION reload_key();
+SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'cp-reload-1');
+DROP TRIGGER reload_key ON alipayplus.cancellations;
+DROP FUNCTION reload_key();

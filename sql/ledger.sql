@@ -227,3 +227,24 @@ SELECT stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT
 SELECT count(*) > 0 AS runs_recorded, sum(claimed) = (SELECT count(*) FROM alipayplus.cancel_attempts
 	WHERE caller = 'alipayplus_process_cancellations') AS attempts_add_up
 FROM alipayplus.processor_runs;
+
+-- _settle is strict and checks the types of what it is given
+SELECT alipayplus._settle(NULL, ROW(1), 'x') IS NULL AS strict_null;
+SELECT errcheck($$SELECT alipayplus._settle(c, r, 'test')
+	FROM alipayplus.cancellations c,
+		(SELECT 'paymentRequestId'::text AS sent_field, 'x'::text AS sent_id,
+				'now'::text AS request_time, 200 AS http_status, 83 AS result_status) r
+	LIMIT 1$$);
+-- a DBA's trigger that skips the ledger's updates: the answer is still kept
+CREATE FUNCTION skip_ledger_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN NULL;
+END $$;
+CREATE TRIGGER skip_ledger_update BEFORE UPDATE ON alipayplus.cancellations
+	FOR EACH ROW EXECUTE FUNCTION skip_ledger_update();
+SET client_min_messages = error;
+SELECT result_status, result_code, state FROM alipayplus_cancel_payment(payment_request_id => 'L-skipped-1');
+RESET client_min_messages;
+DROP TRIGGER skip_ledger_update ON alipayplus.cancellations;
+DROP FUNCTION skip_ledger_update();
+SELECT count(*) AS attempts_kept FROM alipayplus.cancel_attempts WHERE sent_id = 'L-skipped-1';

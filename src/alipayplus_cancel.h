@@ -2,7 +2,8 @@
  *
  * alipayplus_cancel.h
  *	  Declarations shared by the files of the alipayplus_cancel extension:
- *	  settings, signing, JSON, transport and the cancel call itself.
+ *	  settings, signing, JSON, transport, the cancel call itself and the
+ *	  ledger.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,6 +20,8 @@ struct curl_slist;
 
 /* Extension-specific SQLSTATEs (class ZA), documented in README.md */
 #define ERRCODE_APS_CANCELLED_STATE_VIOLATION	MAKE_SQLSTATE('Z','A','0','0','1')
+#define ERRCODE_APS_WINDOW_CLOSED				MAKE_SQLSTATE('Z','A','0','0','2')
+#define ERRCODE_APS_IS_A_REFUND					MAKE_SQLSTATE('Z','A','0','0','3')
 
 /* The largest response body we accept from the gateway */
 #define APS_MAX_RESPONSE_BYTES	(1024 * 1024)
@@ -45,11 +48,13 @@ extern char *aps_client_id;
 extern char *aps_private_key_file;
 extern char *aps_public_key_file;
 extern int	aps_key_version;
+extern int	aps_response_key_version;
 extern char *aps_ca_file;
 extern char *aps_proxy;
 extern int	aps_connect_timeout_ms;
 extern int	aps_timeout_ms;
 extern int	aps_max_concurrency;
+extern int	aps_max_attempts;
 
 extern void aps_define_settings(void);
 extern void aps_require_setting(const char *name, const char *value);
@@ -106,6 +111,9 @@ typedef struct ApsHttpExchange
 	char	   *hdr_signature;	/* response headers, NULL when absent */
 	char	   *hdr_response_time;
 	char	   *hdr_client_id;
+	char	   *hdr_content_encoding;
+	const char *hdr_repeated;	/* a header above that came more than once */
+	int			hdr_repeats;	/* and how many times */
 	double		latency_ms;
 
 	/* the transfer itself (transport.c) */
@@ -121,6 +129,36 @@ extern void aps_http_post(ApsHttpExchange *exchange);
 extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
 							   int concurrency);
 extern const char *aps_transport_failure_code(int curl_code);
+
+/* cancel.c: the columns of alipayplus._call_cancel's result, in order */
+enum
+{
+	APS_CALL_SENT_FIELD,
+	APS_CALL_SENT_ID,
+	APS_CALL_REQUEST_TIME,
+	APS_CALL_HTTP_STATUS,
+	APS_CALL_RESULT_STATUS,
+	APS_CALL_RESULT_CODE,
+	APS_CALL_RESULT_MESSAGE,
+	APS_CALL_ACQUIRER_ID,
+	APS_CALL_PSP_ID,
+	APS_CALL_SIGNATURE_VERIFIED,
+	APS_CALL_LATENCY_MS,
+	APS_CALL_ERROR_DETAIL,
+	APS_CALL_NUM_COLS
+};
+
+typedef struct ApsCallResult
+{
+	Datum		values[APS_CALL_NUM_COLS];
+	bool		nulls[APS_CALL_NUM_COLS];
+} ApsCallResult;
+
+extern const char *const aps_call_column_names[APS_CALL_NUM_COLS];
+extern void aps_check_id_pair(const char *payment_id, const char *request_id);
+extern EVP_PKEY *aps_check_config(void);
+extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
+						 ApsCallResult *result);
 
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,

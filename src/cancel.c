@@ -14,7 +14,10 @@
  *	local.bad_response, local.bad_signature, local.client_id_mismatch,
  *	local.unsigned_success
  *
- * so a cancellation is never reported unless Alipay+ signed it.
+ * so a cancellation is never reported unless Alipay+ signed it.  An answer
+ * that could be read more than one way (a Signature, Response-Time or
+ * Client-Id header given twice, a Response-Time that is not a time, a
+ * body in a Content-Encoding that was never asked for) is not taken either.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,6 +32,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -40,23 +44,26 @@ PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 
-/* Columns of alipayplus._call_cancel's result, in order */
-enum
-{
-	COL_SENT_FIELD,
-	COL_SENT_ID,
-	COL_REQUEST_TIME,
-	COL_HTTP_STATUS,
-	COL_RESULT_STATUS,
-	COL_RESULT_CODE,
-	COL_RESULT_MESSAGE,
-	COL_ACQUIRER_ID,
-	COL_PSP_ID,
-	COL_SIGNATURE_VERIFIED,
-	COL_LATENCY_MS,
-	COL_ERROR_DETAIL,
-	NUM_COLS
+/* The column names of alipayplus._call_cancel's result, in order */
+const char *const aps_call_column_names[APS_CALL_NUM_COLS] = {
+	"sent_field", "sent_id", "request_time", "http_status", "result_status",
+	"result_code", "result_message", "acquirer_id", "psp_id",
+	"signature_verified", "latency_ms", "error_detail"
 };
+
+#define COL_SENT_FIELD			APS_CALL_SENT_FIELD
+#define COL_SENT_ID				APS_CALL_SENT_ID
+#define COL_REQUEST_TIME		APS_CALL_REQUEST_TIME
+#define COL_HTTP_STATUS			APS_CALL_HTTP_STATUS
+#define COL_RESULT_STATUS		APS_CALL_RESULT_STATUS
+#define COL_RESULT_CODE			APS_CALL_RESULT_CODE
+#define COL_RESULT_MESSAGE		APS_CALL_RESULT_MESSAGE
+#define COL_ACQUIRER_ID			APS_CALL_ACQUIRER_ID
+#define COL_PSP_ID				APS_CALL_PSP_ID
+#define COL_SIGNATURE_VERIFIED	APS_CALL_SIGNATURE_VERIFIED
+#define COL_LATENCY_MS			APS_CALL_LATENCY_MS
+#define COL_ERROR_DETAIL		APS_CALL_ERROR_DETAIL
+#define NUM_COLS				APS_CALL_NUM_COLS
 
 /*
  * What is wrong with an id, or NULL if Alipay+ can be sent it: not empty
@@ -123,34 +130,34 @@ alipayplus_id_problem(PG_FUNCTION_ARGS)
 
 /*
  * Check the (payment_id, payment_request_id) pair given to a function:
- * exactly one must be non-NULL and valid.  Sets the JSON field name and
- * the value to send.
+ * exactly one must be non-NULL and valid.
  */
-static void
-check_ids(FunctionCallInfo fcinfo, const char **field, char **value)
+void
+aps_check_id_pair(const char *payment_id, const char *request_id)
 {
-	bool		has_pid = !PG_ARGISNULL(0);
-	bool		has_prid = !PG_ARGISNULL(1);
-
-	if (has_pid == has_prid)
+	if ((payment_id != NULL) == (request_id != NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg(has_pid ?
+				 errmsg(payment_id != NULL ?
 						"give only one of payment_id and payment_request_id, not both" :
 						"either payment_id or payment_request_id must be given"),
 				 errhint("Pass payment_request_id => '...' or payment_id => '...'.")));
-	if (has_pid)
-	{
-		*field = "paymentId";
-		*value = text_to_cstring(PG_GETARG_TEXT_PP(0));
-		check_id("payment_id", *value);
-	}
+	if (payment_id != NULL)
+		check_id("payment_id", payment_id);
 	else
-	{
-		*field = "paymentRequestId";
-		*value = text_to_cstring(PG_GETARG_TEXT_PP(1));
-		check_id("payment_request_id", *value);
-	}
+		check_id("payment_request_id", request_id);
+}
+
+/* The same for a function's first two arguments; sets the field and value to send */
+static void
+check_ids(FunctionCallInfo fcinfo, const char **field, char **value)
+{
+	char	   *pid = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *prid = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	aps_check_id_pair(pid, prid);
+	*field = pid ? "paymentId" : "paymentRequestId";
+	*value = pid ? pid : prid;
 }
 
 /* alipayplus._check_ids(payment_id, payment_request_id): validation only */
@@ -168,8 +175,8 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
  * Check that everything a call needs is configured and the keys load;
  * raise the error a user must fix otherwise.  Returns the private key.
  */
-static EVP_PKEY *
-check_config(void)
+EVP_PKEY *
+aps_check_config(void)
 {
 	EVP_PKEY   *key;
 
@@ -184,7 +191,7 @@ check_config(void)
 Datum
 alipayplus_check_config(PG_FUNCTION_ARGS)
 {
-	check_config();
+	aps_check_config();
 	PG_RETURN_VOID();
 }
 
@@ -211,6 +218,57 @@ local_verdict(ApsResult *r, const char *code, const char *message)
 	r->result_message = (char *) message;
 	r->acquirer_id = NULL;
 	r->psp_id = NULL;
+}
+
+/*
+ * Whether a Response-Time header is an ISO 8601 date-time with a UTC
+ * offset, the form Alipay+ sends (2025-01-15T10:30:01+08:00; a fraction of
+ * a second and "Z" are allowed too).  The shape is checked here and the
+ * calendar (month 13, February 30, hour 25) by PostgreSQL's date-time
+ * decoder, which reports problems by its return value and never raises on
+ * input of this shape.
+ */
+static bool
+response_time_valid(const char *s)
+{
+	static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+	size_t		len = strlen(s);
+	const char *p;
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+
+	if (len < sizeof(shape) - 1 || len > MAXDATELEN)
+		return false;
+	for (int i = 0; shape[i] != '\0'; i++)
+		if (shape[i] == 'd' ? !isdigit((unsigned char) s[i]) : s[i] != shape[i])
+			return false;
+	p = s + sizeof(shape) - 1;
+	if (*p == '.')
+	{
+		if (!isdigit((unsigned char) p[1]))
+			return false;
+		for (p++; isdigit((unsigned char) *p); p++)
+			;
+	}
+	if (strcmp(p, "Z") != 0 &&
+		((*p != '+' && *p != '-') ||
+		 !isdigit((unsigned char) p[1]) || !isdigit((unsigned char) p[2]) ||
+		 p[3] != ':' ||
+		 !isdigit((unsigned char) p[4]) || !isdigit((unsigned char) p[5]) ||
+		 p[6] != '\0'))
+		return false;
+
+	if (ParseDateTime(s, workbuf, sizeof(workbuf), field, ftype,
+					  MAXDATEFIELDS, &nf) != 0 ||
+		DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0)
+		return false;
+	return dtype == DTK_DATE;
 }
 
 /*
@@ -259,6 +317,23 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
+	/*
+	 * A Signature, Response-Time, Client-Id or Content-Encoding header given
+	 * more than once: which one counts cannot be told, so none does.
+	 */
+	if (ex->hdr_repeated != NULL)
+	{
+		if (strcmp(ex->hdr_repeated, "Client-Id") == 0)
+			local_verdict(r, "local.client_id_mismatch", "the response names its client id more than once; the outcome is unknown");
+		else if (strcmp(ex->hdr_repeated, "Content-Encoding") == 0)
+			local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		else
+			local_verdict(r, "local.bad_signature", "the response is signed more than once; the outcome is unknown");
+		*detail = psprintf("response has %d %s headers", ex->hdr_repeats,
+						   ex->hdr_repeated);
+		return;
+	}
+
 	/* a foreign Client-Id is never accepted, whether signed or not */
 	if (ex->hdr_client_id != NULL && strcmp(ex->hdr_client_id, aps_client_id) != 0)
 	{
@@ -275,6 +350,13 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		char	   *content;
 		size_t		content_len;
 
+		if (!response_time_valid(ex->hdr_response_time))
+		{
+			local_verdict(r, "local.bad_signature", "the response's Response-Time is not a time; the outcome is unknown");
+			*detail = psprintf("Response-Time \"%s\" is not an ISO 8601 date-time with an offset",
+							   ex->hdr_response_time);
+			return;
+		}
 		content = aps_content_to_sign(path, aps_client_id, ex->hdr_response_time,
 									  ex->response ? ex->response : "",
 									  ex->response_len, &content_len);
@@ -296,6 +378,16 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		local_verdict(r, "local.bad_signature", "the response is only partly signed; the outcome is unknown");
 		*detail = has_sig ? "response has a Signature header but no Response-Time" :
 			"response has a Response-Time header but no Signature";
+		return;
+	}
+
+	/* libcurl was not asked to decode anything: the body is not the JSON */
+	if (ex->hdr_content_encoding != NULL &&
+		pg_strcasecmp(ex->hdr_content_encoding, "identity") != 0)
+	{
+		local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		*detail = psprintf("response has Content-Encoding \"%s\", which was not asked for",
+						   ex->hdr_content_encoding);
 		return;
 	}
 
@@ -396,6 +488,21 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
 }
 
 /*
+ * One signed call for one id, with the configuration already checked
+ * (key from aps_check_config()): what was sent and what it means, in the
+ * columns of alipayplus._call_cancel.
+ */
+void
+aps_call_one(const char *field, const char *value, EVP_PKEY *key,
+			 ApsCallResult *result)
+{
+	ApsHttpExchange *ex = prepare_exchange(field, value, key, cancel_url());
+
+	aps_http_post(ex);
+	result_values(ex, field, value, result->values, result->nulls);
+}
+
+/*
  * alipayplus._call_cancel(payment_id, payment_request_id): one signed
  * cancelPayment call.  Returns what was sent and what it means.
  */
@@ -416,7 +523,7 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 				 errmsg("function returning record called in context that cannot accept type record")));
 
 	check_ids(fcinfo, &field, &value);
-	key = check_config();
+	key = aps_check_config();
 
 	ex = prepare_exchange(field, value, key, cancel_url());
 	aps_http_post(ex);
@@ -473,7 +580,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	/* one deadline for the whole batch, taken before any signing */
 	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
 	deadline = max_ms > 0 ? GetCurrentTimestamp() + (TimestampTz) max_ms * 1000 : 0;
-	key = check_config();
+	key = aps_check_config();
 	url = cancel_url();
 	exs = palloc(sizeof(ApsHttpExchange *) * nids);
 	fieldstr = palloc(sizeof(char *) * nids);

@@ -70,14 +70,50 @@ typedef struct ApsParseState
 	bool		in_result;		/* inside the top-level "result" object */
 	bool		saw_result;
 	ApsField	field;			/* field whose value comes next */
+	ApsField	wrong_type;		/* first field found with a non-string value */
 	ApsResult  *result;
 } ApsParseState;
+
+/* The name of a string field, for messages */
+static const char *
+field_name(ApsField field)
+{
+	switch (field)
+	{
+		case APS_FIELD_ACQUIRER_ID:
+			return "acquirerId";
+		case APS_FIELD_PSP_ID:
+			return "pspId";
+		case APS_FIELD_RESULT_STATUS:
+			return "result.resultStatus";
+		case APS_FIELD_RESULT_CODE:
+			return "result.resultCode";
+		case APS_FIELD_RESULT_MESSAGE:
+			return "result.resultMessage";
+		default:
+			return "?";
+	}
+}
+
+/*
+ * Note a string field whose value turned out to be something else (a
+ * number, true/false/null, an object or an array): such a body is not a
+ * cancelPayment result, whatever else it says.
+ */
+static void
+note_wrong_type(ApsParseState *st)
+{
+	if (st->field != APS_FIELD_NONE && st->field != APS_FIELD_RESULT &&
+		st->wrong_type == APS_FIELD_NONE)
+		st->wrong_type = st->field;
+}
 
 static void
 on_object_start(void *arg)
 {
 	ApsParseState *st = arg;
 
+	note_wrong_type(st);
 	if (st->depth == 1 && st->array_depth == 0 && st->field == APS_FIELD_RESULT)
 	{
 		st->in_result = true;
@@ -102,6 +138,7 @@ on_array_start(void *arg)
 {
 	ApsParseState *st = arg;
 
+	note_wrong_type(st);
 	st->array_depth++;
 	st->field = APS_FIELD_NONE;
 }
@@ -150,6 +187,7 @@ on_scalar(void *arg, char *token, JsonTokenType tokentype)
 
 	if (tokentype != JSON_TOKEN_STRING)
 	{
+		note_wrong_type(st);
 		st->field = APS_FIELD_NONE;
 		return;
 	}
@@ -455,6 +493,11 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	if (!st.saw_result)
 	{
 		*problem = "the response has no \"result\" object";
+		return false;
+	}
+	if (st.wrong_type != APS_FIELD_NONE)
+	{
+		*problem = psprintf("%s is not a JSON string", field_name(st.wrong_type));
 		return false;
 	}
 	if (result->result_status == NULL ||

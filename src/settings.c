@@ -25,6 +25,7 @@ char	   *aps_client_id = NULL;
 char	   *aps_private_key_file = NULL;
 char	   *aps_public_key_file = NULL;
 int			aps_key_version = 1;
+int			aps_response_key_version = 1;
 char	   *aps_ca_file = NULL;
 char	   *aps_proxy = NULL;
 int			aps_connect_timeout_ms = 3000;
@@ -32,7 +33,7 @@ int			aps_timeout_ms = 10000;
 int			aps_max_concurrency = 16;
 
 /* Read by the SQL ledger functions through current_setting() */
-static int	aps_max_attempts = 10;
+int			aps_max_attempts = 10;
 static int	aps_retry_base_ms = 5000;
 static int	aps_retry_max_ms = 900000;
 
@@ -176,6 +177,14 @@ aps_define_settings(void)
 							"keyVersion sent in the Signature header.",
 							NULL,
 							&aps_key_version,
+							1, 1, INT_MAX,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("alipayplus.response_key_version",
+							"keyVersion of Alipay+'s key in alipayplus.public_key_file.",
+							"A response whose Signature header names another keyVersion is not accepted.",
+							&aps_response_key_version,
 							1, 1, INT_MAX,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);

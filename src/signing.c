@@ -547,14 +547,34 @@ name_is(const char *name, size_t namelen, const char *word)
 	return namelen == strlen(word) && pg_strncasecmp(name, word, namelen) == 0;
 }
 
+/* Whether text is a decimal number equal to n (leading zeros allowed) */
+static bool
+number_is(const char *text, size_t len, int n)
+{
+	int64		v = 0;
+
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++)
+	{
+		if (!isdigit((unsigned char) text[i]))
+			return false;
+		v = v * 10 + (text[i] - '0');
+		if (v > INT_MAX)
+			return false;
+	}
+	return v == n;
+}
+
 /*
  * Take the encoded signature out of a Signature header value.  The value
  * is a comma-separated list of name=value fields, with field names in any
  * case and blanks allowed around '=' and ','; a text that is a single
  * bare value (no comma, not a field) is taken as the encoded signature
  * itself.  Returns NULL if no signature can be accepted: no signature
- * field, a field given twice, a list element that is not a field, or an
- * algorithm other than RSA256.
+ * field, a field given twice, a list element that is not a field, an
+ * algorithm other than RSA256, or a keyVersion other than
+ * alipayplus.response_key_version (the version of the key we hold).
  */
 static char *
 signature_value(const char *header)
@@ -567,6 +587,7 @@ signature_value(const char *header)
 	const char *sig = NULL;
 	size_t		siglen = 0;
 	bool		saw_algorithm = false;
+	bool		saw_key_version = false;
 	const char *item;
 
 	if (memchr(header, ',', len) == NULL &&
@@ -607,6 +628,13 @@ signature_value(const char *header)
 				if (saw_algorithm || !name_is(value, valuelen, "RSA256"))
 					return NULL;
 				saw_algorithm = true;
+			}
+			else if (name_is(name, namelen, "keyVersion"))
+			{
+				if (saw_key_version ||
+					!number_is(value, valuelen, aps_response_key_version))
+					return NULL;
+				saw_key_version = true;
 			}
 		}
 		item = comma ? comma + 1 : NULL;

@@ -124,15 +124,24 @@ ensure_handles(int n)
 	}
 }
 
-/* Copy a response header (case-insensitive name) into palloc'd memory */
+/*
+ * Copy a response header (case-insensitive name) into palloc'd memory.  A
+ * header that came more than once is noted in the exchange: which of its
+ * values is meant cannot be told, so the caller refuses the response.
+ */
 static char *
-response_header(CURL *easy, const char *name)
+response_header(CURL *easy, ApsHttpExchange *ex, const char *name)
 {
 	struct curl_header *h = NULL;
 
 	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
 		h == NULL || h->value == NULL)
 		return NULL;
+	if (h->amount > 1 && ex->hdr_repeated == NULL)
+	{
+		ex->hdr_repeated = name;
+		ex->hdr_repeats = (int) Min(h->amount, (size_t) INT_MAX);
+	}
 	return pstrdup(h->value);
 }
 
@@ -322,9 +331,10 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 								 curl_easy_strerror(result));
 	else
 	{
-		ex->hdr_signature = response_header(easy, "Signature");
-		ex->hdr_response_time = response_header(easy, "Response-Time");
-		ex->hdr_client_id = response_header(easy, "Client-Id");
+		ex->hdr_client_id = response_header(easy, ex, "Client-Id");
+		ex->hdr_signature = response_header(easy, ex, "Signature");
+		ex->hdr_response_time = response_header(easy, ex, "Response-Time");
+		ex->hdr_content_encoding = response_header(easy, ex, "Content-Encoding");
 	}
 	ex->done = true;
 }

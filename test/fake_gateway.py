@@ -39,6 +39,43 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
                          S, U (UNKNOWN_EXCEPTION), F (PROCESS_FAIL), R (reset),
                          E (HTTP 500), W (sleep 2000 ms, then S)
 
+Fault modes (each answer validly signed unless said otherwise, so that only
+the named fault is wrong):
+
+  headstall-MS-...       status line and headers of an S answer, then MS ms of
+                         silence, then the body
+  dribble-MS-...         an S answer whose body goes out one byte every MS ms
+  cutbody-...            an S answer whose connection closes half-way through
+                         the body announced by Content-Length
+  http-NNN-...           HTTP status NNN (429, 502, 201...) with a signed S body
+                         (204 and 304: an empty body, signed)
+  empty-...              HTTP 200, an empty body, signed over the empty body
+  gzip-...               S body gzip-compressed, Content-Encoding: gzip (never
+                         asked for), signed over the compressed bytes
+  dupsig-...             S with the same valid Signature header twice
+  dupsigbad-...          S with a valid Signature header, then a bogus one
+  duptime-...            S with the signed Response-Time, then another one
+  dupclient-...          S with our Client-Id header twice
+  keyversion-N-...       S, validly signed, "keyVersion=N"
+  algo-NAME-...          S, validly signed, "algorithm=NAME"
+  rtime-KIND-...         S signed over a Response-Time that is not a time:
+                         text, epoch (seconds), month13, notz (no offset)
+  typed-KIND-...         S whose field is of a wrong JSON type: statusbool,
+                         statusarray, codenum, msgnum, msgnull, acqnum,
+                         pspobj, resultstring, resultarray
+  rstatus-X-...          a result with resultStatus X (any letters, or none:
+                         "rstatus--..." sends "")
+
+With --chaos P, an id without a prefix gets, with probability P, one of:
+a stall of --chaos-stall-ms, a TCP reset, HTTP 500, HTTP 503 (signed S body),
+U UNKNOWN_EXCEPTION, an unsigned S, a bad signature; otherwise S (or F
+PROCESS_FAIL one time in 20).  The outcome drawn is logged.
+
+--alt-listener NAME CERT KEY serves the same API on another port with
+another certificate (its port goes to PORTFILE.NAME); --silent-listener
+writes PORTFILE.silent, a port that accepts TCP connections and never
+speaks (no TLS).
+
 Every request is appended as one JSON line to the --log file.  It is written
 independently of the extension and uses only the stdlib plus "cryptography".
 The signing helpers below are also imported by test_fake_gateway.py.
@@ -46,8 +83,10 @@ The signing helpers below are also imported by test_fake_gateway.py.
 
 import argparse
 import base64
+import gzip
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -226,10 +265,19 @@ class Plan:
 
     def __init__(self, outcome, kind="result", status="S", code="SUCCESS",
                  sign="normal", delay_ms=0, body=None, huge=False,
-                 chunked=False):
+                 chunked=False, http_status=200, send="whole", send_ms=0,
+                 dup=None, key_version="1", algorithm="RSA256", rtime=None,
+                 gzip_body=False):
         self.outcome, self.kind, self.status, self.code = outcome, kind, status, code
         self.sign, self.delay_ms, self.body, self.huge = sign, delay_ms, body, huge
         self.chunked = chunked
+        # fault modes: HTTP status, how the body goes out ("whole",
+        # "headstall", "dribble", "cut"), a duplicated header ("sig",
+        # "sigbad", "time", "client"), Signature fields, a Response-Time
+        # to sign instead of now, a gzip-compressed body
+        self.http_status, self.send, self.send_ms = http_status, send, send_ms
+        self.dup, self.key_version, self.algorithm = dup, key_version, algorithm
+        self.rtime, self.gzip_body = rtime, gzip_body
 
 
 SEQ_TOKENS = {
@@ -275,11 +323,65 @@ SIMPLE_PREFIXES = {
 
 CODE = r"([A-Za-z0-9_]+)"
 
+S_BODY = result_body("S", "SUCCESS", extra={"acquirerId": ACQUIRER_ID,
+                                            "pspId": PSP_ID})
 
-def plan_for(ident, count):
+# rtime-KIND: a Response-Time header that is not an ISO 8601 date-time
+BAD_TIMES = {
+    "text": "not a time",
+    "epoch": "1736908201",
+    "month13": "2025-13-15T10:30:01+08:00",
+    "notz": "2025-01-15T10:30:01",
+}
+
+# typed-KIND: an S answer with one field of a wrong JSON type
+_R = b'"resultCode":"SUCCESS","resultMessage":"success.","resultStatus":"S"'
+TYPED_BODIES = {
+    "statusbool": b'{"result":{"resultCode":"SUCCESS","resultMessage":"success.",'
+                  b'"resultStatus":true}}',
+    "statusarray": b'{"result":{"resultCode":"SUCCESS","resultMessage":"success.",'
+                   b'"resultStatus":["S"]}}',
+    "codenum": b'{"result":{"resultCode":0,"resultMessage":"success.",'
+               b'"resultStatus":"S"}}',
+    "msgnum": b'{"result":{"resultCode":"SUCCESS","resultMessage":1,'
+              b'"resultStatus":"S"}}',
+    "msgnull": b'{"result":{"resultCode":"SUCCESS","resultMessage":null,'
+               b'"resultStatus":"S"}}',
+    "acqnum": b'{"acquirerId":1022188000000000001,"result":{' + _R + b'}}',
+    "pspobj": b'{"pspId":{"id":"1022172000000000001"},"result":{' + _R + b'}}',
+    "resultstring": b'{"result":"S"}',
+    "resultarray": b'{"result":[{' + _R + b'}]}',
+}
+
+# --chaos: the faults drawn for a share of the calls, and the rest
+CHAOS_FAULTS = ("stall", "reset", "http500", "http503", "u", "unsigned", "badsig")
+
+
+def chaos_plan(stall_ms):
+    """A fault picked at random (see --chaos)."""
+    fault = random.choice(CHAOS_FAULTS)
+    if fault == "stall":
+        return Plan("chaos:stall:%d" % stall_ms, delay_ms=stall_ms)
+    if fault == "reset":
+        return Plan("chaos:reset", kind="reset")
+    if fault == "http500":
+        return Plan("chaos:http500", kind="http500")
+    if fault == "http503":
+        return Plan("chaos:http503", http_status=503)
+    if fault == "u":
+        return Plan("chaos:U:UNKNOWN_EXCEPTION", status="U", code="UNKNOWN_EXCEPTION")
+    if fault == "unsigned":
+        return Plan("chaos:unsigned-S", sign="none")
+    return Plan("chaos:badsig", sign="bad")
+
+
+def plan_for(ident, count, chaos=0.0, chaos_stall_ms=3000):
     """Pick the scripted outcome for id value `ident` (count = n-th request)."""
     def m(prefix):
         return re.match(prefix + r"(?:-|$)", ident)
+
+    if plan := fault_plan(m):
+        return plan
 
     if r := m(r"seq-([SUFREW](?:\.[SUFREW])*)"):
         tokens = r.group(1).split(".")
@@ -301,12 +403,56 @@ def plan_for(ident, count):
     for prefix, kwargs in SIMPLE_PREFIXES.items():
         if m(prefix):
             return Plan(prefix, **kwargs)
+    if chaos > 0 and random.random() < chaos:
+        return chaos_plan(chaos_stall_ms)
+    if chaos > 0 and random.random() < 0.05:
+        return Plan("F:PROCESS_FAIL", status="F", code="PROCESS_FAIL")
     return Plan("S")
+
+
+def fault_plan(m):
+    """The fault modes (see the module's docstring), or None."""
+    if r := m(r"headstall-(\d+)"):
+        return Plan("headstall:" + r.group(1), send="headstall",
+                    send_ms=int(r.group(1)))
+    if r := m(r"dribble-(\d+)"):
+        return Plan("dribble:" + r.group(1), send="dribble", send_ms=int(r.group(1)))
+    if m(r"cutbody"):
+        return Plan("cutbody", send="cut")
+    if r := m(r"http-([1-5]\d\d)"):
+        status = int(r.group(1))
+        return Plan("http:%d" % status, http_status=status,
+                    body=b"" if status in (204, 304) else None)
+    if m(r"empty"):
+        return Plan("empty", body=b"")
+    if m(r"gzip"):
+        return Plan("gzip", gzip_body=True)
+    for name in ("dupsigbad", "dupsig", "duptime", "dupclient"):
+        if m(name):
+            return Plan(name, dup=name[3:])
+    if r := m(r"keyversion-(\w+)"):
+        return Plan("keyversion:" + r.group(1), key_version=r.group(1))
+    if r := m(r"algo-(\w+)"):
+        return Plan("algo:" + r.group(1), algorithm=r.group(1))
+    if (r := m(r"rtime-(\w+)")) and r.group(1) in BAD_TIMES:
+        return Plan("rtime:" + r.group(1), rtime=BAD_TIMES[r.group(1)])
+    if (r := m(r"typed-(\w+)")) and r.group(1) in TYPED_BODIES:
+        return Plan("typed:" + r.group(1), body=TYPED_BODIES[r.group(1)])
+    if r := m(r"rstatus-([A-Za-z]*)"):
+        return Plan("rstatus:" + r.group(1),
+                    body=result_body(r.group(1), "SUCCESS", "success."))
+    return None
 
 
 # --------------------------------------------------------------------------
 # Gateway state: configuration, keys, per-id counters, request log
 # --------------------------------------------------------------------------
+
+def tls_context(cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
 
 class Gateway:
     def __init__(self, args):
@@ -315,8 +461,9 @@ class Gateway:
         self.client_pubs = [load_rsa_key(k, private=False)
                             for k in args.client_pubkey]
         self.sign_key = load_rsa_key(args.sign_key, private=True)
-        self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ssl_ctx.load_cert_chain(args.cert, args.key)
+        self.ssl_ctx = tls_context(args.cert, args.key)
+        self.chaos = args.chaos
+        self.chaos_stall_ms = args.chaos_stall_ms
         self.lock = threading.Lock()
         self.counts = {}
         fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -428,20 +575,51 @@ class Handler(BaseHTTPRequestHandler):
     def _send_plain(self, code, text):
         self._send(code, text.encode(), [("Content-Type", "text/plain; charset=utf-8")])
 
-    def _send_json(self, body, sign, chunked=False):
-        """Send a 200 JSON body, signed according to `sign` (see Plan)."""
+    def _send_faulty(self, code, body, headers, plan):
+        """Send an answer the way plan.send says: headers then a stall,
+        the body a byte at a time, or half the body and a close."""
+        self.send_response(code)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            if plan.send == "headstall":
+                time.sleep(plan.send_ms / 1000.0)
+                self.wfile.write(body)
+            elif plan.send == "dribble":
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(plan.send_ms / 1000.0)
+            else:
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+        except OSError:
+            pass                        # the client gave up first
+
+    def _send_json(self, body, sign, chunked=False, plan=None):
+        """Send a JSON body, signed according to `sign` (see Plan), with
+        the faults plan asks for."""
         gw = self.server.gw
+        plan = plan or Plan("S")
         headers = [("Content-Type", JSON_TYPE)]
+        if plan.gzip_body:
+            body = gzip.compress(body, mtime=0)
+            headers.append(("Content-Encoding", "gzip"))
+        code = plan.http_status
         if sign == "none":
-            self._send(200, body, headers, chunked)
+            self._send(code, body, headers, chunked)
             return
         if sign == "none-other":
             headers.append(("Client-Id", OTHER_CLIENT_ID))
-            self._send(200, body, headers, chunked)
+            self._send(code, body, headers, chunked)
             return
         cid = {"other": OTHER_CLIENT_ID,
                "otherbytes": OTHER_CLIENT_BYTES}.get(sign, gw.client_id)
-        rtime = response_time_now()
+        rtime = plan.rtime or response_time_now()
         signed_body = body + b" " if sign == "bad" else body
         # header values go out as latin-1 bytes; sign those same bytes
         b64 = sign_b64(gw.sign_key, content_to_sign(gw.path, cid.encode("latin-1"),
@@ -457,9 +635,24 @@ class Handler(BaseHTTPRequestHandler):
         elif sign == "ecc224":
             sig = signature_header(b64, algorithm="ECC224")
         else:
-            sig = signature_header(b64, spaced=spaced, lowercase_hex=spaced)
+            sig = signature_header(b64, spaced=spaced, lowercase_hex=spaced,
+                                   key_version=plan.key_version,
+                                   algorithm=plan.algorithm)
         headers.append((names[2], sig))
-        self._send(200, body, headers, chunked)
+        if plan.dup == "sig":
+            headers.append(("Signature", sig))
+        elif plan.dup == "sigbad":
+            bogus = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime,
+                                                          body + b" "))
+            headers.append(("Signature", signature_header(bogus)))
+        elif plan.dup == "time":
+            headers.append(("Response-Time", "2001-02-03T04:05:06+08:00"))
+        elif plan.dup == "client":
+            headers.append(("Client-Id", cid))
+        if plan.send != "whole":
+            self._send_faulty(code, body, headers, plan)
+            return
+        self._send(code, body, headers, chunked)
 
     def _reset(self):
         """Drop the connection with a TCP RST and no response."""
@@ -539,7 +732,7 @@ class Handler(BaseHTTPRequestHandler):
             plan = reject("PARAM_ILLEGAL", sign="normal")
         else:
             entry["count"] = gw.next_count(ident)
-            plan = plan_for(ident, entry["count"])
+            plan = plan_for(ident, entry["count"], gw.chaos, gw.chaos_stall_ms)
 
         entry["outcome"] = plan.outcome
         gw.log(entry)                   # logged before acting (reset, sleep)
@@ -565,7 +758,7 @@ class Handler(BaseHTTPRequestHandler):
                 if plan.huge:
                     extra["padding"] = "x" * HUGE_PADDING
                 body = result_body(plan.status, plan.code, extra=extra)
-            self._send_json(body, plan.sign, plan.chunked)
+            self._send_json(body, plan.sign, plan.chunked, plan)
 
 
 class GatewayServer(ThreadingHTTPServer):
@@ -573,8 +766,9 @@ class GatewayServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, gw):
+    def __init__(self, address, gw, ssl_ctx=None):
         self.gw = gw
+        self.ssl_ctx = ssl_ctx or gw.ssl_ctx
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -595,7 +789,7 @@ class GatewayServer(ThreadingHTTPServer):
     def finish_request(self, request, client_address):
         # TLS handshake in the per-connection thread, not in accept().
         try:
-            conn = self.gw.ssl_ctx.wrap_socket(request, server_side=True,
+            conn = self.ssl_ctx.wrap_socket(request, server_side=True,
                                                do_handshake_on_connect=False)
         except OSError:
             return
@@ -613,6 +807,37 @@ class GatewayServer(ThreadingHTTPServer):
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
+
+def silent_listener(host):
+    """A TCP port that accepts connections and never sends a byte: a
+    server that does not speak TLS.  Connections are held until the peer
+    closes them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lsock = socket.socket(family, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((host, 0))
+    lsock.listen(64)
+
+    def hold(conn):
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept_loop():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=hold, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    return lsock
+
 
 class _Stop(Exception):
     """Raised from the SIGTERM/SIGINT handler to leave serve_forever()."""
@@ -640,6 +865,14 @@ def main(argv=None):
         ap.add_argument(name, required=True)
     ap.add_argument("--client-pubkey", required=True, action="append",
                     help="the acquirer's public key; may be given more than once")
+    ap.add_argument("--chaos", type=float, default=0.0,
+                    help="share of prefix-less calls that get a random fault")
+    ap.add_argument("--chaos-stall-ms", type=int, default=3000)
+    ap.add_argument("--alt-listener", nargs=3, action="append", default=[],
+                    metavar=("NAME", "CERT", "KEY"),
+                    help="another port with another certificate (PORTFILE.NAME)")
+    ap.add_argument("--silent-listener", action="store_true",
+                    help="a port that accepts TCP and never speaks (PORTFILE.silent)")
     args = ap.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _raise_stop)
@@ -648,6 +881,16 @@ def main(argv=None):
     try:
         gw = Gateway(args)
         server = GatewayServer((args.host, args.port), gw)   # listening now
+        for name, cert, key in args.alt_listener:
+            alt = GatewayServer((args.host, 0), gw, tls_context(cert, key))
+            threading.Thread(target=alt.serve_forever, args=(0.5,),
+                             daemon=True).start()
+            atomic_write("%s.%s" % (args.portfile, name),
+                         "%d\n" % alt.server_address[1])
+        if args.silent_listener:
+            silent = silent_listener(args.host)
+            atomic_write(args.portfile + ".silent",
+                         "%d\n" % silent.getsockname()[1])
         if args.pidfile:
             atomic_write(args.pidfile, "%d\n" % os.getpid())
         atomic_write(args.portfile, "%d\n" % server.server_address[1])

@@ -33,6 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import fake_gateway as fg  # noqa: E402
+import gzip  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
 
 PATH = fg.DEFAULT_PATH
 
@@ -140,7 +143,9 @@ class LiveGateway(unittest.TestCase):
              "--client-id", cls.CLIENT_ID,
              "--client-pubkey", os.path.join(d, "client_pub.pem"),
              "--sign-key", os.path.join(d, "gateway_priv.pem"),
-             "--log", cls.log, "--path", PATH, "--pidfile", cls.pidfile])
+             "--log", cls.log, "--path", PATH, "--pidfile", cls.pidfile,
+             "--alt-listener", "alt", os.path.join(d, "server.crt"),
+             os.path.join(d, "server.key"), "--silent-listener"])
         while not os.path.exists(portfile):
             if cls.proc.poll() is not None or time.monotonic() - start > 5:
                 cls.tearDownClass()
@@ -149,6 +154,10 @@ class LiveGateway(unittest.TestCase):
         cls.startup = time.monotonic() - start
         with open(portfile) as f:
             cls.port = int(f.read())
+        with open(portfile + ".alt") as f:
+            cls.alt_port = int(f.read())
+        with open(portfile + ".silent") as f:
+            cls.silent_port = int(f.read())
         cls.ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
 
     @classmethod
@@ -167,9 +176,9 @@ class LiveGateway(unittest.TestCase):
 
     # -- helpers --------------------------------------------------------------
 
-    def connect(self):
-        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx,
-                                           timeout=10)
+    def connect(self, port=None, timeout=10):
+        return http.client.HTTPSConnection("127.0.0.1", port or self.port,
+                                           context=self.ctx, timeout=timeout)
 
     def call(self, body, conn=None, key=None, client_id=None, tamper=False,
              content_type=fg.JSON_TYPE):
@@ -195,16 +204,52 @@ class LiveGateway(unittest.TestCase):
     def request_id(self, ident):
         return json.dumps({"paymentRequestId": ident}, separators=(",", ":"))
 
-    def assert_signed(self, headers, body):
+    def assert_signed(self, headers, body, iso_time=True):
         sig_header = headers["signature"]        # lookups are case-insensitive
         self.assertIsNotNone(sig_header)
-        self.assertRegex(headers["response-time"],
-                         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$")
+        if iso_time:
+            self.assertRegex(headers["response-time"],
+                             r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$")
         self.assertEqual(headers["client-id"], self.CLIENT_ID)
         sig = fg.decode_signature_value(fg.parse_signature_header(sig_header)["signature"])
         content = fg.content_to_sign(PATH, headers["client-id"],
                                      headers["response-time"], body)
         self.assertTrue(fg.verify(self.gateway_pub, content, sig), "bad response signature")
+
+    def raw_exchange(self, ident, port=None):
+        """Send a signed request over a bare TLS socket and return
+        (bytes received, seconds to the first byte, seconds to the end)."""
+        body = self.request_id(ident).encode()
+        rtime = fg.response_time_now()
+        b64 = fg.sign_b64(self.client_key,
+                          fg.content_to_sign(PATH, self.CLIENT_ID, rtime, body))
+        req = ("POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+               "Client-Id: %s\r\nRequest-Time: %s\r\nSignature: %s\r\n"
+               "Content-Length: %d\r\n\r\n" % (
+                   PATH, fg.JSON_TYPE, self.CLIENT_ID, rtime,
+                   fg.signature_header(b64), len(body))).encode() + body
+        sock = socket.create_connection(("127.0.0.1", port or self.port), timeout=10)
+        with self.ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            start = time.monotonic()
+            tls.sendall(req)
+            chunks, first = [], None
+            while True:
+                try:
+                    data = tls.recv(65536)
+                except (ConnectionError, ssl.SSLError):
+                    break
+                if not data:
+                    break
+                if first is None:
+                    first = time.monotonic() - start
+                chunks.append(data)
+            return b"".join(chunks), first, time.monotonic() - start
+
+    def assert_signed_s(self, ident, iso_time=True):
+        status, headers, body = self.call(self.request_id(ident))
+        self.assertEqual(status, 200)
+        self.assert_signed(headers, body, iso_time)
+        return headers, body
 
     def assert_result(self, body, status, code):
         result = json.loads(body)["result"]
@@ -275,6 +320,116 @@ class LiveGateway(unittest.TestCase):
         self.assert_signed(headers, body)
         with self.assertRaises((ConnectionError, ssl.SSLError)):
             self.call(self.request_id("reset-1"))
+
+    # -- fault modes ----------------------------------------------------------
+
+    def test_http_status_with_signed_success(self):
+        for code in (201, 202, 429, 502, 503, 504):
+            status, headers, body = self.call(self.request_id("http-%d-x" % code))
+            self.assertEqual(status, code)
+            self.assert_signed(headers, body)
+            self.assert_result(body, "S", "SUCCESS")
+        status, headers, body = self.call(self.request_id("http-204-x"))
+        self.assertEqual((status, body), (204, b""))
+        self.assert_signed(headers, body)
+
+    def test_empty_and_gzip(self):
+        status, headers, body = self.call(self.request_id("empty-x"))
+        self.assertEqual((status, body), (200, b""))
+        self.assert_signed(headers, body)
+        status, headers, body = self.call(self.request_id("gzip-x"))
+        self.assertEqual(headers["content-encoding"], "gzip")
+        self.assert_signed(headers, body)          # over the compressed bytes
+        self.assert_result(gzip.decompress(body), "S", "SUCCESS")
+
+    def test_duplicated_headers(self):
+        _, headers, body = self.call(self.request_id("dupsig-x"))
+        sigs = headers.get_all("Signature")
+        self.assertEqual(len(sigs), 2)
+        self.assertEqual(sigs[0], sigs[1])
+        self.assert_signed(headers, body)
+        _, headers, body = self.call(self.request_id("dupsigbad-x"))
+        sigs = headers.get_all("Signature")
+        self.assertEqual(len(sigs), 2)
+        self.assert_signed(headers, body)          # the first one verifies
+        bogus = fg.decode_signature_value(fg.parse_signature_header(sigs[1])["signature"])
+        self.assertFalse(fg.verify(self.gateway_pub, fg.content_to_sign(
+            PATH, self.CLIENT_ID, headers["response-time"], body), bogus))
+        _, headers, body = self.call(self.request_id("duptime-x"))
+        times = headers.get_all("Response-Time")
+        self.assertEqual(len(times), 2)
+        self.assertNotEqual(times[0], times[1])
+        self.assert_signed(headers, body)
+        _, headers, body = self.call(self.request_id("dupclient-x"))
+        self.assertEqual(headers.get_all("Client-Id"), [self.CLIENT_ID] * 2)
+        self.assert_signed(headers, body)
+
+    def test_signature_fields(self):
+        headers, _ = self.assert_signed_s("keyversion-2-x")
+        self.assertEqual(fg.parse_signature_header(headers["signature"])["keyVersion"], "2")
+        headers, _ = self.assert_signed_s("algo-RSA512-x")
+        self.assertEqual(fg.parse_signature_header(headers["signature"])["algorithm"],
+                         "RSA512")
+
+    def test_response_time_not_a_time(self):
+        for kind, value in fg.BAD_TIMES.items():
+            headers, _ = self.assert_signed_s("rtime-%s-x" % kind, iso_time=False)
+            self.assertEqual(headers["response-time"], value)
+
+    def test_typed_and_status(self):
+        for kind, raw in fg.TYPED_BODIES.items():
+            status, headers, body = self.call(self.request_id("typed-%s-x" % kind))
+            self.assertEqual((status, body), (200, raw))
+            self.assert_signed(headers, body)
+            json.loads(body)
+        for value in ("X", "s", ""):
+            status, headers, body = self.call(self.request_id("rstatus-%s-x" % value))
+            self.assert_signed(headers, body)
+            self.assertEqual(json.loads(body)["result"]["resultStatus"], value)
+
+    def test_stalls_and_cuts(self):
+        raw, first, total = self.raw_exchange("headstall-1500-x")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"))
+        self.assert_result(body, "S", "SUCCESS")
+        self.assertLess(first, 1.0)
+        self.assertGreaterEqual(total, 1.4)
+        raw, first, total = self.raw_exchange("dribble-10-x")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assert_result(body, "S", "SUCCESS")
+        self.assertGreaterEqual(total, len(body) * 0.009)
+        raw, _, _ = self.raw_exchange("cutbody-x")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        self.assertEqual(len(body), length // 2)
+
+    def test_alt_and_silent_listeners(self):
+        raw, _, _ = self.raw_exchange("PR_ALT", port=self.alt_port)
+        self.assertTrue(raw.startswith(b"HTTP/1.1 200"))
+        sock = socket.create_connection(("127.0.0.1", self.silent_port), timeout=0.5)
+        try:
+            sock.sendall(b"\x16\x03\x01\x00\x05hello")
+            with self.assertRaises(socket.timeout):
+                sock.recv(1)
+        finally:
+            sock.close()
+
+    def test_chaos_plans(self):
+        random.seed(7)
+        plans = [fg.plan_for("load-%d" % i, 1, chaos=0.2, chaos_stall_ms=1234)
+                 for i in range(2000)]
+        faults = [p for p in plans if p.outcome.startswith("chaos:")]
+        self.assertTrue(300 < len(faults) < 500, len(faults))
+        self.assertEqual({p.outcome.split(":")[1] for p in faults},
+                         {"stall", "reset", "http500", "http503", "U", "unsigned-S",
+                          "badsig"})
+        self.assertTrue(all(p.delay_ms == 1234 for p in faults
+                            if p.outcome.startswith("chaos:stall")))
+        self.assertEqual({p.outcome for p in plans if p not in faults},
+                         {"S", "F:PROCESS_FAIL"})
+        # prefixes win over chaos, and without --chaos nothing is drawn
+        self.assertEqual(fg.plan_for("f-X-1", 1, chaos=1.0).outcome, "F:X")
+        self.assertEqual(fg.plan_for("load-1", 1).outcome, "S")
 
     def test_not_found(self):
         conn = self.connect()

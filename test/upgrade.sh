@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# test/upgrade.sh: ALTER EXTENSION alipayplus_cancel UPDATE from 1.0 to 1.1.
+# test/upgrade.sh: ALTER EXTENSION alipayplus_cancel UPDATE from every
+# released version (1.0, 1.1) to the current one (default_version).
 #
-# A database on 1.0 gets a bound orders table, a grant, a DBA policy row
-# and cancellations in every state (cancelled, flagged, waiting for a
-# retry, queued); then it is updated.  Its extension objects must then
-# match, one by one, those of a fresh 1.1 install in another database
+# A database on the old version gets a bound orders table, a grant, a DBA
+# policy row and cancellations in every state (cancelled, flagged, waiting
+# for a retry, queued); then it is updated.  Its extension objects must
+# then match, one by one, those of a fresh install in another database
 # (functions with their bodies and privileges, tables with their columns,
 # constraints, indexes and triggers, views), nothing of the ledger may be
-# lost, and the queue must carry on under 1.1's processor.
+# lost, and the queue must carry on under the current processor.
 source "$(dirname "${BASH_SOURCE[0]}")/shell_common.bash"
 
 OLD=apc_upgrade_old
 NEW=apc_upgrade_new
-TAG=$(date +%s%N)
 ROLE=apc_upgrade_app
+CURRENT=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$REPO/alipayplus_cancel.control")
+
+upgrade_from() {
+FROM=$1
+TAG=$(date +%s%N)
 
 for db in $OLD $NEW; do
 	q postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
@@ -22,8 +27,8 @@ done
 q postgres "DROP ROLE IF EXISTS $ROLE" >/dev/null 2>&1
 q postgres "CREATE ROLE $ROLE" >/dev/null
 
-psql_rig -q -d $OLD >/dev/null <<SQL || not_ok "set up 1.0"
-CREATE EXTENSION alipayplus_cancel VERSION '1.0';
+psql_rig -q -d $OLD >/dev/null <<SQL || not_ok "set up $FROM"
+CREATE EXTENSION alipayplus_cancel VERSION '$FROM';
 CREATE TABLE orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
 SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
 INSERT INTO orders (req) VALUES ('up-ok-$TAG'), ('f-PROCESS_FAIL-up-$TAG'),
@@ -35,13 +40,13 @@ SELECT * FROM alipayplus_cancel_payment(payment_request_id => 'f-PROCESS_FAIL-up
 SELECT * FROM alipayplus_cancel_payment(payment_request_id => 'seq-U.S-up-$TAG');
 SELECT alipayplus_request_cancel(payment_request_id => 'up-queued-$TAG');
 SQL
-expect "1.0 installed" "1.0" "$(q $OLD "SELECT extversion FROM pg_extension WHERE extname = 'alipayplus_cancel'")"
+expect "$FROM installed" "$FROM" "$(q $OLD "SELECT extversion FROM pg_extension WHERE extname = 'alipayplus_cancel'")"
 before=$(q $OLD "SELECT string_agg(sent_id || ':' || state || ':' || attempt_count || ':' || needs_attention, ' ' ORDER BY cancellation_id) FROM alipayplus.cancellations")
 attempts_before=$(q $OLD "SELECT count(*) FROM alipayplus.cancel_attempts")
 
 q $OLD "ALTER EXTENSION alipayplus_cancel UPDATE" >/dev/null || not_ok "ALTER EXTENSION UPDATE"
-expect "updated to 1.1" "1.1" "$(q $OLD "SELECT extversion FROM pg_extension WHERE extname = 'alipayplus_cancel'")"
-q $NEW "CREATE EXTENSION alipayplus_cancel" >/dev/null || not_ok "fresh 1.1"
+expect "updated from $FROM to $CURRENT" "$CURRENT" "$(q $OLD "SELECT extversion FROM pg_extension WHERE extname = 'alipayplus_cancel'")"
+q $NEW "CREATE EXTENSION alipayplus_cancel" >/dev/null || not_ok "fresh $CURRENT"
 
 # every object of the extension, described with what defines it
 describe() {
@@ -89,9 +94,9 @@ describe() {
 describe $OLD >"$RIG/upgrade_old.txt"
 describe $NEW >"$RIG/upgrade_new.txt"
 if diff "$RIG/upgrade_new.txt" "$RIG/upgrade_old.txt" >"$RIG/upgrade.diff"; then
-	ok "the updated objects match a fresh 1.1 install ($(wc -l <"$RIG/upgrade_new.txt") lines of description)"
+	ok "the objects updated from $FROM match a fresh $CURRENT install ($(wc -l <"$RIG/upgrade_new.txt") lines of description)"
 else
-	not_ok "the updated objects differ from a fresh 1.1 install: $(head -20 "$RIG/upgrade.diff" | tr '\n' ' ')"
+	not_ok "the objects updated from $FROM differ from a fresh $CURRENT install: $(head -20 "$RIG/upgrade.diff" | tr '\n' ' ')"
 fi
 
 expect "no ledger row changed by the update" "$before" \
@@ -104,19 +109,25 @@ expect "the DBA's policy row survived" "1" \
 expect "the orders are still guarded" "ZA001" \
 	"$($PGBIN/psql -X -qAt -d $OLD -v VERBOSITY=verbose -c "UPDATE orders SET st = 'PAID' WHERE req = 'up-ok-$TAG'" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p')"
 
-# the queue carries on under 1.1
+# the queue carries on under the current version
 q $OLD "UPDATE alipayplus.cancellations SET next_attempt_at = now() WHERE state = 'CANCELLING' AND NOT needs_attention" >/dev/null
 psql_rig -q -d $OLD -c "SET client_min_messages = warning" -c "CALL alipayplus_process_backlog()" >/dev/null 2>&1 ||
-	not_ok "the 1.1 processor ran on the updated database"
+	not_ok "the $CURRENT processor ran on the database updated from $FROM"
 expect "after the update the queue carries on: queued and retried ones cancelled, the flagged one still flagged" \
 	"up-ok-$TAG:CANCELLED f-PROCESS_FAIL-up-$TAG:CANCELLING:t seq-U.S-up-$TAG:CANCELLED up-queued-$TAG:CANCELLED" \
 	"$(q $OLD "SELECT string_agg(sent_id || ':' || state || CASE WHEN needs_attention THEN ':t' ELSE '' END, ' ' ORDER BY cancellation_id) FROM alipayplus.cancellations")"
 expect "the orders followed" "CANCELLED CANCELLING CANCELLED CANCELLED" \
 	"$(q $OLD "SELECT string_agg(st, ' ' ORDER BY c.cancellation_id) FROM orders o JOIN alipayplus.cancellations c ON c.sent_id = o.req")"
-expect "the updated database has the 1.1 objects" "t|t" \
-	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL")"
+expect "the database updated from $FROM has the 1.1 and 1.2 objects" "t|t|c|t" \
+	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL,
+		(SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'alipayplus._settle(alipayplus.cancellations, record, text)'::regprocedure),
+		to_regprocedure('alipayplus._apply_result(alipayplus.cancellations, alipayplus.cancel_attempts)') IS NULL")"
 
 q postgres "DROP DATABASE $OLD WITH (FORCE)" >/dev/null 2>&1
 q postgres "DROP DATABASE $NEW WITH (FORCE)" >/dev/null 2>&1
 q postgres "DROP ROLE IF EXISTS $ROLE" >/dev/null 2>&1
+}
+
+upgrade_from 1.0
+upgrade_from 1.1
 finish

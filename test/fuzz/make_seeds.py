@@ -54,6 +54,9 @@ def responses():
     write("response", "twice", b'{"result":{"resultStatus":"S","resultStatus":"F",'
           b'"resultCode":"A","resultCode":""},"acquirerId":1,"pspId":"\\u0000"}')
     write("response", "latin1_raw", b'{"result":{"resultStatus":"F","resultCode":"\xe9"}}')
+    write("response", "typed_fields", b'{"acquirerId":1,"pspId":null,"result":'
+          b'{"resultStatus":"S","resultCode":["SUCCESS"],"resultMessage":{}}}')
+    write("response", "status_ss", b'{"result":{"resultStatus":"SS","resultCode":"SUCCESS"}}')
     write("response", "c1_controls", '{"result":{"resultStatus":"F","resultCode":'
           '"A\u0085\u009f\u00a0\\u0085\\u007f\\n","resultMessage":"\U0001F600\u4e2d"}}')
 
@@ -86,6 +89,11 @@ def signatures():
     write("signature", "no_field", "algorithm=RSA256,,keyVersion,signature=AAAA")
     write("signature", "padding_only", "signature====")
     write("signature", "request_header", vb["b1_request"]["signature_header"])
+    write("signature", "key_version_2", "algorithm=RSA256,keyVersion=2,signature=" + value)
+    write("signature", "key_version_padded", "keyVersion = 0001 ,signature=" + value)
+    write("signature", "key_version_twice",
+          "keyVersion=1,keyVersion=1,signature=" + value)
+    write("signature", "key_version_huge", "keyVersion=99999999999999999999,signature=" + value)
     write("signature", "percent_odd", "signature=%2%zz%%41+/=%00AA")
 
 

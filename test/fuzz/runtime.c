@@ -565,6 +565,7 @@ cstring_to_text(const char *s)
 char	   *aps_private_key_file = NULL;
 char	   *aps_public_key_file = NULL;
 int			aps_key_version = 1;
+int			aps_response_key_version = 1;	/* test vector B's keyVersion */
 
 /* ---------- checks shared by the harnesses ---------- */
 

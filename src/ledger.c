@@ -1,0 +1,1014 @@
+/*-------------------------------------------------------------------------
+ *
+ * ledger.c
+ *	  The ledger's rules for one payment: mark it CANCELLING, record an
+ *	  attempt, apply its result.
+ *
+ * These are the rules of alipayplus.cancellations and cancel_attempts, in
+ * one place: alipayplus_cancel_payment(), the transactional outbox
+ * (alipayplus_request_cancel, through alipayplus._mark_cancelling) and the
+ * processor (through alipayplus._settle) all come here.  Each rule is one
+ * SQL statement below, prepared once per backend and kept (SPI_keepplan),
+ * so a call pays for executing them and nothing else; the C around them
+ * only decides which statement runs, in the order the rules say:
+ *
+ *	mark:	validate the ids; lock the bound order (if a table is bound);
+ *			refuse refunds; find the ledger row by the one id it sends, or
+ *			create it if the payment is still in its cancel window; move
+ *			the bound order to the cancelling (or cancelled) value.
+ *	settle: in a subtransaction, record the attempt and apply it: S makes
+ *			the row and the order CANCELLED; otherwise the result policy
+ *			chooses a retry after backoff or a flag for a person.  If that
+ *			fails (the order's trigger refused, a cancel arrived), the
+ *			answer is recorded anyway and the row flagged, never lost.
+ *
+ * Work on a bound orders table goes through the SQL helpers
+ * alipayplus._lock_order and _set_order_status, which run it as the
+ * table's owner (src/orders.c); those statements are only run when a
+ * table is bound.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/datum.h"
+#include "utils/typcache.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/tuplestore.h"
+
+#include "alipayplus_cancel.h"
+
+PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
+PG_FUNCTION_INFO_V1(alipayplus_settle);
+PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
+
+/* The statements, in the order the rules use them */
+enum
+{
+	Q_BINDING,
+	Q_LOCK_ORDER,
+	Q_REFUND,
+	Q_FIND,
+	Q_WINDOW,
+	Q_INSERT,
+	Q_SET_ORDER,
+	Q_RECORD,
+	Q_APPLY_S,
+	Q_POLICY,
+	Q_APPLY_OTHER,
+	Q_NOT_APPLIED,
+	Q_INTERRUPTED,
+	Q_STORED_S,
+	NUM_QUERIES
+};
+
+typedef struct LedgerQuery
+{
+	const char *sql;			/* @extschema@ stands for the extension's schema */
+	int			nargs;
+	Oid			argtypes[14];
+} LedgerQuery;
+
+static const LedgerQuery queries[NUM_QUERIES] = {
+	[Q_BINDING] = {
+		"SELECT b.cancelling_value, b.cancelled_value FROM alipayplus.order_binding b",
+		0, {0}
+	},
+	[Q_LOCK_ORDER] = {
+		"SELECT o.order_found, o.request_id, o.payment_id, o.initiated_at, o.status"
+		" FROM alipayplus._lock_order($1, $2) o",
+		2, {TEXTOID, TEXTOID}
+	},
+	/* refunds cannot be cancelled */
+	[Q_REFUND] = {
+		"SELECT 1 FROM alipayplus.known_refunds r"
+		" WHERE r.refund_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
+		2, {TEXTOID, TEXTOID}
+	},
+	/* one ledger row per payment, keyed by the id it sends */
+	[Q_FIND] = {
+		"SELECT x FROM alipayplus.cancellations x"
+		" WHERE x.sent_field OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+		2, {TEXTOID, TEXTOID}
+	},
+	/* a new row only while Alipay+ still accepts cancelPayment */
+	[Q_WINDOW] = {
+		"SELECT @extschema@.alipayplus_cancel_window_open($1, pg_catalog.now()),"
+		" @extschema@.alipayplus_cancel_deadline($1)",
+		1, {TIMESTAMPTZOID}
+	},
+	[Q_INSERT] = {
+		"INSERT INTO alipayplus.cancellations AS x"
+		" (sent_field, sent_id, payment_request_id, payment_id, initiated_at,"
+		" deadline, next_attempt_at)"
+		" VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.now())"
+		" ON CONFLICT (sent_field, sent_id) DO NOTHING RETURNING x",
+		6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[Q_SET_ORDER] = {
+		"SELECT alipayplus._set_order_status($1, $2, $3, $4, $5)",
+		5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/* every attempt is kept */
+	[Q_RECORD] = {
+		"INSERT INTO alipayplus.cancel_attempts AS x"
+		" (cancellation_id, sent_field, sent_id, request_time, http_status,"
+		" result_status, result_code, result_message, acquirer_id, psp_id,"
+		" signature_verified, latency_ms, error_detail, caller)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+		" RETURNING x",
+		14, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID}
+	},
+	/* S: cancelled, final */
+	[Q_APPLY_S] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" state = 'CANCELLED', cancelled_at = pg_catalog.now(),"
+		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
+		" unanswered_streak = 0,"
+		" last_result_status = a.result_status, last_result_code = a.result_code,"
+		" last_result_message = a.result_message, last_attempt_at = a.attempted_at,"
+		" next_attempt_at = NULL, needs_attention = false, attention_reason = NULL,"
+		" acquirer_id = a.acquirer_id, psp_id = a.psp_id"
+		" FROM alipayplus.cancel_attempts a"
+		" WHERE a.attempt_id OPERATOR(pg_catalog.=) $2"
+		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" RETURNING x.state, x.needs_attention, x.attention_reason",
+		2, {INT8OID, INT8OID}
+	},
+	/* a DBA row (builtin = false) overrides the built-in one */
+	[Q_POLICY] = {
+		"SELECT p.action, p.note FROM alipayplus.result_policy p"
+		" WHERE p.result_code OPERATOR(pg_catalog.=) $1 ORDER BY p.builtin LIMIT 1",
+		1, {TEXTOID}
+	},
+
+	/*
+	 * F or U: retry after backoff, or flag for a person when the policy
+	 * says so or the retry budget is spent.  $3 is the action, $4 the
+	 * policy's note, $5 the attempt number within the retry budget, $6
+	 * alipayplus.max_attempts.
+	 */
+	[Q_APPLY_OTHER] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
+		" unanswered_streak = CASE WHEN alipayplus._unanswered(a.result_code)"
+		"   THEN x.unanswered_streak OPERATOR(pg_catalog.+) 1 ELSE 0 END,"
+		" last_result_status = a.result_status, last_result_code = a.result_code,"
+		" last_result_message = a.result_message, last_attempt_at = a.attempted_at,"
+		" needs_attention = ($3 OPERATOR(pg_catalog.=) 'attention'"
+		"   OR $5 OPERATOR(pg_catalog.>=) $6),"
+		" attention_reason = CASE"
+		"   WHEN $3 OPERATOR(pg_catalog.=) 'attention' AND $4 IS NOT NULL THEN"
+		"     pg_catalog.format('%s %s from Alipay+: %s', a.result_status, a.result_code, $4)"
+		"   WHEN $3 OPERATOR(pg_catalog.=) 'attention' THEN"
+		"     pg_catalog.format('%s %s from Alipay+, a code the result policy does not know:"
+		" Alipay+ refused the cancellation and a person must decide (see last_result_message;"
+		" connect_support@service.alipay.com)', a.result_status, a.result_code)"
+		"   WHEN $5 OPERATOR(pg_catalog.>=) $6 THEN"
+		"     pg_catalog.format('no result after %s attempts (last: %s %s); contact Alipay+"
+		" support at connect_support@service.alipay.com', $5, a.result_status, a.result_code)"
+		"   END,"
+		" next_attempt_at = CASE"
+		"   WHEN $3 OPERATOR(pg_catalog.=) 'attention' OR $5 OPERATOR(pg_catalog.>=) $6 THEN NULL"
+		"   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+		"     alipayplus._retry_delay($5, a.result_status OPERATOR(pg_catalog.=) 'F')"
+		"   END"
+		" FROM alipayplus.cancel_attempts a"
+		" WHERE a.attempt_id OPERATOR(pg_catalog.=) $2"
+		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" RETURNING x.state, x.needs_attention, x.attention_reason",
+		6, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, INT4OID}
+	},
+
+	/*
+	 * An answer that could not be applied: kept, and a person asked.  A
+	 * verified S still makes the ledger row CANCELLED: Alipay+ has
+	 * cancelled the payment, whatever the order table thinks.
+	 */
+	[Q_NOT_APPLIED] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" state = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN 'CANCELLED' ELSE x.state END,"
+		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN pg_catalog.now() END,"
+		" acquirer_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.acquirer_id ELSE x.acquirer_id END,"
+		" psp_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.psp_id ELSE x.psp_id END,"
+		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
+		" unanswered_streak = 0,"
+		" last_result_status = a.result_status, last_result_code = a.result_code,"
+		" last_result_message = a.result_message, last_attempt_at = a.attempted_at,"
+		" next_attempt_at = NULL,"
+		" needs_attention = true,"
+		" attention_reason = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN"
+		"   pg_catalog.format('Alipay+ cancelled the payment (verified S, attempt %s), but the bound order"
+		" could not be updated: %s; fix that, then run alipayplus_requeue_cancellation(%s)',"
+		"   a.attempt_id, $3, x.cancellation_id)"
+		"   ELSE pg_catalog.format('Alipay+ answered %s %s, but the result could not be applied: %s;"
+		" fix that, then run alipayplus_requeue_cancellation(%s)',"
+		"   a.result_status, a.result_code, $3, x.cancellation_id)"
+		"   END"
+		" FROM alipayplus.cancel_attempts a"
+		" WHERE a.attempt_id OPERATOR(pg_catalog.=) $2"
+		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" RETURNING x.state, x.needs_attention, x.attention_reason",
+		3, {INT8OID, INT8OID, TEXTOID}
+	},
+	/* tells the processor that a cancel arrived while an answer was applied */
+	[Q_INTERRUPTED] = {
+		"SELECT pg_catalog.set_config('alipayplus_cancel.interrupted', 'true', true)",
+		0, {0}
+	},
+	/* an already cancelled payment answers with its own verified S */
+	[Q_STORED_S] = {
+		"SELECT a.result_code, a.result_message, a.acquirer_id, a.psp_id, a.attempt_id"
+		" FROM alipayplus.cancel_attempts a"
+		" WHERE a.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND a.result_status OPERATOR(pg_catalog.=) 'S'"
+		" ORDER BY a.attempt_id DESC LIMIT 1",
+		1, {INT8OID}
+	},
+};
+
+/* The types of alipayplus._call_cancel's columns (aps_call_column_names) */
+static const Oid call_column_types[APS_CALL_NUM_COLS] = {
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, BOOLOID, FLOAT8OID, TEXTOID
+};
+
+/* The kept plans, and the extension they were made for */
+static SPIPlanPtr plans[NUM_QUERIES];
+static Oid	plans_extension = InvalidOid;
+
+/* What the rules need of a ledger row */
+typedef struct LedgerRow
+{
+	Datum		row;			/* the alipayplus.cancellations row */
+	int64		cancellation_id;
+	char	   *sent_field;
+	char	   *sent_id;
+	char	   *state;
+	int32		attempt_count;
+	int32		retry_budget_start;
+	/* the bound order's values, when a table is bound; read once per call */
+	bool		binding_known;
+	bool		bound;
+	char	   *cancelling_value;
+	char	   *cancelled_value;
+} LedgerRow;
+
+/* The outcome of settling one answer */
+typedef struct Settled
+{
+	Datum		attempt;		/* the alipayplus.cancel_attempts row */
+	char	   *state;			/* the ledger row's state afterwards */
+} Settled;
+
+/* The schema the extension was created in (PostgreSQL 15 has no function for it) */
+static Oid
+extension_schema(Oid ext)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			schema = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		schema = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return schema;
+}
+
+/*
+ * The statements' plans, made on first use and kept.  If the extension was
+ * dropped and created again (its schema may differ), they are made anew.
+ */
+static void
+prepare_plans(void)
+{
+	Oid			ext = get_extension_oid("alipayplus_cancel", false);
+	char	   *schema;
+	int			i;
+
+	if (ext == plans_extension && plans[0] != NULL)
+		return;
+	for (i = 0; i < NUM_QUERIES; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	plans_extension = InvalidOid;
+	schema = get_namespace_name(extension_schema(ext));
+	if (schema == NULL)
+		elog(ERROR, "the schema of extension alipayplus_cancel was not found");
+	schema = (char *) quote_identifier(schema);
+	for (i = 0; i < NUM_QUERIES; i++)
+	{
+		const char *sql = queries[i].sql;
+		const char *at;
+		StringInfoData text;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&text);
+		while ((at = strstr(sql, "@extschema@")) != NULL)
+		{
+			appendBinaryStringInfo(&text, sql, at - sql);
+			appendStringInfoString(&text, schema);
+			sql = at + strlen("@extschema@");
+		}
+		appendStringInfoString(&text, sql);
+		plan = SPI_prepare(text.data, queries[i].nargs,
+						   (Oid *) queries[i].argtypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a ledger statement: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep a ledger statement");
+		plans[i] = plan;
+	}
+	plans_extension = ext;
+}
+
+/* Run statement q; returns the number of rows */
+static uint64
+run(int q, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "ledger statement %d failed: %s", q,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/* Column col (from 1) of row i of the last statement, as text or NULL */
+static char *
+col_text(uint64 i, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, col);
+}
+
+static Datum
+col_datum(uint64 i, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, col,
+						 isnull);
+}
+
+static inline Datum
+text_or_null(const char *s, char *nulls, int i)
+{
+	if (s == NULL)
+	{
+		nulls[i] = 'n';
+		return (Datum) 0;
+	}
+	nulls[i] = ' ';
+	return CStringGetTextDatum(s);
+}
+
+/*
+ * Column "name" of a composite value, which must be of type "type".  The
+ * rows come from the extension's own tables or from a caller of _settle:
+ * a column of another type (a DBA's ALTER TABLE, a hand-made record) is
+ * an error, never a misread.
+ */
+static Datum
+field(HeapTupleHeader row, const char *name, Oid type, bool *isnull)
+{
+	TupleDesc	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row),
+											  HeapTupleHeaderGetTypMod(row));
+	HeapTupleData tuple;
+	Oid			found = InvalidOid;
+	int			i;
+	Datum		d;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+		{
+			found = att->atttypid;
+			break;
+		}
+	}
+	if (found != type)
+	{
+		ReleaseTupleDesc(desc);
+		if (found == InvalidOid)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("the row has no column \"%s\"", name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of the row is of type %s, not %s",
+						name, format_type_be(found), format_type_be(type))));
+	}
+	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+	ItemPointerSetInvalid(&(tuple.t_self));
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = row;
+	d = heap_getattr(&tuple, i + 1, desc, isnull);
+	ReleaseTupleDesc(desc);
+	return d;
+}
+
+static char *
+field_text(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		d = field(row, name, TEXTOID, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static int64
+field_int8(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		d = field(row, name, INT8OID, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("column \"%s\" of the row is NULL", name)));
+	return DatumGetInt64(d);
+}
+
+static int32
+field_int4(HeapTupleHeader row, const char *name)
+{
+	bool		isnull;
+	Datum		d = field(row, name, INT4OID, &isnull);
+
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("column \"%s\" of the row is NULL", name)));
+	return DatumGetInt32(d);
+}
+
+/* The ledger row's columns the rules use */
+static void
+ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
+{
+	c->cancellation_id = field_int8(h, "cancellation_id");
+	c->sent_field = field_text(h, "sent_field");
+	c->sent_id = field_text(h, "sent_id");
+	c->state = field_text(h, "state");
+	c->attempt_count = field_int4(h, "attempt_count");
+	c->retry_budget_start = field_int4(h, "retry_budget_start");
+	if (c->sent_field == NULL || c->sent_id == NULL || c->state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the ledger row lacks its sent id or state")));
+}
+
+/*
+ * A ledger row from the composite Datum in column 1 of the last
+ * statement's row 0, copied into the caller's memory (outside SPI's).
+ */
+static void
+ledger_row_from_result(LedgerRow *c, MemoryContext mcxt)
+{
+	bool		isnull;
+	Datum		d = col_datum(0, 1, &isnull);
+	MemoryContext old;
+	HeapTupleHeader h;
+
+	old = MemoryContextSwitchTo(mcxt);
+	c->row = datumCopy(d, false, -1);
+	h = DatumGetHeapTupleHeader(c->row);
+	ledger_row_fields(c, h);
+	MemoryContextSwitchTo(old);
+}
+
+/* The bound order's cancelling and cancelled values; false if none is bound */
+static bool
+binding(char **cancelling, char **cancelled, MemoryContext mcxt)
+{
+	MemoryContext old;
+
+	if (run(Q_BINDING, NULL, NULL) == 0)
+		return false;
+	old = MemoryContextSwitchTo(mcxt);
+	*cancelling = col_text(0, 1);
+	*cancelled = col_text(0, 2);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+static void
+set_order_status(const char *field, const char *id, const char *status,
+				 const char *ledger_field, const char *ledger_id)
+{
+	Datum		v[5];
+	char		n[5];
+
+	v[0] = text_or_null(field, n, 0);
+	v[1] = text_or_null(id, n, 1);
+	v[2] = text_or_null(status, n, 2);
+	v[3] = text_or_null(ledger_field, n, 3);
+	v[4] = text_or_null(ledger_id, n, 4);
+	run(Q_SET_ORDER, v, n);
+}
+
+/*
+ * Mark a payment CANCELLING in the ledger (and its bound order), creating
+ * the ledger row if needed; *c is the row, locked.  The row is keyed by
+ * the one id it sends: the request id when known (given, or read from the
+ * bound order), else the payment id.  Refuses refunds and payments past
+ * their cancel deadline before changing anything.  SPI must be connected;
+ * *c is allocated in mcxt.
+ */
+static void
+mark_cancelling(const char *payment_id, const char *request_id,
+				bool has_initiated, TimestampTz initiated, LedgerRow *c,
+				MemoryContext mcxt)
+{
+	const char *lock_field = request_id ? "paymentRequestId" : "paymentId";
+	const char *lock_id = request_id ? request_id : payment_id;
+	char	   *cancelling = NULL;
+	char	   *cancelled = NULL;
+	bool		bound;
+	bool		order_found = false;
+	char	   *order_status = NULL;
+	const char *field;
+	const char *id;
+	Datum		v[6];
+	char		n[6];
+
+	aps_check_id_pair(payment_id, request_id);
+	prepare_plans();
+
+	bound = binding(&cancelling, &cancelled, mcxt);
+	c->binding_known = true;
+	c->bound = bound;
+	c->cancelling_value = cancelling;
+	c->cancelled_value = cancelled;
+	if (bound)
+	{
+		v[0] = text_or_null(lock_field, n, 0);
+		v[1] = text_or_null(lock_id, n, 1);
+		run(Q_LOCK_ORDER, v, n);
+		if (SPI_processed == 1 && strcmp(col_text(0, 1), "t") == 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(mcxt);
+			bool		isnull;
+			Datum		d;
+
+			order_found = true;
+			if (request_id == NULL)
+				request_id = col_text(0, 2);
+			if (payment_id == NULL)
+				payment_id = col_text(0, 3);
+			d = col_datum(0, 4, &isnull);
+			if (!has_initiated && !isnull)
+			{
+				has_initiated = true;
+				initiated = DatumGetTimestampTz(d);
+			}
+			order_status = col_text(0, 5);
+			MemoryContextSwitchTo(old);
+		}
+	}
+
+	v[0] = text_or_null(payment_id, n, 0);
+	v[1] = text_or_null(request_id, n, 1);
+	if (run(Q_REFUND, v, n) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_IS_A_REFUND),
+				 errmsg("%s is a refund, not a payment",
+						request_id ? request_id : payment_id),
+				 errdetail("It is listed in alipayplus.known_refunds."),
+				 errhint("cancelPayment works on payments only; a refund cannot be cancelled.")));
+
+	field = request_id ? "paymentRequestId" : "paymentId";
+	id = request_id ? request_id : payment_id;
+	v[0] = text_or_null(field, n, 0);
+	v[1] = text_or_null(id, n, 1);
+	if (run(Q_FIND, v, n) == 0)
+	{
+		bool		isnull = true;
+		Datum		deadline = (Datum) 0;
+
+		if (has_initiated)
+		{
+			Datum		w[1];
+
+			w[0] = TimestampTzGetDatum(initiated);
+			run(Q_WINDOW, w, " ");
+			deadline = col_datum(0, 2, &isnull);
+			{
+				bool		open_null;
+				bool		open = DatumGetBool(col_datum(0, 1, &open_null));
+
+				if (!open_null && !open)
+					ereport(ERROR,
+							(errcode(ERRCODE_APS_WINDOW_CLOSED),
+							 errmsg("payment %s can no longer be cancelled: its cancel window closed at %s",
+									id, col_text(0, 2)),
+							 errdetail("The payment was initiated at %s; Alipay+ accepts cancelPayment until 00:15 UTC+8 on the next day.",
+									   DatumGetCString(DirectFunctionCall1(timestamptz_out,
+																		   TimestampTzGetDatum(initiated)))),
+							 errhint("Refund the payment instead.")));
+			}
+		}
+		v[2] = text_or_null(request_id, n, 2);
+		v[3] = text_or_null(payment_id, n, 3);
+		v[4] = TimestampTzGetDatum(initiated);
+		n[4] = has_initiated ? ' ' : 'n';
+		v[5] = deadline;
+		n[5] = isnull ? 'n' : ' ';
+		if (run(Q_INSERT, v, n) == 0)
+		{
+			/* a concurrent request created it and has committed */
+			v[2] = v[3] = v[4] = v[5] = (Datum) 0;
+			if (run(Q_FIND, v, n) == 0)
+				elog(ERROR, "the ledger row for %s %s vanished", field, id);
+			ledger_row_from_result(c, mcxt);
+		}
+		else
+		{
+			ledger_row_from_result(c, mcxt);
+			Async_Notify("alipayplus_cancellations",
+						 psprintf(INT64_FORMAT, c->cancellation_id));
+		}
+	}
+	else
+		ledger_row_from_result(c, mcxt);
+
+	if (order_found)
+	{
+		if (strcmp(c->state, "CANCELLED") == 0)
+			set_order_status(lock_field, lock_id, cancelled,
+							 c->sent_field, c->sent_id);
+		else if ((order_status == NULL) != (cancelled == NULL) ||
+				 (order_status != NULL && strcmp(order_status, cancelled) != 0))
+			set_order_status(lock_field, lock_id, cancelling,
+							 c->sent_field, c->sent_id);
+	}
+}
+
+/*
+ * Record one attempt (what the call returned, in the columns of
+ * alipayplus._call_cancel) and return it; *attempt_id is its id.
+ */
+static Datum
+record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
+			   int64 *attempt_id, char **result_code, MemoryContext mcxt)
+{
+	Datum		v[14];
+	char		n[14];
+	int			i;
+	bool		isnull;
+	MemoryContext old;
+	Datum		a;
+	HeapTupleHeader h;
+
+	v[0] = Int64GetDatum(c->cancellation_id);
+	n[0] = ' ';
+	for (i = 0; i < APS_CALL_NUM_COLS; i++)
+	{
+		v[i + 1] = r->values[i];
+		n[i + 1] = r->nulls[i] ? 'n' : ' ';
+	}
+	v[13] = CStringGetTextDatum(caller);
+	n[13] = ' ';
+	if (run(Q_RECORD, v, n) != 1)
+		elog(ERROR, "an attempt was not recorded");
+	old = MemoryContextSwitchTo(mcxt);
+	a = datumCopy(col_datum(0, 1, &isnull), false, -1);
+	h = DatumGetHeapTupleHeader(a);
+	*attempt_id = field_int8(h, "attempt_id");
+	*result_code = field_text(h, "result_code");
+	MemoryContextSwitchTo(old);
+	return a;
+}
+
+/*
+ * Apply a recorded attempt to the ledger row and the bound order: S makes
+ * both CANCELLED; otherwise the result policy decides between a retry
+ * after backoff and a flag for a person.  Returns the row's state.
+ */
+static char *
+apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
+			 const char *code, MemoryContext mcxt)
+{
+	Datum		v[6];
+	char		n[6] = "      ";
+	char	   *state;
+	MemoryContext old;
+
+	v[0] = Int64GetDatum(c->cancellation_id);
+	v[1] = Int64GetDatum(attempt_id);
+	if (strcmp(status, "S") == 0)
+	{
+		char	   *cancelling = c->cancelling_value;
+		char	   *cancelled = c->cancelled_value;
+		bool		bound = c->bound;
+
+		if (run(Q_APPLY_S, v, n) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION),
+					 errmsg("the update of ledger row %lld changed nothing",
+							(long long) c->cancellation_id),
+					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
+		old = MemoryContextSwitchTo(mcxt);
+		state = col_text(0, 1);
+		MemoryContextSwitchTo(old);
+		if (!c->binding_known)
+			bound = binding(&cancelling, &cancelled, mcxt);
+		if (bound)
+			set_order_status(c->sent_field, c->sent_id, cancelled, NULL, NULL);
+		return state;
+	}
+	else
+	{
+		Datum		p[1];
+		char	   *action = NULL;
+		char	   *note = NULL;
+		int32		attempt_no;
+
+		p[0] = CStringGetTextDatum(code ? code : "");
+		if (code != NULL && run(Q_POLICY, p, " ") == 1)
+		{
+			old = MemoryContextSwitchTo(mcxt);
+			action = col_text(0, 1);
+			note = col_text(0, 2);
+			MemoryContextSwitchTo(old);
+		}
+		if (action == NULL || strcmp(action, "done") == 0)
+			action = strcmp(status, "U") == 0 ? "retry" : "attention";
+		attempt_no = c->attempt_count + 1 - c->retry_budget_start;
+
+		v[2] = CStringGetTextDatum(action);
+		v[3] = text_or_null(note, n, 3);
+		v[4] = Int32GetDatum(attempt_no);
+		v[5] = Int32GetDatum(aps_max_attempts);
+		if (run(Q_APPLY_OTHER, v, n) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION),
+					 errmsg("the update of ledger row %lld changed nothing",
+							(long long) c->cancellation_id),
+					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
+		old = MemoryContextSwitchTo(mcxt);
+		state = col_text(0, 1);
+		MemoryContextSwitchTo(old);
+		return state;
+	}
+}
+
+/*
+ * Record an answer and apply it, in a subtransaction: if applying fails
+ * (the order's trigger or CHECK refused, a query cancel or statement
+ * timeout arrived), the answer is recorded anyway, the row flagged with
+ * the error, and a WARNING says so.  The call itself was made before, not
+ * in the subtransaction, so that an interrupt during it ends the statement.
+ * SPI must be connected; *out is allocated in mcxt.
+ */
+static void
+settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
+	   Settled *out, MemoryContext mcxt)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	const char *status = TextDatumGetCString(r->values[APS_CALL_RESULT_STATUS]);
+	int64		attempt_id;
+	char	   *code;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(mcxt);
+	PG_TRY();
+	{
+		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
+		out->state = apply_result(c, attempt_id, status, code, mcxt);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(mcxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *why;
+		Datum		v[3];
+		char		n[3] = "   ";
+
+		MemoryContextSwitchTo(mcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(mcxt);
+		CurrentResourceOwner = owner;
+
+		/* a cancel while applying: the answer is kept and the run told to stop */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			run(Q_INTERRUPTED, NULL, NULL);
+		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
+		why = psprintf("%s (SQLSTATE %s)", edata->message,
+					   unpack_sql_state(edata->sqlerrcode));
+		v[0] = Int64GetDatum(c->cancellation_id);
+		v[1] = Int64GetDatum(attempt_id);
+		v[2] = CStringGetTextDatum(why);
+		if (run(Q_NOT_APPLIED, v, n) != 1)
+		{
+			/*
+			 * Something (a DBA's trigger on the ledger) skipped even this
+			 * update: the attempt stays recorded, the row as it was.
+			 */
+			out->state = MemoryContextStrdup(mcxt, c->state);
+			ereport(WARNING,
+					(errmsg("Alipay+ answered %s, but neither the result nor the failure to apply it could be written to ledger row %lld: %s",
+							status, (long long) c->cancellation_id, why),
+					 errdetail("The answer is kept as attempt %lld.",
+							   (long long) attempt_id)));
+		}
+		else
+		{
+			out->state = MemoryContextStrdup(mcxt, col_text(0, 1));
+			ereport(WARNING,
+					(errmsg("%s", col_text(0, 3))));
+		}
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+static char *
+arg_text(FunctionCallInfo fcinfo, int i)
+{
+	return PG_ARGISNULL(i) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(i));
+}
+
+/*
+ * alipayplus._mark_cancelling(payment_id, payment_request_id, initiated_at)
+ * RETURNS alipayplus.cancellations: see mark_cancelling().
+ */
+Datum
+alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	LedgerRow	c;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
+					!PG_ARGISNULL(2),
+					PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), &c, outer);
+	SPI_finish();
+	PG_RETURN_DATUM(c.row);
+}
+
+/*
+ * alipayplus._settle(c alipayplus.cancellations, r record, caller text)
+ * RETURNS alipayplus.cancel_attempts: record and apply r, a row with the
+ * columns of alipayplus._call_cancel (more columns are ignored), for the
+ * locked ledger row c.
+ */
+Datum
+alipayplus_settle(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader ch;
+	HeapTupleHeader rh;
+	char	   *caller;
+	LedgerRow	c;
+	ApsCallResult r;
+	Settled		s;
+	int			i;
+	MemoryContext outer = CurrentMemoryContext;
+
+	/* declared STRICT; checked again for a definition that is not */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	ch = PG_GETARG_HEAPTUPLEHEADER(0);
+	rh = PG_GETARG_HEAPTUPLEHEADER(1);
+	caller = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	memset(&c, 0, sizeof(c));
+	c.row = PointerGetDatum(ch);
+	ledger_row_fields(&c, ch);
+	c.binding_known = false;
+	for (i = 0; i < APS_CALL_NUM_COLS; i++)
+		r.values[i] = field(rh, aps_call_column_names[i], call_column_types[i],
+							&r.nulls[i]);
+	if (r.nulls[APS_CALL_RESULT_STATUS])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the result to settle has no result_status")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	settle(&c, &r, caller, &s, outer);
+	SPI_finish();
+	PG_RETURN_DATUM(s.attempt);
+}
+
+/*
+ * alipayplus_cancel_payment(payment_id, payment_request_id): mark the
+ * payment CANCELLING, call cancelPayment now and apply the result, all in
+ * the caller's transaction.  One row: the attempt's result (or, for a
+ * payment already cancelled, its own verified S, with no call), the
+ * attempt and ledger row ids, and the row's state.
+ */
+Datum
+alipayplus_cancel_payment(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *payment_id = arg_text(fcinfo, 0);
+	char	   *request_id = arg_text(fcinfo, 1);
+	EVP_PKEY   *key;
+	LedgerRow	c;
+	Datum		values[8];
+	bool		nulls[8];
+	int			i;
+	MemoryContext outer;
+
+	InitMaterializedSRF(fcinfo, 0);
+	memset(nulls, 0, sizeof(nulls));
+	outer = CurrentMemoryContext;
+
+	/* configuration problems are reported before anything is marked */
+	key = aps_check_config();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	mark_cancelling(payment_id, request_id, false, 0, &c, outer);
+
+	if (strcmp(c.state, "CANCELLED") == 0)
+	{
+		Datum		v[1];
+
+		/* already cancelled: report its own verified success, call nothing */
+		v[0] = Int64GetDatum(c.cancellation_id);
+		values[0] = CStringGetTextDatum("S");
+		if (run(Q_STORED_S, v, " ") == 1)
+		{
+			for (i = 1; i <= 5; i++)
+			{
+				values[i] = col_datum(0, i, &nulls[i]);
+				if (!nulls[i])
+					values[i] = SPI_datumTransfer(values[i], i == 5, i == 5 ? 8 : -1);
+			}
+		}
+		else
+			for (i = 1; i <= 5; i++)
+				nulls[i] = true;
+	}
+	else
+	{
+		ApsCallResult r;
+		Settled		s;
+		HeapTupleHeader h;
+
+		/*
+		 * The key again: marking ran the order owner's code, which may
+		 * have reloaded the key cache and freed the one checked above.
+		 */
+		key = aps_private_key();
+		aps_call_one(c.sent_field, c.sent_id, key, &r);
+		settle(&c, &r, "alipayplus_cancel_payment", &s, outer);
+		c.state = s.state;
+		h = DatumGetHeapTupleHeader(s.attempt);
+		values[0] = field(h, "result_status", TEXTOID, &nulls[0]);
+		values[1] = field(h, "result_code", TEXTOID, &nulls[1]);
+		values[2] = field(h, "result_message", TEXTOID, &nulls[2]);
+		values[3] = field(h, "acquirer_id", TEXTOID, &nulls[3]);
+		values[4] = field(h, "psp_id", TEXTOID, &nulls[4]);
+		values[5] = field(h, "attempt_id", INT8OID, &nulls[5]);
+	}
+	values[6] = Int64GetDatum(c.cancellation_id);
+	values[7] = CStringGetTextDatum(c.state);
+
+	/* copied into the result before SPI's memory, which some values use, goes */
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	SPI_finish();
+	return (Datum) 0;
+}
