@@ -49,6 +49,7 @@ SELECT try_fault('gzip never asked for, signed', 'gzip-fm');
 -- duplicated headers
 SELECT try_fault('Signature twice, both valid', 'dupsig-fm');
 SELECT try_fault('Signature twice, valid + bogus', 'dupsigbad-fm');
+SELECT try_fault('Signature again in a trailer', 'trailersig-fm');
 SELECT try_fault('Response-Time twice', 'duptime-fm');
 SELECT try_fault('Client-Id twice', 'dupclient-fm');
 -- Signature fields
@@ -61,6 +62,8 @@ SELECT try_fault('Response-Time text', 'rtime-text-fm');
 SELECT try_fault('Response-Time epoch', 'rtime-epoch-fm');
 SELECT try_fault('Response-Time month 13', 'rtime-month13-fm');
 SELECT try_fault('Response-Time without offset', 'rtime-notz-fm');
+SELECT try_fault('Response-Time February 29 of 2025', 'rtime-feb29-fm');
+SELECT try_fault('Response-Time offset +16:00', 'rtime-offset16-fm');
 -- result objects with wrongly typed fields, signed
 SELECT try_fault('resultStatus true', 'typed-statusbool-fm');
 SELECT try_fault('resultStatus ["S"]', 'typed-statusarray-fm');

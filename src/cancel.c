@@ -220,55 +220,75 @@ local_verdict(ApsResult *r, const char *code, const char *message)
 	r->psp_id = NULL;
 }
 
+/* The value of n decimal digits at s (the caller has checked they are digits) */
+static int
+digits_value(const char *s, int n)
+{
+	int			v = 0;
+
+	while (n-- > 0)
+		v = v * 10 + (*s++ - '0');
+	return v;
+}
+
 /*
- * Whether a Response-Time header is an ISO 8601 date-time with a UTC
- * offset, the form Alipay+ sends (2025-01-15T10:30:01+08:00; a fraction of
- * a second and "Z" are allowed too).  The shape is checked here and the
- * calendar (month 13, February 30, hour 25) by PostgreSQL's date-time
- * decoder, which reports problems by its return value and never raises on
- * input of this shape.
+ * Whether a Response-Time header is a date-time of the form Alipay+ sends:
+ * YYYY-MM-DDThh:mm:ss, an optional fraction of a second, then "Z" or a UTC
+ * offset +hh:mm / -hh:mm (2025-01-15T10:30:01+08:00).  The calendar is
+ * checked with plain arithmetic (month 1 to 12, the day within its month,
+ * hour up to 24:00:00, a leap second 60, an offset up to 15:59): nothing
+ * here looks anything up, so no session setting (timezone_abbreviations,
+ * TimeZone, DateStyle) can make it refuse a good answer or raise an error.
  */
 static bool
 response_time_valid(const char *s)
 {
 	static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-	size_t		len = strlen(s);
 	const char *p;
-	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
-	char	   *field[MAXDATEFIELDS];
-	int			ftype[MAXDATEFIELDS];
-	int			nf;
-	int			dtype;
-	struct pg_tm tm;
-	fsec_t		fsec;
-	int			tz;
+	int			year,
+				month,
+				day,
+				hour,
+				minute,
+				second;
+	bool		zero_fraction = true;
 
-	if (len < sizeof(shape) - 1 || len > MAXDATELEN)
-		return false;
 	for (int i = 0; shape[i] != '\0'; i++)
 		if (shape[i] == 'd' ? !isdigit((unsigned char) s[i]) : s[i] != shape[i])
 			return false;
+	year = digits_value(s, 4);
+	month = digits_value(s + 5, 2);
+	day = digits_value(s + 8, 2);
+	hour = digits_value(s + 11, 2);
+	minute = digits_value(s + 14, 2);
+	second = digits_value(s + 17, 2);
 	p = s + sizeof(shape) - 1;
 	if (*p == '.')
 	{
 		if (!isdigit((unsigned char) p[1]))
 			return false;
 		for (p++; isdigit((unsigned char) *p); p++)
-			;
+			if (*p != '0')
+				zero_fraction = false;
 	}
-	if (strcmp(p, "Z") != 0 &&
-		((*p != '+' && *p != '-') ||
-		 !isdigit((unsigned char) p[1]) || !isdigit((unsigned char) p[2]) ||
-		 p[3] != ':' ||
-		 !isdigit((unsigned char) p[4]) || !isdigit((unsigned char) p[5]) ||
-		 p[6] != '\0'))
-		return false;
+	if (strcmp(p, "Z") != 0)
+	{
+		if ((*p != '+' && *p != '-') ||
+			!isdigit((unsigned char) p[1]) || !isdigit((unsigned char) p[2]) ||
+			p[3] != ':' ||
+			!isdigit((unsigned char) p[4]) || !isdigit((unsigned char) p[5]) ||
+			p[6] != '\0')
+			return false;
+		if (digits_value(p + 1, 2) > 15 || digits_value(p + 4, 2) > 59)
+			return false;
+	}
 
-	if (ParseDateTime(s, workbuf, sizeof(workbuf), field, ftype,
-					  MAXDATEFIELDS, &nf) != 0 ||
-		DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0)
+	if (year < 1 || month < 1 || month > 12 ||
+		day < 1 || day > day_tab[isleap(year) ? 1 : 0][month - 1])
 		return false;
-	return dtype == DTK_DATE;
+	if (hour == 24)
+		return minute == 0 && second == 0 && zero_fraction;
+	return hour <= 23 && minute <= 59 && second <= 60;
 }
 
 /*
@@ -327,6 +347,8 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 			local_verdict(r, "local.client_id_mismatch", "the response names its client id more than once; the outcome is unknown");
 		else if (strcmp(ex->hdr_repeated, "Content-Encoding") == 0)
 			local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		else if (strcmp(ex->hdr_repeated, "Response-Time") == 0)
+			local_verdict(r, "local.bad_signature", "the response gives its Response-Time more than once; the outcome is unknown");
 		else
 			local_verdict(r, "local.bad_signature", "the response is signed more than once; the outcome is unknown");
 		*detail = psprintf("response has %d %s headers", ex->hdr_repeats,
@@ -353,7 +375,7 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		if (!response_time_valid(ex->hdr_response_time))
 		{
 			local_verdict(r, "local.bad_signature", "the response's Response-Time is not a time; the outcome is unknown");
-			*detail = psprintf("Response-Time \"%s\" is not an ISO 8601 date-time with an offset",
+			*detail = psprintf("Response-Time \"%s\" is not a date-time of the form YYYY-MM-DDThh:mm:ss+hh:mm",
 							   ex->hdr_response_time);
 			return;
 		}

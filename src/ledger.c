@@ -792,8 +792,11 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
  * Record an answer and apply it, in a subtransaction: if applying fails
  * (the order's trigger or CHECK refused, a query cancel or statement
  * timeout arrived), the answer is recorded anyway, the row flagged with
- * the error, and a WARNING says so.  The call itself was made before, not
- * in the subtransaction, so that an interrupt during it ends the statement.
+ * the error, and a WARNING says so.  Only a failure to record the attempt
+ * itself (a DBA's trigger on cancel_attempts refusing it) ends the
+ * statement with the error, like any error in the caller's transaction.
+ * The call itself was made before, not in the subtransaction, so that an
+ * interrupt during it ends the statement.
  * SPI must be connected; *out is allocated in mcxt.
  */
 static void

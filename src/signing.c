@@ -357,8 +357,8 @@ cached_key(ApsKeyCache *cache, const char *name, const char *path,
 
 	ERR_clear_error();
 	pkey = aps_decode_key(buf, nread,
-					  is_private ? OSSL_KEYMGMT_SELECT_PRIVATE_KEY :
-					  OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
+						  is_private ? OSSL_KEYMGMT_SELECT_PRIVATE_KEY :
+						  OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
 	explicit_bzero(buf, nread);
 	pfree(buf);
 
@@ -776,7 +776,7 @@ alipayplus_verify(PG_FUNCTION_ARGS)
 
 		ERR_clear_error();
 		own_key = aps_decode_key(VARDATA_ANY(pem), VARSIZE_ANY_EXHDR(pem),
-							 OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
+								 OSSL_KEYMGMT_SELECT_PUBLIC_KEY);
 		if (own_key == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

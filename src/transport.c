@@ -126,23 +126,35 @@ ensure_handles(int n)
 
 /*
  * Copy a response header (case-insensitive name) into palloc'd memory.  A
- * header that came more than once is noted in the exchange: which of its
- * values is meant cannot be told, so the caller refuses the response.
+ * header that came more than once, also as a trailer after a chunked body,
+ * is noted in the exchange: which of its values is meant cannot be told,
+ * so the caller refuses the response.  A field only in a trailer is not
+ * taken as the header.
  */
 static char *
 response_header(CURL *easy, ApsHttpExchange *ex, const char *name)
 {
 	struct curl_header *h = NULL;
+	struct curl_header *trailer = NULL;
+	size_t		amount = 0;
+	char	   *value = NULL;
 
-	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
-		h == NULL || h->value == NULL)
-		return NULL;
-	if (h->amount > 1 && ex->hdr_repeated == NULL)
+	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
+		h != NULL && h->value != NULL)
+	{
+		amount = h->amount;
+		value = pstrdup(h->value);
+	}
+	/* the same field again in a trailer (after a chunked body) counts too */
+	if (curl_easy_header(easy, name, 0, CURLH_TRAILER, -1, &trailer) == CURLHE_OK &&
+		trailer != NULL)
+		amount += trailer->amount;
+	if (amount > 1 && ex->hdr_repeated == NULL)
 	{
 		ex->hdr_repeated = name;
-		ex->hdr_repeats = (int) Min(h->amount, (size_t) INT_MAX);
+		ex->hdr_repeats = (int) Min(amount, (size_t) INT_MAX);
 	}
-	return pstrdup(h->value);
+	return value;
 }
 
 /*

@@ -27,6 +27,9 @@ scripted outcome picked by the prefix of the paymentRequestId / paymentId:
   otherclientbytes-...   S signed for a Client-Id with bytes 0xff 0xfe 0x01
   casedsig-...           S, "algorithm = rsa256 , keyVersion = 1 , SIGNATURE = ..."
   ecc224-...             S, valid signature but "algorithm=ECC224"
+  trailersig-...         S with a valid Signature header, the body chunked and
+                         followed by a trailer with a second, bogus Signature
+  zulutime-...           S signed with Response-Time 2025-01-15T02:30:01.250Z
   deepjson-...           signed S whose ignored field "deep" nests 100000 arrays
   escapes-...            signed F PROCESS_FAIL, resultMessage with \" \\ \u0041 and a
                          surrogate pair, next to a field nested 64 levels deep
@@ -59,7 +62,8 @@ the named fault is wrong):
   keyversion-N-...       S, validly signed, "keyVersion=N"
   algo-NAME-...          S, validly signed, "algorithm=NAME"
   rtime-KIND-...         S signed over a Response-Time that is not a time:
-                         text, epoch (seconds), month13, notz (no offset)
+                         text, epoch (seconds), month13, notz (no offset),
+                         feb29 (2025-02-29), offset16 (+16:00)
   typed-KIND-...         S whose field is of a wrong JSON type: statusbool,
                          statusarray, codenum, msgnum, msgnull, acqnum,
                          pspobj, resultstring, resultarray
@@ -267,7 +271,7 @@ class Plan:
                  sign="normal", delay_ms=0, body=None, huge=False,
                  chunked=False, http_status=200, send="whole", send_ms=0,
                  dup=None, key_version="1", algorithm="RSA256", rtime=None,
-                 gzip_body=False):
+                 gzip_body=False, trailer=None):
         self.outcome, self.kind, self.status, self.code = outcome, kind, status, code
         self.sign, self.delay_ms, self.body, self.huge = sign, delay_ms, body, huge
         self.chunked = chunked
@@ -278,6 +282,9 @@ class Plan:
         self.http_status, self.send, self.send_ms = http_status, send, send_ms
         self.dup, self.key_version, self.algorithm = dup, key_version, algorithm
         self.rtime, self.gzip_body = rtime, gzip_body
+        # "sig": a chunked body followed by a trailer with a second,
+        # bogus Signature field
+        self.trailer = trailer
 
 
 SEQ_TOKENS = {
@@ -305,6 +312,8 @@ SIMPLE_PREFIXES = {
     "otherclientbytes": {"sign": "otherbytes"},
     "casedsig": {"sign": "cased"},
     "ecc224": {"sign": "ecc224"},
+    "trailersig": {"chunked": True, "trailer": "sig"},
+    "zulutime": {"rtime": "2025-01-15T02:30:01.250Z"},
     "deepjson": {"body": b'{"deep":' + b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS +
                  b',"acquirerId":"' + ACQUIRER_ID.encode() + b'","pspId":"' +
                  PSP_ID.encode() + b'","result":{"resultCode":"SUCCESS",'
@@ -332,6 +341,8 @@ BAD_TIMES = {
     "epoch": "1736908201",
     "month13": "2025-13-15T10:30:01+08:00",
     "notz": "2025-01-15T10:30:01",
+    "feb29": "2025-02-29T10:30:01+08:00",
+    "offset16": "2025-01-15T10:30:01+16:00",
 }
 
 # typed-KIND: an S answer with one field of a wrong JSON type
@@ -552,7 +563,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- replies ------------------------------------------------------------
 
-    def _send(self, code, body, headers=(), chunked=False):
+    def _send(self, code, body, headers=(), chunked=False, trailers=()):
         self.send_response(code)
         for name, value in headers:
             self.send_header(name, value)
@@ -570,7 +581,9 @@ class Handler(BaseHTTPRequestHandler):
         for i in range(0, len(body), step):
             part = body[i:i + step]
             self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
-        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.write(b"0\r\n" + b"".join(
+            ("%s: %s\r\n" % (name, value)).encode("latin-1")
+            for name, value in trailers) + b"\r\n")
 
     def _send_plain(self, code, text):
         self._send(code, text.encode(), [("Content-Type", "text/plain; charset=utf-8")])
@@ -652,7 +665,12 @@ class Handler(BaseHTTPRequestHandler):
         if plan.send != "whole":
             self._send_faulty(code, body, headers, plan)
             return
-        self._send(code, body, headers, chunked)
+        trailers = []
+        if plan.trailer == "sig":
+            bogus = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime,
+                                                          body + b" "))
+            trailers.append(("Signature", signature_header(bogus)))
+        self._send(code, body, headers, chunked, trailers)
 
     def _reset(self):
         """Drop the connection with a TCP RST and no response."""

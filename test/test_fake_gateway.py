@@ -376,6 +376,16 @@ class LiveGateway(unittest.TestCase):
             headers, _ = self.assert_signed_s("rtime-%s-x" % kind, iso_time=False)
             self.assertEqual(headers["response-time"], value)
 
+    def test_zulu_time_and_trailer(self):
+        headers, _ = self.assert_signed_s("zulutime-x", iso_time=False)
+        self.assertEqual(headers["response-time"], "2025-01-15T02:30:01.250Z")
+        raw, _, _ = self.raw_exchange("trailersig-x")
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        self.assertEqual(head.count(b"\nSignature: "), 1)
+        # the last chunk, then the trailer with the second Signature
+        self.assertRegex(rest, rb"\r\n0\r\nSignature: algorithm=RSA256,[^\r]*\r\n\r\n$")
+
     def test_typed_and_status(self):
         for kind, raw in fg.TYPED_BODIES.items():
             status, headers, body = self.call(self.request_id("typed-%s-x" % kind))
