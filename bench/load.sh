@@ -15,8 +15,14 @@
 # its cancellation (alipayplus_request_cancel), one third direct
 # alipayplus_cancel_payment calls, at LOAD_RATE transactions a second in
 # all (default 100, about what two processors keep up with while a fifth of
-# the calls fail; 0 = as fast as they go, and the queue grows).  Afterwards
-# it checks and prints:
+# the calls fail; 0 = as fast as they go, and the queue grows).  The load
+# database retries quickly (alipayplus.retry_base_ms 200, retry_max_ms
+# 2000, max_attempts 10), so that every retry comes due within 2 s.  When
+# the clients stop, it drains: CALL alipayplus_run_cancellations(1000, '5 s')
+# again and again (with max_concurrency 64), the gateway still in chaos
+# mode, until no CANCELLING row without needs_attention is due or DRAIN_S
+# (60) seconds have passed (after the default run, a clean drain takes
+# about 15 s).  Afterwards it checks and prints:
 #
 #   calls made      gateway requests and ledger attempts, matched on id and
 #                   Request-Time (counted per pair: retries within a second
@@ -26,12 +32,23 @@
 #                   more on a fresh connection when a kept-alive one is
 #                   reset before any answer (counted apart)
 #   outcomes        attempts by result status and code
+#   callers         attempts made by the processors during the load (caller
+#                   alipayplus_process_cancellations, before the drain) and
+#                   by the clients' direct alipayplus_cancel_payment calls:
+#                   both must be more than 0
 #   crashes         no "terminated by signal", "was terminated", "exited
 #                   with exit code", "all server processes terminated" in
 #                   the server log; the postmaster's PID and start time
-#                   unchanged; no client stopped by an error
-#   rows stuck      ledger rows CANCELLING with no next_attempt_at and no
-#                   needs_attention: nobody would ever touch them again
+#                   unchanged; no client, processor or drain run stopped by
+#                   an error
+#   due             ledger rows CANCELLING, not needs_attention, with
+#                   next_attempt_at at or before the end of the drain: the
+#                   processor left them (must be 0)
+#   rows stuck      ledger rows CANCELLING, not needs_attention, whose
+#                   next_attempt_at is NULL or later than now() +
+#                   alipayplus.retry_max_ms + STUCK_MARGIN_S (10 s): no
+#                   retry is ever scheduled that late, so nobody would touch
+#                   them again (must be 0)
 #   inconsistent    ledger rows that disagree with their attempts:
 #                   attempt_count differs from the number of attempt rows;
 #                   last_result_status/last_result_code differ from the
@@ -41,8 +58,42 @@
 #                   bound order's status not the ledger state's value
 #                   (CANCELLED / CANCELLING); plus any S attempt anywhere
 #                   that is not signature_verified
+#   attention       needs_attention rows that their attempts do not explain
+#                   (must be 0).  Explained are: a CANCELLING row whose
+#                   latest attempt is F with a code result_policy sends to a
+#                   person (action attention; a code it does not know, or
+#                   done, counts as attention for F, as in src/ledger.c), or
+#                   U with a code whose action is attention; a CANCELLING
+#                   row whose attempts since retry_budget_start reached
+#                   alipayplus.max_attempts; and a row whose
+#                   attention_reason is one the extension writes when an
+#                   answer could not be applied (Q_NOT_APPLIED: "Alipay+
+#                   cancelled the payment (verified S, attempt N), but the
+#                   bound order could not be updated: ..." on a CANCELLED
+#                   row with that verified S attempt, "Alipay+ answered
+#                   STATUS CODE, but the result could not be applied: ..." with
+#                   its latest attempt's status and code) or its order
+#                   could not be claimed (the processor's "the bound order
+#                   cannot be used: ..."), each ending in
+#                   alipayplus_requeue_cancellation(its own id).  The
+#                   reason text of a policy or max_attempts flag is not
+#                   trusted: the attempts decide.
 #
 # and exits non-zero if any check fails.
+#
+# Test hook (for checking the checks, never for a real run): LOAD_INJECT, a
+# comma-separated list of faults to inject, each of which must make a check
+# fail.  Before the clients start:
+#   idle       alipayplus_process_cancellations replaced by one that claims
+#              nothing                          -> callers, due
+#   nodirect   the direct clients make no call  -> callers
+#   flagall    a trigger on the ledger flags every row it updates, with a
+#              forged "no result after 10 attempts" reason -> attention
+# After the drain, just before the checks (rows never attempted):
+#   null       1 row CANCELLING, next_attempt_at NULL         -> rows stuck
+#   infinity   1 row CANCELLING, next_attempt_at 'infinity'   -> rows stuck
+#   far        1 row CANCELLING, next_attempt_at now() + 1 day -> rows stuck
+#   due        3 rows CANCELLING, due a day ago               -> due
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 DURATION=${1:-60}
@@ -51,6 +102,19 @@ FAULT_SHARE=0.2
 STALL_MS=2000			# the stall of a stalled call, past the timeout below
 TIMEOUT_MS=1000			# alipayplus.timeout_ms of the load database
 RATE=${LOAD_RATE:-100}
+RETRY_BASE_MS=200		# alipayplus.retry_base_ms of the load database
+RETRY_MAX_MS=2000		# alipayplus.retry_max_ms: every retry due within 2 s
+MAX_ATTEMPTS=10			# alipayplus.max_attempts
+DRAIN_S=60				# the longest the drain after the load may take
+STUCK_MARGIN_S=10		# beyond retry_max_ms, a due time no retry would have
+INJECT=",${LOAD_INJECT:-},"	# the test hook (see above)
+injected() { [[ "$INJECT" == *",$1,"* ]]; }
+for f in ${INJECT//,/ }; do
+	case "$f" in
+		idle|nodirect|flagall|null|infinity|far|due) ;;
+		*) echo "LOAD_INJECT: unknown fault $f" >&2; exit 2 ;;
+	esac
+done
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS] [CLIENTS]" >&2; exit 2; }
 [[ "$CLIENTS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS] [CLIENTS]" >&2; exit 2; }
 [[ "$RATE" =~ ^[0-9]+$ ]] || { echo "LOAD_RATE must be a number" >&2; exit 2; }
@@ -69,6 +133,9 @@ psql_rig -q -d postgres -c "CREATE DATABASE load"
 psql_rig -q -d load <<SQL
 CREATE EXTENSION alipayplus_cancel;
 ALTER DATABASE load SET alipayplus.timeout_ms = $TIMEOUT_MS;
+ALTER DATABASE load SET alipayplus.retry_base_ms = $RETRY_BASE_MS;
+ALTER DATABASE load SET alipayplus.retry_max_ms = $RETRY_MAX_MS;
+ALTER DATABASE load SET alipayplus.max_attempts = $MAX_ATTEMPTS;
 CREATE SCHEMA shop;
 CREATE SEQUENCE shop.ids;
 CREATE TABLE shop.orders (
@@ -98,6 +165,38 @@ cat >"$OUT/direct.sql" <<'SQL'
 SELECT result_status FROM alipayplus_cancel_payment(payment_request_id => 'ld-' || nextval('shop.ids'));
 SQL
 chmod 0644 "$OUT"/*.sql
+
+# the test hook's faults before the load (see the header)
+if [ "$INJECT" != ",," ]; then
+	say "TEST HOOK: injecting ${LOAD_INJECT:-}"
+fi
+if injected idle; then
+	psql_rig -q -d load <<'SQL'
+CREATE OR REPLACE FUNCTION alipayplus_process_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
+RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
+	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
+	last_error text)
+LANGUAGE sql AS $$ SELECT NULL::bigint, 0, 0, 0, 0, 0, 0, 0::numeric, NULL::text $$;
+SQL
+fi
+if injected nodirect; then
+	echo "SELECT nextval('shop.ids');" >"$OUT/direct.sql"
+fi
+if injected flagall; then
+	psql_rig -q -d load <<'SQL'
+CREATE FUNCTION shop.flag_all() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	NEW.needs_attention := true;
+	NEW.next_attempt_at := NULL;
+	NEW.attention_reason := format('no result after %s attempts (last: %s %s); contact Alipay+ support at connect_support@service.alipay.com',
+		current_setting('alipayplus.max_attempts'), NEW.last_result_status, NEW.last_result_code);
+	RETURN NEW;
+END $$;
+CREATE TRIGGER flag_all BEFORE UPDATE ON alipayplus.cancellations
+	FOR EACH ROW WHEN (NOT NEW.needs_attention) EXECUTE FUNCTION shop.flag_all();
+SQL
+fi
 
 pm_pid_before=$(head -n 1 "$RIG/pgdata/postmaster.pid")
 pm_start_before=$(psql_rig -At -d load -c "SELECT pg_postmaster_start_time()")
@@ -146,6 +245,50 @@ read -r runs unanswered_runs proc_errors < <(cat "$OUT"/processor.*.counts |
 echo "processor runs: $runs ($unanswered_runs ended with ZA004, $proc_errors other errors)"
 grep -E "^(number of (transactions|failed)|tps|latency average)|aborted|ERROR" "$OUT/pgbench.out" | head -n 20 || true
 
+q() { psql_rig -At -d load -c "$1"; }
+# the drain: the processor until nothing is due (the gateway still in chaos
+# mode); drain_end is the time of the last look, due_left what it saw
+say "draining: the processor until no row is due (at most $DRAIN_S s)"
+drain_start=$(q "SELECT now()")
+drain_deadline=$(( $(date +%s) + DRAIN_S ))
+drain_runs=0
+drain_errors=0
+while :; do
+	IFS='|' read -r drain_end due_left < <(q "SELECT now(), count(*) FILTER (WHERE next_attempt_at <= now())
+		FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention")
+	[ "$due_left" = 0 ] && break
+	[ "$(date +%s)" -lt "$drain_deadline" ] || break
+	drain_runs=$((drain_runs + 1))
+	if ! out=$(psql_rig -q -d load -c "SET alipayplus.max_concurrency = 64" \
+		-c "CALL alipayplus_run_cancellations(1000, '5 s')" 2>&1); then
+		case "$out" in
+			*"did not answer any of the"*) ;;
+			*) drain_errors=$((drain_errors + 1)); echo "$out" >>"$OUT/drain.errors" ;;
+		esac
+	fi
+done
+drain_s=$(q "SELECT round(extract(epoch FROM timestamptz '$drain_end' - timestamptz '$drain_start')::numeric, 1)")
+echo "drain: $drain_runs runs in $drain_s s, $due_left rows still due, $drain_errors errors"
+
+# the test hook's faults after the drain (see the header)
+if injected null; then
+	q "INSERT INTO alipayplus.cancellations (sent_field, sent_id, payment_request_id, next_attempt_at)
+		VALUES ('paymentRequestId', 'inj-null', 'inj-null', NULL)"
+fi
+if injected infinity; then
+	q "INSERT INTO alipayplus.cancellations (sent_field, sent_id, payment_request_id, next_attempt_at)
+		VALUES ('paymentRequestId', 'inj-infinity', 'inj-infinity', 'infinity')"
+fi
+if injected far; then
+	q "INSERT INTO alipayplus.cancellations (sent_field, sent_id, payment_request_id, next_attempt_at)
+		VALUES ('paymentRequestId', 'inj-far', 'inj-far', now() + interval '1 day')"
+fi
+if injected due; then
+	q "INSERT INTO alipayplus.cancellations (sent_field, sent_id, payment_request_id, next_attempt_at)
+		SELECT 'paymentRequestId', 'inj-due-' || g, 'inj-due-' || g, now() - interval '1 day'
+		FROM generate_series(1, 3) g"
+fi
+
 say "checks"
 # the gateway's requests since the load began, into the database
 tail -c +$((gw_offset + 1)) "$RIG/gateway.jsonl" >"$OUT/gateway.jsonl"
@@ -156,7 +299,6 @@ SELECT pg_read_file(:'gwlog') AS gwtext \gset
 INSERT INTO gw SELECT l::jsonb FROM regexp_split_to_table(:'gwtext', E'\n') l WHERE l <> '';
 SQL
 
-q() { psql_rig -At -d load -c "$1"; }
 gw_requests=$(q "SELECT count(*) FROM gw WHERE j->>'path' = '/aps/api/v1/payments/cancelPayment'")
 attempts=$(q "SELECT count(*) FROM alipayplus.cancel_attempts")
 sent_attempts=$(q "SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code <> 'local.not_sent'")
@@ -178,7 +320,14 @@ cancelled=$(q "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANC
 cancelling=$(q "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING'")
 attention=$(q "SELECT count(*) FROM alipayplus.cancellations WHERE needs_attention")
 due=$(q "SELECT count(*) FROM alipayplus.cancellations
-	WHERE state = 'CANCELLING' AND NOT needs_attention AND next_attempt_at <= now()")
+	WHERE state = 'CANCELLING' AND NOT needs_attention AND next_attempt_at <= timestamptz '$drain_end'")
+waiting=$(q "SELECT count(*) FROM alipayplus.cancellations
+	WHERE state = 'CANCELLING' AND NOT needs_attention AND next_attempt_at > timestamptz '$drain_end'")
+proc_attempts=$(q "SELECT count(*) FROM alipayplus.cancel_attempts
+	WHERE caller = 'alipayplus_process_cancellations' AND attempted_at < timestamptz '$drain_start'")
+drain_attempts=$(q "SELECT count(*) FROM alipayplus.cancel_attempts
+	WHERE caller = 'alipayplus_process_cancellations' AND attempted_at >= timestamptz '$drain_start'")
+direct_attempts=$(q "SELECT count(*) FROM alipayplus.cancel_attempts WHERE caller = 'alipayplus_cancel_payment'")
 retried=$(q "SELECT count(*) FROM alipayplus.cancellations WHERE attempt_count > 1")
 orders=$(q "SELECT count(*) FROM shop.orders")
 
@@ -189,10 +338,49 @@ pm_pid_after=$(head -n 1 "$RIG/pgdata/postmaster.pid")
 pm_start_after=$(psql_rig -At -d load -c "SELECT pg_postmaster_start_time()")
 postmaster_restarted=0
 [ "$pm_pid_before" = "$pm_pid_after" ] && [ "$pm_start_before" = "$pm_start_after" ] || postmaster_restarted=1
-aborted=$(( $(grep -c "aborted" "$OUT/pgbench.out" || true) + proc_errors ))
+aborted=$(( $(grep -c "aborted" "$OUT/pgbench.out" || true) + proc_errors + drain_errors ))
 
 stuck=$(q "SELECT count(*) FROM alipayplus.cancellations
-	WHERE state = 'CANCELLING' AND next_attempt_at IS NULL AND NOT needs_attention")
+	WHERE state = 'CANCELLING' AND NOT needs_attention
+	  AND (next_attempt_at IS NULL
+		   OR next_attempt_at > now() + current_setting('alipayplus.retry_max_ms')::interval
+								   + interval '$STUCK_MARGIN_S s')")
+# attention: every flagged row explained by its attempts (see the header)
+unexplained=$(q "
+WITH a AS (
+	SELECT cancellation_id, count(*) AS n,
+		   (array_agg(attempt_id ORDER BY attempt_id DESC))[1] AS last_id,
+		   (array_agg(result_status ORDER BY attempt_id DESC))[1] AS last_status,
+		   (array_agg(result_code ORDER BY attempt_id DESC))[1] AS last_code
+	FROM alipayplus.cancel_attempts GROUP BY cancellation_id),
+f AS (
+	SELECT c.*, a.n, a.last_id, a.last_status, a.last_code,
+		   (SELECT p.action FROM alipayplus.result_policy p
+			WHERE p.result_code = a.last_code ORDER BY p.builtin LIMIT 1) AS action
+	FROM alipayplus.cancellations c LEFT JOIN a USING (cancellation_id)
+	WHERE c.needs_attention)
+SELECT count(*) FROM f
+WHERE NOT (
+	/* the result policy sent the latest answer to a person */
+	(f.state = 'CANCELLING' AND f.last_status IN ('F', 'U')
+	 AND coalesce(nullif(f.action, 'done'),
+				  CASE f.last_status WHEN 'U' THEN 'retry' ELSE 'attention' END) = 'attention')
+	/* the retry budget is spent */
+	OR (f.state = 'CANCELLING' AND f.last_status IN ('F', 'U')
+		AND coalesce(f.n, 0) - f.retry_budget_start >= current_setting('alipayplus.max_attempts')::integer)
+	/* an answer that could not be applied (Q_NOT_APPLIED) */
+	OR (f.state = 'CANCELLED'
+		AND f.attention_reason LIKE format('Alipay+ cancelled the payment (verified S, attempt %s), but the bound order could not be updated: %%; fix that, then run alipayplus_requeue_cancellation(%s)',
+										   f.last_id, f.cancellation_id)
+		AND EXISTS (SELECT 1 FROM alipayplus.cancel_attempts x
+					WHERE x.attempt_id = f.last_id AND x.result_status = 'S' AND x.signature_verified))
+	OR (f.state = 'CANCELLING'
+		AND f.attention_reason LIKE format('Alipay+ answered %s %s, but the result could not be applied: %%; fix that, then run alipayplus_requeue_cancellation(%s)',
+										   f.last_status, f.last_code, f.cancellation_id))
+	/* an order the processor could not claim */
+	OR (f.state = 'CANCELLING'
+		AND f.attention_reason LIKE format('the bound order cannot be used: %%; fix the order row, then run alipayplus_requeue_cancellation(%s)',
+										   f.cancellation_id)))")
 inconsistent=$(q "
 WITH a AS (
 	SELECT cancellation_id, count(*) AS n,
@@ -240,13 +428,18 @@ row "sent attempts the gateway never saw" "$attempts_unseen" "$(eq0 "$attempts_u
 row "requests libcurl re-sent after a reset" "$resent" 1 "(same signed request, fresh connection)"
 row "gateway requests with no attempt recorded" "$requests_unrecorded" "$(eq0 "$requests_unrecorded")" "must be 0"
 row "orders taken" "$orders" 1
-row "ledger rows CANCELLED / CANCELLING" "$cancelled / $cancelling" 1 "($attention need attention, $due due now)"
+row "ledger rows CANCELLED / CANCELLING" "$cancelled / $cancelling" 1 "($attention need attention, $waiting waiting)"
 row "ledger rows that took more than one attempt" "$retried" 1
 row "backends crashed (server log)" "$crash_lines" "$(eq0 "$crash_lines")" "must be 0"
 row "postmaster restarted" "$postmaster_restarted" "$(eq0 "$postmaster_restarted")" "PID $pm_pid_after"
 row "processor runs (ended with ZA004)" "$runs" 1 "($unanswered_runs)"
+row "attempts by the processors during the load" "$proc_attempts" "$([ "$proc_attempts" -gt 0 ] && echo 1 || echo 0)" "must be > 0"
+row "attempts by the direct calls" "$direct_attempts" "$([ "$direct_attempts" -gt 0 ] && echo 1 || echo 0)" "must be > 0"
+row "drain: runs / seconds / attempts" "$drain_runs / $drain_s / $drain_attempts" 1 "(at most $DRAIN_S s)"
+row "rows due after the drain" "$due" "$(eq0 "$due")" "must be 0"
 row "clients stopped by an error" "$aborted" "$(eq0 "$aborted")" "pgbench exit $pgbench_rc"
 row "rows stuck" "$stuck" "$(eq0 "$stuck")" "must be 0"
+row "rows needing attention, unexplained" "$unexplained" "$(eq0 "$unexplained")" "must be 0 (of $attention)"
 row "ledger rows inconsistent with attempts" "$inconsistent" "$(eq0 "$inconsistent")" "must be 0 ($unverified_s unverified S)"
 [ "$pgbench_rc" = 0 ] || { echo "pgbench exited with $pgbench_rc; see $OUT/pgbench.out" >&2; failed=1; }
 [ "$gw_requests" -gt 0 ] || { echo "no calls were made" >&2; failed=1; }
