@@ -43,6 +43,9 @@
 # the whole pg_regress schedule (test/schedule) and the isolation schedule
 # run, as in scripts/test.sh.
 #
+# UBSan cannot see signed integer overflow here: PostgreSQL's build flags,
+# which PGXS passes on, include -fwrapv, which defines it.
+#
 # What ASan can and cannot see: it checks every access the extension's code
 # makes to the stack, to globals and to malloc()ed memory (libcurl's and
 # OpenSSL's buffers, which the extension handles in its callbacks, and
@@ -108,6 +111,10 @@ rig_lock() { :; }
 rig_install_deps
 say "making a private copy of PostgreSQL in $SANITIZE_PREFIX"
 rig_copy_postgres "$SANITIZE_PREFIX"
+# the copy must hold this tree's build only, not one scripts/test.sh installed
+rm -f "$SANITIZE_PREFIX"/usr/lib/postgresql/15/lib/alipayplus_cancel.so \
+	"$SANITIZE_PREFIX"/usr/share/postgresql/15/extension/alipayplus_cancel[.-]*
+rm -rf "$SANITIZE_PREFIX"/usr/lib/postgresql/15/lib/bitcode/alipayplus_cancel*
 rm -rf "$WORK"
 mkdir -p "$LOGS"
 
@@ -120,15 +127,15 @@ build_variant() {
 	tar -C "$REPO" --exclude=./.git --exclude=./.sanitize --exclude='*.o' --exclude='*.so' \
 		--exclude='*.bc' --exclude=./results --exclude=./output_iso --exclude=./dist \
 		--exclude='./build-*' -cf - . | tar -C "$dir" -xf -
-	make -C "$dir" -s PG_CONFIG="$PG_CONFIG" with_llvm=no COPT="${2:-}"
-	make -C "$dir" -s PG_CONFIG="$PG_CONFIG" with_llvm=no install
+	make -C "$dir" -s PG_CONFIG="$PG_CONFIG" with_llvm=no COPT="${2:-}" || return 1
+	make -C "$dir" -s PG_CONFIG="$PG_CONFIG" with_llvm=no install || return 1
 }
 
 # rig_up's build step: the normal build (its cluster starts without any
 # sanitizer runtime; each pass then installs what it tests).
 rig_build() {
 	say "building the extension (normal build) and installing it into $SANITIZE_PREFIX"
-	build_variant build-plain
+	build_variant build-plain || { echo "the build failed" >&2; exit 1; }
 }
 
 # server_start CMD...: start the rig's postmaster as CMD... postgres (the
@@ -206,17 +213,16 @@ failed=0
 asan_pass() {
 	say "ASan/UBSan pass: setting up the rig"
 	rig_up
-	server_stop
+	server_stop || return 1
 	say "building the extension with $SAN_COPT"
-	build_variant build-asan "$SAN_COPT"
+	build_variant build-asan "$SAN_COPT" || { echo "the sanitizer build failed" >&2; return 1; }
 	local asan
 	asan=$(readlink -f "$(gcc -print-file-name=libasan.so)")
 	[ -f "$asan" ] || { echo "no ASan runtime ($asan)" >&2; return 1; }
 	mkdir -p "$WORK/preload"
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
-		-o "$WORK/preload/sanitize_preload.so" "$REPO/test/sanitize_preload.c"
-	mkdir -p "$RIG/sanitizer"
-	chown postgres:postgres "$RIG/sanitizer"
+		-o "$WORK/preload/sanitize_preload.so" "$REPO/test/sanitize_preload.c" || return 1
+	mkdir -p "$RIG/sanitizer" && chown postgres:postgres "$RIG/sanitizer" || return 1
 	cat >>"$RIG/pgdata/postgresql.conf" <<-CONF
 		# scripts/sanitize.sh, ASan/UBSan pass
 		jit = off
@@ -225,7 +231,8 @@ asan_pass() {
 	server_start env LD_PRELOAD="$asan $WORK/preload/sanitize_preload.so" \
 		ASAN_OPTIONS="log_path=$RIG/sanitizer/asan:detect_leaks=1:detect_stack_use_after_return=1:abort_on_error=1:exitcode=0" \
 		LSAN_OPTIONS="suppressions=$REPO/test/lsan.supp:print_suppressions=0" \
-		UBSAN_OPTIONS="log_path=$RIG/sanitizer/ubsan:print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+		UBSAN_OPTIONS="log_path=$RIG/sanitizer/ubsan:print_stacktrace=1:halt_on_error=1:abort_on_error=1" ||
+		return 1
 	local ok=1 suites=passed
 	# the two schedules one after the other, so that a failure in the first
 	# does not keep the second from running
@@ -255,9 +262,8 @@ asan_pass() {
 valgrind_pass() {
 	say "valgrind pass: setting up the rig"
 	rig_up
-	server_stop
-	mkdir -p "$RIG/valgrind"
-	chown postgres:postgres "$RIG/valgrind"
+	server_stop || return 1
+	mkdir -p "$RIG/valgrind" && chown postgres:postgres "$RIG/valgrind" || return 1
 	cat >>"$RIG/pgdata/postgresql.conf" <<-CONF
 		# scripts/sanitize.sh, valgrind pass
 		jit = off
@@ -267,7 +273,7 @@ valgrind_pass() {
 	server_start valgrind --tool=memcheck --trace-children=yes --track-origins=no \
 		--leak-check=no --error-exitcode=99 --vgdb=no --num-callers=40 \
 		--gen-suppressions=all --suppressions="$REPO/test/valgrind.supp" \
-		--log-file="$RIG/valgrind/%p.log"
+		--log-file="$RIG/valgrind/%p.log" || return 1
 	local ok=1 suites=passed
 	say "valgrind pass: suites $VALGRIND_SUITES"
 	run_suites "$WORK/build-plain" REGRESS="$VALGRIND_SUITES" ISOLATION= || { ok=0; suites=FAILED; }
