@@ -31,7 +31,9 @@
 # not instrumented, so the ASan runtime is LD_PRELOADed into the postmaster
 # only (started without pg_ctl, so that no client program carries it); every
 # backend and worker inherits it, PostgreSQL forking without exec.  Every
-# report of any process goes to $RIG/sanitizer/{asan,ubsan}.<pid>.
+# ASan or LSan report of any process goes to $RIG/sanitizer/asan.<pid>; UBSan,
+# which runs inside the ASan runtime, writes to stderr, the server log,
+# where the script looks for it too.
 # LeakSanitizer is on: it runs when each backend exits and reports memory
 # that nothing points to any more, such as a libcurl handle or an OpenSSL
 # object the extension lost; memory PostgreSQL keeps through its memory
@@ -254,8 +256,18 @@ asan_pass() {
 			head -n 60 "$f"
 		done
 	fi
+	# UBSan running inside the ASan runtime writes its reports to the
+	# server's stderr, the server log, whatever log_path says
+	local inlog
+	inlog=$(grep -E 'runtime error: |ERROR: (Address|Leak|UndefinedBehavior)Sanitizer' "$RIG/postgres.log" || true)
+	if [ -n "$inlog" ]; then
+		n=$((n + $(echo "$inlog" | wc -l)))
+		ok=0
+		echo "---- sanitizer reports in $RIG/postgres.log"
+		echo "$inlog" | head -n 20
+	fi
 	keep_logs asan "$WORK/build-asan"
-	summary+=("ASan/UBSan/LSan: suites $suites, report files: $n (logs: $LOGS/asan)")
+	summary+=("ASan/UBSan/LSan: suites $suites, reports found: $n (logs: $LOGS/asan)")
 	[ $ok = 1 ]
 }
 
