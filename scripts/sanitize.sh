@@ -151,7 +151,8 @@ server_start() {
 		exec 9>&-
 		exec runuser -u postgres -- env PGDATA="$RIG/pgdata" "$@" "$PGBIN/postgres" >>"$RIG/postgres.log" 2>&1
 	) &
-	local pid=$! i
+	server_pid=$!
+	local pid=$server_pid i
 	for i in $(seq 1 600); do
 		if $PGBIN/pg_isready -q -h "$RIG" -p "$PGPORT_RIG" -t 1; then
 			return 0
@@ -164,8 +165,17 @@ server_start() {
 	return 1
 }
 
+# server_stop: a fast shutdown; for a server server_start started, wait until
+# its process is gone too (valgrind writes its last words after PostgreSQL
+# has removed postmaster.pid, which is all pg_ctl waits for)
+server_pid=
 server_stop() {
-	as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -m fast -t 600 -w stop >/dev/null
+	as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -m fast -t 600 -w stop >/dev/null || return 1
+	if [ -n "$server_pid" ]; then
+		wait "$server_pid" || true
+		server_pid=
+	fi
+	return 0
 }
 
 # run_suites DIR MAKE-ARGS...: make installcheck in DIR; diffs are printed
