@@ -36,6 +36,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
@@ -65,6 +66,7 @@ PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
 /* The statements, in the order the rules use them */
 enum
 {
+	Q_PRELUDE,
 	Q_BINDING,
 	Q_LOCK_ORDER,
 	Q_REFUND,
@@ -90,6 +92,19 @@ typedef struct LedgerQuery
 } LedgerQuery;
 
 static const LedgerQuery queries[NUM_QUERIES] = {
+	/*
+	 * Whether a table is bound (and its cancelling and cancelled values),
+	 * and whether the ids given are a refund: what marking needs to know
+	 * first, in one statement
+	 */
+	[Q_PRELUDE] = {
+		"SELECT b.orders IS NOT NULL, b.cancelling_value, b.cancelled_value,"
+		" EXISTS (SELECT 1 FROM alipayplus.known_refunds r"
+		"  WHERE r.refund_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		"  OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]))"
+		" FROM (VALUES (1)) one (x) LEFT JOIN alipayplus.order_binding b ON true LIMIT 1",
+		2, {TEXTOID, TEXTOID}
+	},
 	[Q_BINDING] = {
 		"SELECT b.cancelling_value, b.cancelled_value FROM alipayplus.order_binding b",
 		0, {0}
@@ -256,9 +271,9 @@ static const Oid call_column_types[APS_CALL_NUM_COLS] = {
 	TEXTOID, BOOLOID, FLOAT8OID, TEXTOID
 };
 
-/* The kept plans, and the extension they were made for */
+/* The kept plans, and the ledger schema they were made for */
 static SPIPlanPtr plans[NUM_QUERIES];
-static Oid	plans_extension = InvalidOid;
+static Oid	plans_schema = InvalidOid;
 
 /* What the rules need of a ledger row */
 typedef struct LedgerRow
@@ -308,24 +323,29 @@ extension_schema(Oid ext)
 
 /*
  * The statements' plans, made on first use and kept.  If the extension was
- * dropped and created again (its schema may differ), they are made anew.
+ * dropped and created again (its schema may differ), they are made anew:
+ * the schema "alipayplus" belongs to the extension and comes and goes with
+ * it, so its OID, a cheap cache look-up, tells whether the extension the
+ * plans were made for is still the one installed.
  */
 static void
 prepare_plans(void)
 {
-	Oid			ext = get_extension_oid("alipayplus_cancel", false);
+	Oid			ledger_schema = get_namespace_oid("alipayplus", false);
+	Oid			ext;
 	char	   *schema;
 	int			i;
 
-	if (ext == plans_extension && plans[0] != NULL)
+	if (ledger_schema == plans_schema && plans[0] != NULL)
 		return;
+	ext = get_extension_oid("alipayplus_cancel", false);
 	for (i = 0; i < NUM_QUERIES; i++)
 	{
 		if (plans[i] != NULL)
 			SPI_freeplan(plans[i]);
 		plans[i] = NULL;
 	}
-	plans_extension = InvalidOid;
+	plans_schema = InvalidOid;
 	schema = get_namespace_name(extension_schema(ext));
 	if (schema == NULL)
 		elog(ERROR, "the schema of extension alipayplus_cancel was not found");
@@ -354,7 +374,7 @@ prepare_plans(void)
 			elog(ERROR, "could not keep a ledger statement");
 		plans[i] = plan;
 	}
-	plans_extension = ext;
+	plans_schema = ledger_schema;
 }
 
 /* Run statement q; returns the number of rows */
@@ -560,6 +580,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	char	   *cancelling = NULL;
 	char	   *cancelled = NULL;
 	bool		bound;
+	bool		refund;
 	bool		order_found = false;
 	char	   *order_status = NULL;
 	const char *field;
@@ -570,13 +591,26 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	aps_check_id_pair(payment_id, request_id);
 	prepare_plans();
 
-	bound = binding(&cancelling, &cancelled, mcxt);
+	v[0] = text_or_null(payment_id, n, 0);
+	v[1] = text_or_null(request_id, n, 1);
+	run(Q_PRELUDE, v, n);
+	{
+		MemoryContext old = MemoryContextSwitchTo(mcxt);
+
+		bound = strcmp(col_text(0, 1), "t") == 0;
+		cancelling = col_text(0, 2);
+		cancelled = col_text(0, 3);
+		refund = strcmp(col_text(0, 4), "t") == 0;
+		MemoryContextSwitchTo(old);
+	}
 	c->binding_known = true;
 	c->bound = bound;
 	c->cancelling_value = cancelling;
 	c->cancelled_value = cancelled;
 	if (bound)
 	{
+		bool		ids_completed = false;
+
 		v[0] = text_or_null(lock_field, n, 0);
 		v[1] = text_or_null(lock_id, n, 1);
 		run(Q_LOCK_ORDER, v, n);
@@ -587,10 +621,10 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			Datum		d;
 
 			order_found = true;
-			if (request_id == NULL)
-				request_id = col_text(0, 2);
-			if (payment_id == NULL)
-				payment_id = col_text(0, 3);
+			if (request_id == NULL && (request_id = col_text(0, 2)) != NULL)
+				ids_completed = true;
+			if (payment_id == NULL && (payment_id = col_text(0, 3)) != NULL)
+				ids_completed = true;
 			d = col_datum(0, 4, &isnull);
 			if (!has_initiated && !isnull)
 			{
@@ -600,11 +634,15 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
+		/* the order named the other id too: is that one a refund? */
+		if (ids_completed && !refund)
+		{
+			v[0] = text_or_null(payment_id, n, 0);
+			v[1] = text_or_null(request_id, n, 1);
+			refund = run(Q_REFUND, v, n) > 0;
+		}
 	}
-
-	v[0] = text_or_null(payment_id, n, 0);
-	v[1] = text_or_null(request_id, n, 1);
-	if (run(Q_REFUND, v, n) > 0)
+	if (refund)
 		ereport(ERROR,
 				(errcode(ERRCODE_APS_IS_A_REFUND),
 				 errmsg("%s is a refund, not a payment",
@@ -616,43 +654,56 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	id = request_id ? request_id : payment_id;
 	v[0] = text_or_null(field, n, 0);
 	v[1] = text_or_null(id, n, 1);
-	if (run(Q_FIND, v, n) == 0)
+	v[2] = text_or_null(request_id, n, 2);
+	v[3] = text_or_null(payment_id, n, 3);
+	if (!has_initiated)
 	{
-		bool		isnull = true;
-		Datum		deadline = (Datum) 0;
-
-		if (has_initiated)
+		/*
+		 * No initiation time, so no window to check: create the row, or
+		 * find the one that exists (the usual case first, one statement).
+		 */
+		v[4] = v[5] = (Datum) 0;
+		n[4] = n[5] = 'n';
+		if (run(Q_INSERT, v, n) == 1)
 		{
-			Datum		w[1];
-
-			w[0] = TimestampTzGetDatum(initiated);
-			run(Q_WINDOW, w, " ");
-			deadline = col_datum(0, 2, &isnull);
-			{
-				bool		open_null;
-				bool		open = DatumGetBool(col_datum(0, 1, &open_null));
-
-				if (!open_null && !open)
-					ereport(ERROR,
-							(errcode(ERRCODE_APS_WINDOW_CLOSED),
-							 errmsg("payment %s can no longer be cancelled: its cancel window closed at %s",
-									id, col_text(0, 2)),
-							 errdetail("The payment was initiated at %s; Alipay+ accepts cancelPayment until 00:15 UTC+8 on the next day.",
-									   DatumGetCString(DirectFunctionCall1(timestamptz_out,
-																		   TimestampTzGetDatum(initiated)))),
-							 errhint("Refund the payment instead.")));
-			}
+			ledger_row_from_result(c, mcxt);
+			Async_Notify("alipayplus_cancellations",
+						 psprintf(INT64_FORMAT, c->cancellation_id));
 		}
-		v[2] = text_or_null(request_id, n, 2);
-		v[3] = text_or_null(payment_id, n, 3);
+		else
+		{
+			if (run(Q_FIND, v, n) == 0)
+				elog(ERROR, "the ledger row for %s %s vanished", field, id);
+			ledger_row_from_result(c, mcxt);
+		}
+	}
+	else if (run(Q_FIND, v, n) == 0)
+	{
+		Datum		w[1];
+		bool		isnull;
+		bool		open_null;
+		Datum		deadline;
+
+		/* a new row only while Alipay+ still accepts cancelPayment */
+		w[0] = TimestampTzGetDatum(initiated);
+		run(Q_WINDOW, w, " ");
+		deadline = col_datum(0, 2, &isnull);
+		if (!DatumGetBool(col_datum(0, 1, &open_null)) && !open_null)
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_WINDOW_CLOSED),
+					 errmsg("payment %s can no longer be cancelled: its cancel window closed at %s",
+							id, col_text(0, 2)),
+					 errdetail("The payment was initiated at %s; Alipay+ accepts cancelPayment until 00:15 UTC+8 on the next day.",
+							   DatumGetCString(DirectFunctionCall1(timestamptz_out,
+																   TimestampTzGetDatum(initiated)))),
+					 errhint("Refund the payment instead.")));
 		v[4] = TimestampTzGetDatum(initiated);
-		n[4] = has_initiated ? ' ' : 'n';
+		n[4] = ' ';
 		v[5] = deadline;
 		n[5] = isnull ? 'n' : ' ';
 		if (run(Q_INSERT, v, n) == 0)
 		{
 			/* a concurrent request created it and has committed */
-			v[2] = v[3] = v[4] = v[5] = (Datum) 0;
 			if (run(Q_FIND, v, n) == 0)
 				elog(ERROR, "the ledger row for %s %s vanished", field, id);
 			ledger_row_from_result(c, mcxt);
