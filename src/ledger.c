@@ -471,42 +471,30 @@ field_text(HeapTupleHeader row, const char *name)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
-static int64
-field_int8(HeapTupleHeader row, const char *name)
+/* The same for a column that must not be NULL */
+static Datum
+field_not_null(HeapTupleHeader row, const char *name, Oid type)
 {
 	bool		isnull;
-	Datum		d = field(row, name, INT8OID, &isnull);
+	Datum		d = field(row, name, type, &isnull);
 
 	if (isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("column \"%s\" of the row is NULL", name)));
-	return DatumGetInt64(d);
-}
-
-static int32
-field_int4(HeapTupleHeader row, const char *name)
-{
-	bool		isnull;
-	Datum		d = field(row, name, INT4OID, &isnull);
-
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("column \"%s\" of the row is NULL", name)));
-	return DatumGetInt32(d);
+	return d;
 }
 
 /* The ledger row's columns the rules use */
 static void
 ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
 {
-	c->cancellation_id = field_int8(h, "cancellation_id");
+	c->cancellation_id = DatumGetInt64(field_not_null(h, "cancellation_id", INT8OID));
 	c->sent_field = field_text(h, "sent_field");
 	c->sent_id = field_text(h, "sent_id");
 	c->state = field_text(h, "state");
-	c->attempt_count = field_int4(h, "attempt_count");
-	c->retry_budget_start = field_int4(h, "retry_budget_start");
+	c->attempt_count = DatumGetInt32(field_not_null(h, "attempt_count", INT4OID));
+	c->retry_budget_start = DatumGetInt32(field_not_null(h, "retry_budget_start", INT4OID));
 	if (c->sent_field == NULL || c->sent_id == NULL || c->state == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -560,6 +548,27 @@ set_order_status(const char *field, const char *id, const char *status,
 	v[3] = text_or_null(ledger_field, n, 3);
 	v[4] = text_or_null(ledger_id, n, 4);
 	run(Q_SET_ORDER, v, n);
+}
+
+/*
+ * Create the ledger row (values v of Q_INSERT) and notify the processors,
+ * or, if it exists (another transaction created it and has committed),
+ * find and lock it.
+ */
+static void
+create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
+{
+	if (run(Q_INSERT, v, n) == 1)
+	{
+		ledger_row_from_result(c, mcxt);
+		Async_Notify("alipayplus_cancellations",
+					 psprintf(INT64_FORMAT, c->cancellation_id));
+		return;
+	}
+	if (run(Q_FIND, v, n) == 0)
+		elog(ERROR, "the ledger row for %s %s vanished",
+			 TextDatumGetCString(v[0]), TextDatumGetCString(v[1]));
+	ledger_row_from_result(c, mcxt);
 }
 
 /*
@@ -664,18 +673,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		 */
 		v[4] = v[5] = (Datum) 0;
 		n[4] = n[5] = 'n';
-		if (run(Q_INSERT, v, n) == 1)
-		{
-			ledger_row_from_result(c, mcxt);
-			Async_Notify("alipayplus_cancellations",
-						 psprintf(INT64_FORMAT, c->cancellation_id));
-		}
-		else
-		{
-			if (run(Q_FIND, v, n) == 0)
-				elog(ERROR, "the ledger row for %s %s vanished", field, id);
-			ledger_row_from_result(c, mcxt);
-		}
+		create_or_find(v, n, c, mcxt);
 	}
 	else if (run(Q_FIND, v, n) == 0)
 	{
@@ -701,19 +699,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		n[4] = ' ';
 		v[5] = deadline;
 		n[5] = isnull ? 'n' : ' ';
-		if (run(Q_INSERT, v, n) == 0)
-		{
-			/* a concurrent request created it and has committed */
-			if (run(Q_FIND, v, n) == 0)
-				elog(ERROR, "the ledger row for %s %s vanished", field, id);
-			ledger_row_from_result(c, mcxt);
-		}
-		else
-		{
-			ledger_row_from_result(c, mcxt);
-			Async_Notify("alipayplus_cancellations",
-						 psprintf(INT64_FORMAT, c->cancellation_id));
-		}
+		create_or_find(v, n, c, mcxt);
 	}
 	else
 		ledger_row_from_result(c, mcxt);
@@ -760,7 +746,7 @@ record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	old = MemoryContextSwitchTo(mcxt);
 	a = datumCopy(col_datum(0, 1, &isnull), false, -1);
 	h = DatumGetHeapTupleHeader(a);
-	*attempt_id = field_int8(h, "attempt_id");
+	*attempt_id = DatumGetInt64(field_not_null(h, "attempt_id", INT8OID));
 	*result_code = field_text(h, "result_code");
 	MemoryContextSwitchTo(old);
 	return a;
