@@ -618,8 +618,6 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	c->cancelled_value = cancelled;
 	if (bound)
 	{
-		bool		ids_completed = false;
-
 		v[0] = text_or_null(lock_field, n, 0);
 		v[1] = text_or_null(lock_id, n, 1);
 		run(Q_LOCK_ORDER, v, n);
@@ -630,10 +628,10 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			Datum		d;
 
 			order_found = true;
-			if (request_id == NULL && (request_id = col_text(0, 2)) != NULL)
-				ids_completed = true;
-			if (payment_id == NULL && (payment_id = col_text(0, 3)) != NULL)
-				ids_completed = true;
+			if (request_id == NULL)
+				request_id = col_text(0, 2);
+			if (payment_id == NULL)
+				payment_id = col_text(0, 3);
 			d = col_datum(0, 4, &isnull);
 			if (!has_initiated && !isnull)
 			{
@@ -643,8 +641,12 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
-		/* the order named the other id too: is that one a refund? */
-		if (ids_completed && !refund)
+		/*
+		 * Again now that the order row is locked: a refund recorded while
+		 * we waited for it (the lock orders the two), or the other id the
+		 * order named, may be a refund.
+		 */
+		if (!refund)
 		{
 			v[0] = text_or_null(payment_id, n, 0);
 			v[1] = text_or_null(request_id, n, 1);
@@ -665,38 +667,32 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	v[1] = text_or_null(id, n, 1);
 	v[2] = text_or_null(request_id, n, 2);
 	v[3] = text_or_null(payment_id, n, 3);
-	if (!has_initiated)
+	if (run(Q_FIND, v, n) == 0)
 	{
-		/*
-		 * No initiation time, so no window to check: create the row, or
-		 * find the one that exists (the usual case first, one statement).
-		 */
-		v[4] = v[5] = (Datum) 0;
-		n[4] = n[5] = 'n';
-		create_or_find(v, n, c, mcxt);
-	}
-	else if (run(Q_FIND, v, n) == 0)
-	{
-		Datum		w[1];
-		bool		isnull;
-		bool		open_null;
-		Datum		deadline;
+		bool		isnull = true;
+		Datum		deadline = (Datum) 0;
 
 		/* a new row only while Alipay+ still accepts cancelPayment */
-		w[0] = TimestampTzGetDatum(initiated);
-		run(Q_WINDOW, w, " ");
-		deadline = col_datum(0, 2, &isnull);
-		if (!DatumGetBool(col_datum(0, 1, &open_null)) && !open_null)
-			ereport(ERROR,
-					(errcode(ERRCODE_APS_WINDOW_CLOSED),
-					 errmsg("payment %s can no longer be cancelled: its cancel window closed at %s",
-							id, col_text(0, 2)),
-					 errdetail("The payment was initiated at %s; Alipay+ accepts cancelPayment until 00:15 UTC+8 on the next day.",
-							   DatumGetCString(DirectFunctionCall1(timestamptz_out,
-																   TimestampTzGetDatum(initiated)))),
-					 errhint("Refund the payment instead.")));
+		if (has_initiated)
+		{
+			Datum		w[1];
+			bool		open_null;
+
+			w[0] = TimestampTzGetDatum(initiated);
+			run(Q_WINDOW, w, " ");
+			deadline = col_datum(0, 2, &isnull);
+			if (!DatumGetBool(col_datum(0, 1, &open_null)) && !open_null)
+				ereport(ERROR,
+						(errcode(ERRCODE_APS_WINDOW_CLOSED),
+						 errmsg("payment %s can no longer be cancelled: its cancel window closed at %s",
+								id, col_text(0, 2)),
+						 errdetail("The payment was initiated at %s; Alipay+ accepts cancelPayment until 00:15 UTC+8 on the next day.",
+								   DatumGetCString(DirectFunctionCall1(timestamptz_out,
+																	   TimestampTzGetDatum(initiated)))),
+						 errhint("Refund the payment instead.")));
+		}
 		v[4] = TimestampTzGetDatum(initiated);
-		n[4] = ' ';
+		n[4] = has_initiated ? ' ' : 'n';
 		v[5] = deadline;
 		n[5] = isnull ? 'n' : ' ';
 		create_or_find(v, n, c, mcxt);
