@@ -89,19 +89,31 @@ CREATE TABLE bl_orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING'
 	created_at timestamptz NOT NULL DEFAULT now());
 SELECT alipayplus_bind_orders('bl_orders', 'req', 'st', 'CANCELLED', 'CANCELLING',
 	initiated_at_column => 'created_at', paid_value => 'PAID', failed_value => 'FAILED');
+-- The orders' times do not depend on the time of day: the open ones were
+-- initiated at the start of Alipay+'s day (UTC+8), which keeps them in
+-- their cancel window until 00:15 tomorrow, and "stale" means older than
+-- half of that age (just after midnight, the test waits a moment first).
+DO $$
+BEGIN
+	IF now() - date_trunc('day', now(), 'Asia/Shanghai') < interval '3 seconds' THEN
+		PERFORM pg_sleep(3);
+	END IF;
+END $$;
+SELECT date_trunc('day', now(), 'Asia/Shanghai') AS day_start,
+	(now() - date_trunc('day', now(), 'Asia/Shanghai')) / 2 AS stale_after \gset
 INSERT INTO bl_orders (req, st, created_at) VALUES
-	('bl-o-1', 'PENDING', now() - interval '2 hours'),
-	('bl-o-2', 'PENDING', now() - interval '3 hours'),
+	('bl-o-1', 'PENDING', :'day_start'::timestamptz + interval '2 ms'),
+	('bl-o-2', 'PENDING', :'day_start'::timestamptz + interval '1 ms'),
 	('bl-o-3', 'PENDING', now() - interval '3 days'),
-	('bl-o-4', 'PAID', now() - interval '2 hours'),
-	('bl-o-5', 'PENDING', now() - interval '5 minutes'),
-	('bl-o-6', 'PENDING', now() - interval '4 hours');
+	('bl-o-4', 'PAID', :'day_start'::timestamptz + interval '2 ms'),
+	('bl-o-5', 'PENDING', now()),
+	('bl-o-6', 'PENDING', :'day_start'::timestamptz);
 SELECT alipayplus_note_refund('bl-o-6');
-SELECT * FROM alipayplus_stale_orders('30 minutes');
+SELECT * FROM alipayplus_stale_orders(:'stale_after');
 SELECT id, outcome,
 	CASE WHEN outcome IN ('refund', 'invalid_id') THEN detail END AS detail
 FROM alipayplus_request_cancel_all(
-	ARRAY(SELECT alipayplus_stale_orders('30 minutes')) || ARRAY['bl-o-1', '', 'x' || repeat('y', 70)]);
+	ARRAY(SELECT alipayplus_stale_orders(:'stale_after')) || ARRAY['bl-o-1', '', 'x' || repeat('y', 70)]);
 SELECT req, st FROM bl_orders ORDER BY req;
 SELECT outcome, count(*) FROM alipayplus_request_cancel_all(ARRAY['bl-s-1', 'bl-new-1'])
 GROUP BY 1 ORDER BY 1;

@@ -43,6 +43,12 @@ while i < len(lines):
 print("# %d tested blocks in README.md" % n)
 PY
 
+# The stale-orders block's orders were initiated at the start of Alipay+'s
+# day (UTC+8) and count as stale after a second: just after that midnight,
+# wait until they do.
+q postgres "SELECT pg_sleep(2.5 - extract(epoch FROM now() - date_trunc('day', now(), 'Asia/Shanghai')))
+	WHERE now() - date_trunc('day', now(), 'Asia/Shanghai') < interval '2.5 seconds'" >/dev/null
+
 for f in "$TMP"/*.sql; do
 	db=$(basename "$f" .sql)
 	db=${db#*.}
