@@ -154,7 +154,13 @@ typedef struct ApsCallResult
 	bool		nulls[APS_CALL_NUM_COLS];
 } ApsCallResult;
 
-extern const char *const aps_call_column_names[APS_CALL_NUM_COLS];
+typedef struct ApsCallColumn
+{
+	const char *name;
+	Oid			type;
+} ApsCallColumn;
+
+extern const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS];
 extern void aps_check_id_pair(const char *payment_id, const char *request_id);
 extern EVP_PKEY *aps_check_config(void);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,

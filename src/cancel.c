@@ -44,26 +44,21 @@ PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 
-/* The column names of alipayplus._call_cancel's result, in order */
-const char *const aps_call_column_names[APS_CALL_NUM_COLS] = {
-	"sent_field", "sent_id", "request_time", "http_status", "result_status",
-	"result_code", "result_message", "acquirer_id", "psp_id",
-	"signature_verified", "latency_ms", "error_detail"
+/* The columns of alipayplus._call_cancel's result, in order */
+const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
+	{"sent_field", TEXTOID},
+	{"sent_id", TEXTOID},
+	{"request_time", TEXTOID},
+	{"http_status", INT4OID},
+	{"result_status", TEXTOID},
+	{"result_code", TEXTOID},
+	{"result_message", TEXTOID},
+	{"acquirer_id", TEXTOID},
+	{"psp_id", TEXTOID},
+	{"signature_verified", BOOLOID},
+	{"latency_ms", FLOAT8OID},
+	{"error_detail", TEXTOID}
 };
-
-#define COL_SENT_FIELD			APS_CALL_SENT_FIELD
-#define COL_SENT_ID				APS_CALL_SENT_ID
-#define COL_REQUEST_TIME		APS_CALL_REQUEST_TIME
-#define COL_HTTP_STATUS			APS_CALL_HTTP_STATUS
-#define COL_RESULT_STATUS		APS_CALL_RESULT_STATUS
-#define COL_RESULT_CODE			APS_CALL_RESULT_CODE
-#define COL_RESULT_MESSAGE		APS_CALL_RESULT_MESSAGE
-#define COL_ACQUIRER_ID			APS_CALL_ACQUIRER_ID
-#define COL_PSP_ID				APS_CALL_PSP_ID
-#define COL_SIGNATURE_VERIFIED	APS_CALL_SIGNATURE_VERIFIED
-#define COL_LATENCY_MS			APS_CALL_LATENCY_MS
-#define COL_ERROR_DETAIL		APS_CALL_ERROR_DETAIL
-#define NUM_COLS				APS_CALL_NUM_COLS
 
 /*
  * What is wrong with an id, or NULL if Alipay+ can be sent it: not empty
@@ -478,13 +473,13 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
 
 	classify(ex, aps_cancel_path, &r, &verified, &verified_known, &detail);
 
-	memset(nulls, 0, sizeof(bool) * NUM_COLS);
-	values[COL_SENT_FIELD] = CStringGetTextDatum(field);
-	values[COL_SENT_ID] = CStringGetTextDatum(value);
-	values[COL_REQUEST_TIME] = CStringGetTextDatum(ex->request_time);
-	values[COL_HTTP_STATUS] = Int32GetDatum((int32) ex->http_status);
-	nulls[COL_HTTP_STATUS] = ex->http_status == 0;
-	values[COL_RESULT_STATUS] = CStringGetTextDatum(r.result_status);
+	memset(nulls, 0, sizeof(bool) * APS_CALL_NUM_COLS);
+	values[APS_CALL_SENT_FIELD] = CStringGetTextDatum(field);
+	values[APS_CALL_SENT_ID] = CStringGetTextDatum(value);
+	values[APS_CALL_REQUEST_TIME] = CStringGetTextDatum(ex->request_time);
+	values[APS_CALL_HTTP_STATUS] = Int32GetDatum((int32) ex->http_status);
+	nulls[APS_CALL_HTTP_STATUS] = ex->http_status == 0;
+	values[APS_CALL_RESULT_STATUS] = CStringGetTextDatum(r.result_status);
 
 	/*
 	 * Everything else may hold text from the network (response body and
@@ -498,15 +493,15 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
 		else \
 			nulls[col] = true; \
 	} while (0)
-	NETWORK_TEXT_OR_NULL(COL_RESULT_CODE, r.result_code);
-	NETWORK_TEXT_OR_NULL(COL_RESULT_MESSAGE, r.result_message);
-	NETWORK_TEXT_OR_NULL(COL_ACQUIRER_ID, r.acquirer_id);
-	NETWORK_TEXT_OR_NULL(COL_PSP_ID, r.psp_id);
-	NETWORK_TEXT_OR_NULL(COL_ERROR_DETAIL, detail);
+	NETWORK_TEXT_OR_NULL(APS_CALL_RESULT_CODE, r.result_code);
+	NETWORK_TEXT_OR_NULL(APS_CALL_RESULT_MESSAGE, r.result_message);
+	NETWORK_TEXT_OR_NULL(APS_CALL_ACQUIRER_ID, r.acquirer_id);
+	NETWORK_TEXT_OR_NULL(APS_CALL_PSP_ID, r.psp_id);
+	NETWORK_TEXT_OR_NULL(APS_CALL_ERROR_DETAIL, detail);
 #undef NETWORK_TEXT_OR_NULL
-	values[COL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
-	nulls[COL_SIGNATURE_VERIFIED] = !verified_known;
-	values[COL_LATENCY_MS] = Float8GetDatum(ex->latency_ms);
+	values[APS_CALL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
+	nulls[APS_CALL_SIGNATURE_VERIFIED] = !verified_known;
+	values[APS_CALL_LATENCY_MS] = Float8GetDatum(ex->latency_ms);
 }
 
 /*
@@ -535,8 +530,8 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	char	   *value;
 	ApsHttpExchange *ex;
 	TupleDesc	tupdesc;
-	Datum		values[NUM_COLS];
-	bool		nulls[NUM_COLS];
+	Datum		values[APS_CALL_NUM_COLS];
+	bool		nulls[APS_CALL_NUM_COLS];
 	EVP_PKEY   *key;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -632,8 +627,8 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < nids; i++)
 	{
-		Datum		values[NUM_COLS + 1];
-		bool		nulls[NUM_COLS + 1];
+		Datum		values[APS_CALL_NUM_COLS + 1];
+		bool		nulls[APS_CALL_NUM_COLS + 1];
 
 		values[0] = Int32GetDatum(i + 1);
 		nulls[0] = false;

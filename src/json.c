@@ -74,25 +74,34 @@ typedef struct ApsParseState
 	ApsResult  *result;
 } ApsParseState;
 
+/*
+ * The fields picked out of a response, where they stand: at the top level
+ * (depth 1) or inside "result" (depth 2).  One table for finding them and
+ * for naming them in messages.
+ */
+static const struct
+{
+	ApsField	field;
+	int			depth;
+	const char *name;
+}			known_fields[] = {
+	{APS_FIELD_ACQUIRER_ID, 1, "acquirerId"},
+	{APS_FIELD_PSP_ID, 1, "pspId"},
+	{APS_FIELD_RESULT, 1, "result"},
+	{APS_FIELD_RESULT_STATUS, 2, "resultStatus"},
+	{APS_FIELD_RESULT_CODE, 2, "resultCode"},
+	{APS_FIELD_RESULT_MESSAGE, 2, "resultMessage"},
+};
+
 /* The name of a string field, for messages */
 static const char *
 field_name(ApsField field)
 {
-	switch (field)
-	{
-		case APS_FIELD_ACQUIRER_ID:
-			return "acquirerId";
-		case APS_FIELD_PSP_ID:
-			return "pspId";
-		case APS_FIELD_RESULT_STATUS:
-			return "result.resultStatus";
-		case APS_FIELD_RESULT_CODE:
-			return "result.resultCode";
-		case APS_FIELD_RESULT_MESSAGE:
-			return "result.resultMessage";
-		default:
-			return "?";
-	}
+	for (size_t i = 0; i < lengthof(known_fields); i++)
+		if (known_fields[i].field == field)
+			return psprintf("%s%s", known_fields[i].depth == 2 ? "result." : "",
+							known_fields[i].name);
+	return "?";
 }
 
 /*
@@ -157,26 +166,15 @@ on_field_start(void *arg, char *fname, bool isnull)
 	ApsParseState *st = arg;
 
 	st->field = APS_FIELD_NONE;
-	if (st->array_depth != 0)
+	if (st->array_depth != 0 || (st->depth == 2 && !st->in_result))
 		return;
-	if (st->depth == 1)
-	{
-		if (strcmp(fname, "acquirerId") == 0)
-			st->field = APS_FIELD_ACQUIRER_ID;
-		else if (strcmp(fname, "pspId") == 0)
-			st->field = APS_FIELD_PSP_ID;
-		else if (strcmp(fname, "result") == 0)
-			st->field = APS_FIELD_RESULT;
-	}
-	else if (st->depth == 2 && st->in_result)
-	{
-		if (strcmp(fname, "resultStatus") == 0)
-			st->field = APS_FIELD_RESULT_STATUS;
-		else if (strcmp(fname, "resultCode") == 0)
-			st->field = APS_FIELD_RESULT_CODE;
-		else if (strcmp(fname, "resultMessage") == 0)
-			st->field = APS_FIELD_RESULT_MESSAGE;
-	}
+	for (size_t i = 0; i < lengthof(known_fields); i++)
+		if (known_fields[i].depth == st->depth &&
+			strcmp(fname, known_fields[i].name) == 0)
+		{
+			st->field = known_fields[i].field;
+			break;
+		}
 }
 
 static void

@@ -265,12 +265,6 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	},
 };
 
-/* The types of alipayplus._call_cancel's columns (aps_call_column_names) */
-static const Oid call_column_types[APS_CALL_NUM_COLS] = {
-	TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, BOOLOID, FLOAT8OID, TEXTOID
-};
-
 /* The kept plans, and the ledger schema they were made for */
 static SPIPlanPtr plans[NUM_QUERIES];
 static Oid	plans_schema = InvalidOid;
@@ -952,8 +946,8 @@ alipayplus_settle(PG_FUNCTION_ARGS)
 	ledger_row_fields(&c, ch);
 	c.binding_known = false;
 	for (i = 0; i < APS_CALL_NUM_COLS; i++)
-		r.values[i] = field(rh, aps_call_column_names[i], call_column_types[i],
-							&r.nulls[i]);
+		r.values[i] = field(rh, aps_call_columns[i].name,
+							aps_call_columns[i].type, &r.nulls[i]);
 	if (r.nulls[APS_CALL_RESULT_STATUS])
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
