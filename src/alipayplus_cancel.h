@@ -169,7 +169,8 @@ extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,
 									const char *status);
-extern char *aps_ledger_state(Oid relid, const char *field, const char *id,
-							  bool *bound);
+extern char *aps_ledger_state(Oid relid, const char *request_id,
+							  const char *payment_id, bool *bound,
+							  char **key_field, char **key_id);
 
 #endif							/* ALIPAYPLUS_CANCEL_H */

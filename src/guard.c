@@ -168,15 +168,15 @@ ledger_text(GuardColumn *col, Datum v)
 }
 
 /*
- * The ledger key of an order row: its request id if it has a non-blank
- * one, else its payment id.  Returns false when it has neither.
+ * The ids of an order row: its request id and its payment id, each NULL
+ * when absent, empty or blank.  Returns false when it has neither.
  */
 static bool
-order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
-		  GuardColumn *pid, const char **field, char **id)
+order_ids(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
+		  GuardColumn *pid, char **request_id, char **payment_id)
 {
 	GuardColumn *cols[2] = {rid, pid};
-	const char *fields[2] = {"paymentRequestId", "paymentId"};
+	char	  **out[2] = {request_id, payment_id};
 
 	for (int i = 0; i < 2; i++)
 	{
@@ -185,6 +185,7 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		char	   *s;
 		const char *p;
 
+		*out[i] = NULL;
 		if (cols[i] == NULL)
 			continue;
 		v = heap_getattr(tuple, cols[i]->attnum, tupdesc, &isnull);
@@ -193,13 +194,10 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		s = ledger_text(cols[i], v);
 		for (p = s; *p && isspace((unsigned char) *p); p++)
 			;
-		if (*p == '\0')
-			continue;
-		*field = fields[i];
-		*id = s;
-		return true;
+		if (*p != '\0')
+			*out[i] = s;
 	}
-	return false;
+	return *request_id != NULL || *payment_id != NULL;
 }
 
 static Datum
@@ -342,8 +340,10 @@ guard(FunctionCallInfo fcinfo, bool bound)
 
 	if (bound)
 	{
-		const char *field;
-		char	   *id;
+		char	   *request_id;
+		char	   *payment_id;
+		char	   *key_field = NULL;
+		char	   *key_id = NULL;
 
 		/* the ids of a payment being cancelled are fixed */
 		if (oldtuple != NULL && (old_cancelled || old_cancelling))
@@ -391,11 +391,12 @@ guard(FunctionCallInfo fcinfo, bool bound)
 
 			bool		has_key;
 
-			has_key = order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
-								&field, &id);
+			has_key = order_ids(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
+								&request_id, &payment_id);
 			if (has_key)
-				state = aps_ledger_state(RelationGetRelid(rel), field, id,
-										 &in_tree);
+				state = aps_ledger_state(RelationGetRelid(rel), request_id,
+										 payment_id, &in_tree, &key_field,
+										 &key_id);
 			if (!in_tree)
 				ereport(ERROR,
 						(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
@@ -424,8 +425,9 @@ guard(FunctionCallInfo fcinfo, bool bound)
 								 args[2])));
 
 			/* only the ledger's own write for this very payment */
-			if (!has_key ||
-				!aps_ledger_write_allows(field, id, ledger_text(&status, newval)))
+			if (key_field == NULL ||
+				!aps_ledger_write_allows(key_field, key_id,
+										 ledger_text(&status, newval)))
 				ereport(ERROR,
 						(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
 						 errmsg("cannot set %s of row %s of table \"%s\" to \"%s\": only the cancellation ledger sets it",

@@ -46,6 +46,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -62,6 +63,7 @@
 PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
 PG_FUNCTION_INFO_V1(alipayplus_settle);
 PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
+PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
 
 /* The statements, in the order the rules use them */
 enum
@@ -71,6 +73,7 @@ enum
 	Q_LOCK_ORDER,
 	Q_REFUND,
 	Q_FIND,
+	Q_COMPLETE_IDS,
 	Q_WINDOW,
 	Q_INSERT,
 	Q_SET_ORDER,
@@ -121,12 +124,28 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
 	},
-	/* one ledger row per payment, keyed by the id it sends */
+	/*
+	 * One ledger row per payment, keyed by the id it sends ($1, $2), but
+	 * found by either id it knows ($3, $4): a cancellation requested by
+	 * payment id before the order stored that id is the same payment as
+	 * one requested later by the order's request id
+	 */
 	[Q_FIND] = {
 		"SELECT x FROM alipayplus.cancellations x"
-		" WHERE x.sent_field OPERATOR(pg_catalog.=) $1"
-		" AND x.sent_id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
-		2, {TEXTOID, TEXTOID}
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) $3"
+		" OR x.payment_id OPERATOR(pg_catalog.=) $4"
+		" ORDER BY (x.sent_field OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_id OPERATOR(pg_catalog.=) $2) DESC, x.cancellation_id"
+		" LIMIT 1 FOR UPDATE",
+		4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/* the ids a ledger row did not know yet, once an order names them */
+	[Q_COMPLETE_IDS] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" payment_request_id = pg_catalog.coalesce(x.payment_request_id, $2),"
+		" payment_id = pg_catalog.coalesce(x.payment_id, $3)"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1 RETURNING x",
+		3, {INT8OID, TEXTOID, TEXTOID}
 	},
 	/* a new row only while Alipay+ still accepts cancelPayment */
 	[Q_WINDOW] = {
@@ -276,6 +295,8 @@ typedef struct LedgerRow
 	int64		cancellation_id;
 	char	   *sent_field;
 	char	   *sent_id;
+	char	   *payment_request_id;	/* both ids, as far as the row knows them */
+	char	   *payment_id;
 	char	   *state;
 	int32		attempt_count;
 	int32		retry_budget_start;
@@ -486,6 +507,8 @@ ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
 	c->cancellation_id = DatumGetInt64(field_not_null(h, "cancellation_id", INT8OID));
 	c->sent_field = field_text(h, "sent_field");
 	c->sent_id = field_text(h, "sent_id");
+	c->payment_request_id = field_text(h, "payment_request_id");
+	c->payment_id = field_text(h, "payment_id");
 	c->state = field_text(h, "state");
 	c->attempt_count = DatumGetInt32(field_not_null(h, "attempt_count", INT4OID));
 	c->retry_budget_start = DatumGetInt32(field_not_null(h, "retry_budget_start", INT4OID));
@@ -545,6 +568,88 @@ set_order_status(const char *field, const char *id, const char *status,
 }
 
 /*
+ * NOTIFY alipayplus_cancellations, sent for each ledger row created, is
+ * queued only when the transaction commits (an XACT_EVENT_PRE_COMMIT
+ * callback, which runs before PostgreSQL moves the queued notifications
+ * out): a transaction that did NOTIFY cannot be prepared, and PREPARE
+ * TRANSACTION after alipayplus_cancel_payment() or
+ * alipayplus_request_cancel() must work, or the call's verified answer
+ * would be lost with the transaction.  A prepared transaction sends no
+ * notification (COMMIT PREPARED cannot send one); the processor finds the
+ * row anyway.  The ids live in TopTransactionContext, each with the
+ * subtransaction level that created its row, so that the ids of a
+ * rolled-back subtransaction are forgotten.
+ */
+typedef struct PendingNotify
+{
+	int64		cancellation_id;
+	int			level;
+} PendingNotify;
+
+static List *pending_notifies = NIL;
+static bool notify_callbacks = false;
+
+static void
+notify_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_PRE_COMMIT)
+	{
+		foreach(lc, pending_notifies)
+		{
+			PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+			Async_Notify("alipayplus_cancellations",
+						 psprintf(INT64_FORMAT, p->cancellation_id));
+		}
+	}
+	/* every other event ends the transaction or prepares it: nothing to send */
+	if (event != XACT_EVENT_PARALLEL_PRE_COMMIT)
+		pending_notifies = NIL;
+}
+
+static void
+notify_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	foreach(lc, pending_notifies)
+	{
+		PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+		if (p->level < level)
+			continue;
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			pending_notifies = foreach_delete_current(pending_notifies, lc);
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			p->level = level - 1;
+	}
+}
+
+static void
+notify_at_commit(int64 cancellation_id)
+{
+	MemoryContext old;
+	PendingNotify *p;
+
+	if (!notify_callbacks)
+	{
+		RegisterXactCallback(notify_xact_callback, NULL);
+		RegisterSubXactCallback(notify_subxact_callback, NULL);
+		notify_callbacks = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(PendingNotify));
+	p->cancellation_id = cancellation_id;
+	p->level = GetCurrentTransactionNestLevel();
+	pending_notifies = lappend(pending_notifies, p);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Create the ledger row (values v of Q_INSERT) and notify the processors,
  * or, if it exists (another transaction created it and has committed),
  * find and lock it.
@@ -555,8 +660,7 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 	if (run(Q_INSERT, v, n) == 1)
 	{
 		ledger_row_from_result(c, mcxt);
-		Async_Notify("alipayplus_cancellations",
-					 psprintf(INT64_FORMAT, c->cancellation_id));
+		notify_at_commit(c->cancellation_id);
 		return;
 	}
 	if (run(Q_FIND, v, n) == 0)
@@ -693,6 +797,20 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	}
 	else
 		ledger_row_from_result(c, mcxt);
+	if ((c->payment_request_id == NULL && request_id != NULL) ||
+		(c->payment_id == NULL && payment_id != NULL))
+	{
+		Datum		w[3];
+		char		wn[3] = "   ";
+
+		w[0] = Int64GetDatum(c->cancellation_id);
+		w[1] = text_or_null(request_id, wn, 1);
+		w[2] = text_or_null(payment_id, wn, 2);
+		if (run(Q_COMPLETE_IDS, w, wn) != 1)
+			elog(ERROR, "ledger row %lld was not updated with its ids",
+				 (long long) c->cancellation_id);
+		ledger_row_from_result(c, mcxt);
+	}
 
 	if (order_found)
 	{
@@ -775,7 +893,14 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		MemoryContextSwitchTo(old);
 		if (!c->binding_known)
 			bound = binding(&cancelling, &cancelled, mcxt);
-		if (bound)
+		/*
+		 * The order by its request id when the row knows it: the order may
+		 * not have stored the payment id the row sends yet
+		 */
+		if (bound && c->payment_request_id != NULL)
+			set_order_status("paymentRequestId", c->payment_request_id,
+							 cancelled, c->sent_field, c->sent_id);
+		else if (bound)
 			set_order_status(c->sent_field, c->sent_id, cancelled, NULL, NULL);
 		return state;
 	}
@@ -1041,4 +1166,33 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * CALL alipayplus_require_top_level(procedure): for the procedures that
+ * commit as they go (alipayplus_run_cancellations,
+ * alipayplus_process_backlog), called first, before anything is claimed or
+ * sent.  Raises 25001 unless the caller may commit: a CALL as a statement
+ * of its own, outside a transaction block, from no function, and from no
+ * procedure with SET or SECURITY DEFINER.  Otherwise the first COMMIT
+ * would fail after a window of calls had been answered, and the answers
+ * would be rolled back with it.  PL/pgSQL passes its own atomicity on to
+ * the procedures it calls, so the CallContext this procedure gets says
+ * whether its caller can commit.
+ */
+Datum
+alipayplus_require_top_level(PG_FUNCTION_ARGS)
+{
+	const char *name = PG_ARGISNULL(0) ? "this procedure" :
+		text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		castNode(CallContext, fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s must be called as a top-level statement by itself", name),
+				 errdetail("It commits after each window of calls, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
+				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
+						 name)));
+	PG_RETURN_VOID();
 }

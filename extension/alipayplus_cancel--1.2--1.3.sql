@@ -1,0 +1,686 @@
+/*
+ * alipayplus_cancel--1.2--1.3.sql
+ *	  Upgrade of the alipayplus_cancel extension from 1.2 to 1.3 (also the
+ *	  fourth step of every fresh install of 1.3).
+ *
+ * 1.3 changes, in sections by issue (each section says what it changes):
+ *  - issue 19: the procedures that commit refuse to run where they cannot
+ *    commit, before sending anything; time_budget has an upper bound; an
+ *    order update must change exactly one row; a binding with cancellations
+ *    in progress cannot be replaced by one that would strand their orders;
+ *    a cancellation found by either id it knows, its verified S reaching
+ *    the order by request id; NOTIFY on commit only, so that PREPARE
+ *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).
+ * Functions that change are replaced, never dropped, so no grant is lost.
+ * No table changes.
+ */
+
+\echo Use "ALTER EXTENSION alipayplus_cancel UPDATE TO '1.3'" to load this file. \quit
+
+/* ---- issue 19, item 1: the procedures that commit run only where they can commit ---- */
+
+/*
+ * Raises 25001 unless its caller can commit: see src/ledger.c.  Public:
+ * it reads nothing and signs nothing, and the roles that run the
+ * processor (often without USAGE on schema alipayplus) must be able to
+ * call it.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_require_top_level(procedure_name text)
+AS 'MODULE_PATHNAME', 'alipayplus_require_top_level'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_require_top_level(text) IS
+	'Internal: raises 25001 unless the calling procedure can commit (a CALL of its own, outside a transaction block)';
+
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_process_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_said timestamptz := pg_catalog.clock_timestamp();
+	v_left interval;
+	v_run bigint;
+	r record;
+	n integer := 0;
+	n_cancelled integer := 0;
+	n_unanswered integer := 0;
+	v_last_error text;
+	v_due bigint;
+	v_rate float8;
+	v_interrupted boolean := false;
+BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
+	LOOP
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
+		EXIT WHEN n >= max_count OR v_left <= interval '0';
+		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
+			least(max_count - n,
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
+			v_left, v_run) x;
+		v_run := r.run_id;
+		n := n + r.claimed;
+		n_cancelled := n_cancelled + r.cancelled;
+		n_unanswered := n_unanswered + r.unanswered;
+		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
+		COMMIT;
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		IF progress IS NOT NULL AND pg_catalog.clock_timestamp() - v_said >= progress THEN
+			v_said := pg_catalog.clock_timestamp();
+			v_rate := n / greatest(extract(epoch FROM v_said - v_start), 0.001);
+			IF pg_catalog.has_function_privilege('@extschema@.alipayplus_queue_depth()', 'EXECUTE') THEN
+				SELECT q.due INTO v_due FROM @extschema@.alipayplus_queue_depth() q;
+			END IF;
+			RAISE NOTICE '% done (% cancelled), % per second, % still due, about % left',
+				n, n_cancelled, round(v_rate::numeric, 1), coalesce(v_due::text, 'how many'),
+				CASE WHEN v_rate > 0 AND v_due IS NOT NULL
+					 THEN pg_catalog.make_interval(secs => round((v_due / v_rate)::numeric))::text
+					 ELSE 'unknown' END;
+		END IF;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
+	END LOOP;
+	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	IF progress IS NOT NULL THEN
+		RAISE NOTICE '% done (% cancelled) in %, processor run %',
+			n, n_cancelled, date_trunc('second', pg_catalog.clock_timestamp() - v_start), v_run;
+	END IF;
+	IF n > 0 AND n_unanswered = n THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'ZA004',
+			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
+			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
+			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
+	END IF;
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_left interval;
+	v_run bigint;
+	r record;
+	n integer := 0;
+	n_unanswered integer := 0;
+	v_last_error text;
+	v_interrupted boolean := false;
+BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
+	LOOP
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
+		EXIT WHEN n >= max_count OR v_left <= interval '0';
+		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
+			least(max_count - n,
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
+			v_left, v_run) x;
+		v_run := r.run_id;
+		n := n + r.claimed;
+		n_unanswered := n_unanswered + r.unanswered;
+		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
+		COMMIT;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
+	END LOOP;
+	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	IF n > 0 AND n_unanswered = n THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'ZA004',
+			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
+			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
+			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
+	END IF;
+END;
+$$;
+
+/* ---- issue 19, item 6: time_budget fits the calls' millisecond limits ---- */
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
+RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
+	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
+	last_error text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_done bigint[] := '{}';
+	v_window alipayplus.cancellations[];
+	v_claimed alipayplus.cancellations[];
+	v_width integer;
+	v_nothing_due boolean;
+	v_left_ms integer;
+	c alipayplus.cancellations;
+	a alipayplus.cancel_attempts;
+	r record;
+	n_claimed integer := 0;
+	n_cancelled integer := 0;
+	n_retrying integer := 0;
+	n_attention integer := 0;
+	n_unanswered integer := 0;
+	n_busy integer := 0;
+	v_stop text := 'nothing due';
+	v_claim_error text;
+	v_last_error text;
+	v_run bigint;
+	v_statement_timeout interval := current_setting('statement_timeout')::interval;
+	v_concurrency integer;
+	v_interrupted boolean := false;
+BEGIN
+	IF $1 IS NULL OR $1 < 1 THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'max_count must be at least 1';
+	END IF;
+	IF $2 IS NULL OR $2 <= interval '0' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be positive';
+	END IF;
+	/* the calls' time limits are milliseconds in an integer */
+	IF $2 > interval '24 days' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = format('time_budget must be at most 24 days, not %s', $2),
+			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
+			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
+	END IF;
+	PERFORM alipayplus._check_config();
+	/* read only now: the line above loads the library that defines it */
+	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
+	PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'false', true);
+
+	LOOP
+		IF n_claimed >= $1 THEN
+			v_stop := 'max_count reached';
+			EXIT;
+		END IF;
+		v_left_ms := (extract(epoch FROM $2 - (pg_catalog.clock_timestamp() - v_start)) * 1000)::integer;
+		IF v_left_ms <= 0 THEN
+			v_stop := 'time budget used';
+			EXIT;
+		END IF;
+		IF v_statement_timeout > interval '0'
+		   AND pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
+			   > v_statement_timeout - interval '500 ms' THEN
+			v_stop := 'statement_timeout near';
+			EXIT;
+		END IF;
+
+		/*
+		 * Claim a window of due rows in one statement (SKIP LOCKED), then
+		 * take each one's bound order row without waiting.  A row whose
+		 * order is locked (a notification or request in progress) is left
+		 * for a later run; one whose order cannot be used is flagged.
+		 */
+		v_width := least(v_concurrency, $1 - n_claimed);
+		v_window := '{}';
+		v_claimed := ARRAY(
+			SELECT x FROM alipayplus.cancellations x
+			WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+				AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+				AND x.cancellation_id <> ALL (v_done)
+			ORDER BY x.next_attempt_at, x.cancellation_id
+			LIMIT v_width
+			FOR UPDATE SKIP LOCKED);
+		v_nothing_due := cardinality(v_claimed) < v_width;
+		FOREACH c IN ARRAY v_claimed LOOP
+			v_done := v_done || c.cancellation_id;
+			v_claim_error := NULL;
+			BEGIN
+				PERFORM alipayplus._lock_order(c.sent_field, c.sent_id, true);
+			EXCEPTION
+				WHEN lock_not_available THEN
+					n_busy := n_busy + 1;
+					CONTINUE;
+				WHEN OTHERS THEN
+					GET STACKED DIAGNOSTICS v_claim_error = MESSAGE_TEXT;
+			END;
+			IF v_claim_error IS NOT NULL THEN
+				n_claimed := n_claimed + 1;
+				UPDATE alipayplus.cancellations x SET
+					needs_attention = true, next_attempt_at = NULL,
+					attention_reason = format('the bound order cannot be used: %s; fix the order row, then run alipayplus_requeue_cancellation(%s)',
+											  v_claim_error, x.cancellation_id)
+				WHERE x.cancellation_id = c.cancellation_id;
+				n_attention := n_attention + 1;
+				CONTINUE;
+			END IF;
+			v_window := v_window || c;
+		END LOOP;
+
+		/*
+		 * Under a statement_timeout, the calls must leave time to record
+		 * and apply their answers before the statement would be cancelled.
+		 */
+		IF v_statement_timeout > interval '0' THEN
+			v_left_ms := least(v_left_ms,
+				(extract(epoch FROM v_statement_timeout
+						 - (pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())) * 1000)::integer
+				- 500 - 5 * cardinality(v_window));
+		END IF;
+		IF cardinality(v_window) > 0 THEN
+			n_claimed := n_claimed + cardinality(v_window);
+			/* call them all at once, then settle each */
+			FOR r IN
+				SELECT * FROM alipayplus._call_cancel_many(
+					ARRAY(SELECT w.sent_field FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
+					ARRAY(SELECT w.sent_id FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
+					v_left_ms)
+			LOOP
+				c := v_window[r.ord];
+				IF r.result_code = 'local.not_sent' THEN
+					/* the run's time ran out before this call started: left due */
+					n_claimed := n_claimed - 1;
+					CONTINUE;
+				END IF;
+				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
+				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
+					v_interrupted := true;
+				END IF;
+				IF alipayplus._unanswered(a.result_code) THEN
+					n_unanswered := n_unanswered + 1;
+					v_last_error := format('%s: %s', a.result_code, a.error_detail);
+				END IF;
+				SELECT * INTO c FROM alipayplus.cancellations x
+				WHERE x.cancellation_id = c.cancellation_id;
+				IF c.needs_attention THEN
+					n_attention := n_attention + 1;
+				ELSIF c.state = 'CANCELLED' THEN
+					n_cancelled := n_cancelled + 1;
+				ELSE
+					n_retrying := n_retrying + 1;
+				END IF;
+			END LOOP;
+		END IF;
+
+		IF v_interrupted THEN
+			/* a cancel or statement_timeout came while an answer was applied */
+			v_stop := 'interrupted';
+			EXIT;
+		END IF;
+		IF v_nothing_due THEN
+			v_stop := 'nothing due';
+			EXIT;
+		END IF;
+		/* a gateway that answers nothing: do not spend the run on it */
+		IF n_claimed >= 3 AND n_unanswered = n_claimed THEN
+			v_stop := 'gateway not answering';
+			EXIT;
+		END IF;
+	END LOOP;
+
+	IF $3 IS NOT NULL THEN
+		UPDATE alipayplus.processor_runs x SET
+			finished_at = pg_catalog.clock_timestamp(),
+			claimed = x.claimed + n_claimed, cancelled = x.cancelled + n_cancelled,
+			retrying = x.retrying + n_retrying, attention = x.attention + n_attention,
+			unanswered = x.unanswered + n_unanswered, busy = x.busy + n_busy,
+			stopped_because = v_stop
+		WHERE x.run_id = $3
+		RETURNING x.run_id INTO v_run;
+	END IF;
+	IF v_run IS NULL THEN
+		INSERT INTO alipayplus.processor_runs AS x
+			(started_at, finished_at, claimed, cancelled, retrying, attention,
+			 unanswered, busy, stopped_because)
+		VALUES (v_start, pg_catalog.clock_timestamp(), n_claimed, n_cancelled,
+				n_retrying, n_attention, n_unanswered, n_busy, v_stop)
+		RETURNING x.run_id INTO v_run;
+	END IF;
+
+	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
+		n_unanswered, n_busy,
+		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1),
+		v_last_error;
+END;
+$$;
+
+/* ---- issue 19, item 4: an order update changes exactly one row ---- */
+
+CREATE OR REPLACE FUNCTION alipayplus._set_order_status(p_field text, p_id text, p_status text,
+	p_ledger_field text DEFAULT NULL, p_ledger_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	key_col name;
+	r text[];
+	n integer := 0;
+	now_status text;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR p_status IS NULL OR p_id IS NULL THEN
+		RETURN;
+	END IF;
+	key_col := alipayplus._order_column(b, p_field);
+	IF key_col IS NULL THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('UPDATE %s SET %I = $1 WHERE %I OPERATOR(pg_catalog.=) $2 '
+			   'AND (%I IS NULL OR NOT %I OPERATOR(pg_catalog.=) $1) RETURNING %I::pg_catalog.text',
+			   b.orders, b.status_column, key_col, b.status_column,
+			   b.status_column, b.status_column),
+		ARRAY[p_status, p_id], ARRAY[b.status_column, key_col],
+		CASE WHEN p_status IN (b.cancelled_value, b.cancelling_value)
+			 THEN ARRAY[coalesce(p_ledger_field, p_field), coalesce(p_ledger_id, p_id), p_status] END)
+	LOOP
+		n := n + 1;
+		now_status := r[1];
+	END LOOP;
+	IF n = 0 THEN
+		/* nothing to change, or nothing changed: look */
+		FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+			format('SELECT %I::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+				   b.status_column, b.orders, key_col),
+			ARRAY[p_id], ARRAY[key_col])
+		LOOP
+			n := n + 1;
+			now_status := r[1];
+		END LOOP;
+		IF n = 0 THEN
+			RETURN;
+		END IF;
+	END IF;
+	/*
+	 * One payment, one order row: a table without a unique index on the
+	 * id (a partitioned one) may have gained a second row with the id
+	 * since the order was locked; then this update is undone with the
+	 * error, and the ledger row says why.
+	 */
+	IF n > 1 THEN
+		RAISE EXCEPTION USING ERRCODE = 'cardinality_violation',
+			MESSAGE = format('%s rows of %s have %s = %L; exactly one was to be set to %L',
+							 n, b.orders, key_col, p_id, p_status),
+			DETAIL = 'A payment must be one order row; the extension will not guess which one is meant, and changed none.',
+			HINT = format('Remove the duplicates (and add a unique constraint on %s if the table can have one), then run alipayplus_requeue_cancellation().', key_col);
+	END IF;
+	IF now_status IS DISTINCT FROM p_status THEN
+		RAISE EXCEPTION USING ERRCODE = 'triggered_data_change_violation',
+			MESSAGE = format('the order with %s = %L was not set to %L; it is %L',
+							 key_col, p_id, p_status, now_status),
+			DETAIL = 'An update of the orders table changed nothing: a trigger returned NULL, a rule or row security policy skipped the row, or a trigger rewrote the status.',
+			HINT = 'Let updates of the status column by the table''s owner through.';
+	END IF;
+END;
+$$;
+
+/* ---- issue 19, item 3: a cancellation reaches its order by request id when it knows it ---- */
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_requeue_cancellation(cancellation_id bigint)
+RETURNS alipayplus.cancellations
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	c alipayplus.cancellations;
+BEGIN
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+			MESSAGE = format('no cancellation with id %s', $1);
+	END IF;
+	/*
+	 * The order row first, then the ledger row, like every other path; by
+	 * its request id when the row knows it (a payment id the order may not
+	 * have stored yet would not find it)
+	 */
+	PERFORM alipayplus._lock_order(
+		CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+		coalesce(c.payment_request_id, c.sent_id));
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1 FOR UPDATE;
+	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
+	END IF;
+
+	IF c.state = 'CANCELLED' THEN
+		/* Alipay+ cancelled it; only the bound order has to follow */
+		SELECT * INTO b FROM alipayplus.order_binding;
+		IF FOUND THEN
+			PERFORM alipayplus._set_order_status(
+				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+				coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
+				c.sent_field, c.sent_id);
+		END IF;
+		UPDATE alipayplus.cancellations x SET
+			needs_attention = false, attention_reason = NULL
+		WHERE x.cancellation_id = $1
+		RETURNING * INTO c;
+		RETURN c;
+	END IF;
+
+	UPDATE alipayplus.cancellations x SET
+		needs_attention = false, attention_reason = NULL,
+		retry_budget_start = x.attempt_count, unanswered_streak = 0,
+		next_attempt_at = pg_catalog.now()
+	WHERE x.cancellation_id = $1
+	RETURNING * INTO c;
+	RETURN c;
+END;
+$$;
+
+/* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
+
+/*
+ * Refuse a new binding that would leave orders of the current one behind:
+ * while a cancellation is still CANCELLING, or waits for a person, its
+ * order must stay where the ledger applies its answer.  A new binding that
+ * keeps the table, its id and status columns and the two values (adding a
+ * payment id column, changing the initiation time or the paid and failed
+ * values) strands nothing and is allowed.
+ */
+CREATE FUNCTION alipayplus._refuse_stranding_rebind(p_orders regclass,
+	p_request_id_column name, p_status_column name, p_cancelled_value text,
+	p_cancelling_value text, p_payment_id_column name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	v_open bigint;
+	v_first bigint;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	IF b.orders = p_orders AND b.request_id_column = p_request_id_column
+	   AND b.status_column = p_status_column
+	   AND b.cancelled_value = p_cancelled_value
+	   AND b.cancelling_value = p_cancelling_value
+	   AND (b.payment_id_column IS NULL
+			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
+		RETURN;
+	END IF;
+	SELECT count(*), min(x.cancellation_id) INTO v_open, v_first
+	FROM alipayplus.cancellations x
+	WHERE x.state = 'CANCELLING' OR x.needs_attention;
+	IF v_open > 0 THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cannot replace the binding of %s while %s cancellations are in progress or wait for a person (the first is %s)',
+							 b.orders, v_open, v_first),
+			DETAIL = format('Their orders in %s would stay %L for good: the ledger would apply Alipay+''s answers to the newly bound table.',
+							b.orders, b.cancelling_value),
+			HINT = 'Let the processor finish them (CALL alipayplus_run_cancellations()) and settle what alipayplus.attention lists, then bind again.';
+	END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION alipayplus._refuse_stranding_rebind(regclass, name, name, text, text, name) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_bind_orders(orders regclass,
+	request_id_column name, status_column name, cancelled_value text,
+	cancelling_value text, payment_id_column name DEFAULT NULL,
+	initiated_at_column name DEFAULT NULL, paid_value text DEFAULT NULL,
+	failed_value text DEFAULT NULL, initiated_at_time_zone text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $$
+DECLARE
+	col name;
+	val text;
+	v_kind "char";
+	v_type text;
+	v_attnum smallint;
+	v_rel regclass;
+	v_fits boolean;
+BEGIN
+	IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'only a superuser can bind an orders table',
+			DETAIL = 'Binding attaches guard triggers and changes the extension''s configuration.';
+	END IF;
+	IF $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR $4 IS NULL OR $5 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'orders, request_id_column, status_column, cancelled_value and cancelling_value are required';
+	END IF;
+	IF $4 = $5 THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'cancelled_value and cancelling_value must differ';
+	END IF;
+	SELECT c.relkind INTO v_kind FROM pg_catalog.pg_class c WHERE c.oid = $1;
+	IF v_kind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
+			MESSAGE = format('%s is not a table', $1);
+	END IF;
+	FOREACH col IN ARRAY ARRAY[$2, $3, $6, $7] LOOP
+		IF col IS NOT NULL AND alipayplus._column_type($1, col) IS NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'undefined_column',
+				MESSAGE = format('column %I does not exist in table %s', col, $1);
+		END IF;
+	END LOOP;
+
+	/* the guard compares values byte for byte: the columns must allow that */
+	FOREACH col IN ARRAY ARRAY[$2, $3, $6] LOOP
+		CONTINUE WHEN col IS NULL;
+		val := alipayplus._not_bytewise($1, col);
+		IF val IS NOT NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'datatype_mismatch',
+				MESSAGE = format('column %I of table %s has %s, whose equality is not exact', col, $1, val),
+				DETAIL = 'The guard compares stored values exactly; a looser equality would let other spellings of the values slip past it.',
+				HINT = 'Use text, varchar, char(n), an enum, an integer type or uuid with a deterministic collation.';
+		END IF;
+	END LOOP;
+
+	/* the values must be stored as given by the status column's type */
+	v_type := alipayplus._column_type($1, $3);
+	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] LOOP
+		IF val IS NOT NULL THEN
+			/* stored as the owner stores it: a domain's CHECK is the owner's code */
+			BEGIN
+				SELECT x[1] IS NOT DISTINCT FROM val INTO v_fits
+				FROM alipayplus._order_exec($1, 'SELECT $1::pg_catalog.text',
+											ARRAY[val], ARRAY[$3]) x;
+			EXCEPTION
+				WHEN invalid_text_representation OR string_data_right_truncation
+					 OR check_violation OR invalid_parameter_value THEN
+					v_fits := false;
+			END;
+			IF NOT v_fits THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('the value %L does not fit column %I of type %s', val, $3, v_type),
+					DETAIL = 'Stored in that column it would read differently, so the guard could never recognise it.',
+					HINT = 'Widen the column or use a value the type keeps as it is.';
+			END IF;
+		END IF;
+	END LOOP;
+
+	/*
+	 * One order per request id: a unique index on that column alone.  A
+	 * payment id column often holds a placeholder until Alipay+ answers,
+	 * so it is not required to be unique; duplicates of a real payment id
+	 * are refused when they are looked up.  Partitioned tables cannot
+	 * have such an index unless partitioned by the id; their duplicates
+	 * are refused when looked up, too.
+	 */
+	IF v_kind = 'r' THEN
+		FOREACH col IN ARRAY ARRAY[$2] LOOP
+			SELECT a.attnum INTO v_attnum FROM pg_catalog.pg_attribute a
+			WHERE a.attrelid = $1 AND a.attname = col;
+			IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+						   WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+							 AND i.indpred IS NULL AND i.indexprs IS NULL
+							 AND i.indnkeyatts = 1 AND i.indkey[0] = v_attnum) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_table_definition',
+					MESSAGE = format('column %I of table %s has no unique constraint', col, $1),
+					DETAIL = 'Each payment id must identify one order row.',
+					HINT = format('ALTER TABLE %s ADD UNIQUE (%I);', $1, col);
+			END IF;
+		END LOOP;
+	END IF;
+
+	/* the cancel window must not move with the caller's TimeZone */
+	IF $7 IS NOT NULL THEN
+		v_type := (SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute a
+				   WHERE a.attrelid = $1 AND a.attname = $7);
+		IF v_type = 'timestamp with time zone' THEN
+			IF $10 IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('column %I is timestamptz: initiated_at_time_zone must be NULL', $7);
+			END IF;
+		ELSIF v_type = 'timestamp without time zone' THEN
+			IF $10 IS NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('column %I is a timestamp without time zone: say which zone it is in', $7),
+					DETAIL = 'Read in each caller''s TimeZone, the cancel window would move with the caller.',
+					HINT = 'Pass initiated_at_time_zone => ''UTC'' (or the zone the application writes in), or make the column timestamptz.';
+			END IF;
+			PERFORM pg_catalog.timezone($10, pg_catalog.now());
+		ELSE
+			RAISE EXCEPTION USING ERRCODE = 'datatype_mismatch',
+				MESSAGE = format('column %I is of type %s; the initiation time must be a timestamptz (or a timestamp with initiated_at_time_zone)', $7, v_type);
+		END IF;
+	ELSIF $10 IS NOT NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'initiated_at_time_zone needs initiated_at_column';
+	END IF;
+
+	/* the orders of a cancellation in progress must stay bound */
+	PERFORM alipayplus._refuse_stranding_rebind($1, $2, $3, $4, $5, $6);
+
+	INSERT INTO alipayplus.order_binding AS x
+		(orders, request_id_column, status_column, cancelled_value,
+		 cancelling_value, payment_id_column, initiated_at_column,
+		 initiated_at_time_zone, paid_value, failed_value)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $9)
+	ON CONFLICT (singleton) DO UPDATE SET
+		orders = excluded.orders, request_id_column = excluded.request_id_column,
+		status_column = excluded.status_column, cancelled_value = excluded.cancelled_value,
+		cancelling_value = excluded.cancelling_value,
+		payment_id_column = excluded.payment_id_column,
+		initiated_at_column = excluded.initiated_at_column,
+		initiated_at_time_zone = excluded.initiated_at_time_zone,
+		paid_value = excluded.paid_value, failed_value = excluded.failed_value,
+		bound_at = pg_catalog.now();
+
+	/* rows of the whole tree that are already cancelling or cancelled */
+	FOR v_rel IN
+		WITH RECURSIVE tree(relid) AS (
+			SELECT $1::oid
+			UNION
+			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		)
+		SELECT tree.relid::regclass FROM tree
+		JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE c.relkind = 'r'
+	LOOP
+		PERFORM alipayplus._check_existing_rows(v_rel);
+	END LOOP;
+
+	PERFORM alipayplus._attach_guards(true);
+END;
+$$;
