@@ -188,7 +188,7 @@ BEGIN
 	/* the calls' time limits are milliseconds in an integer */
 	IF $2 > interval '24 days' THEN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = format('time_budget must be at most 24 days, not %s', $2),
+			MESSAGE = 'time_budget must be at most 24 days',
 			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
 			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
 	END IF;

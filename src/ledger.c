@@ -142,8 +142,8 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	/* the ids a ledger row did not know yet, once an order names them */
 	[Q_COMPLETE_IDS] = {
 		"UPDATE alipayplus.cancellations x SET"
-		" payment_request_id = pg_catalog.coalesce(x.payment_request_id, $2),"
-		" payment_id = pg_catalog.coalesce(x.payment_id, $3)"
+		" payment_request_id = COALESCE(x.payment_request_id, $2),"
+		" payment_id = COALESCE(x.payment_id, $3)"
 		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1 RETURNING x",
 		3, {INT8OID, TEXTOID, TEXTOID}
 	},
