@@ -476,11 +476,15 @@ $$;
 
 /*
  * Refuse a new binding that would leave orders of the current one behind:
- * while a cancellation is still CANCELLING, or waits for a person, its
- * order must stay where the ledger applies its answer.  A new binding that
- * keeps the table, its id and status columns and the two values (adding a
- * payment id column, changing the initiation time or the paid and failed
- * values) strands nothing and is allowed.
+ * an order of the bound table that is at the cancelling value can only
+ * become cancelled through the ledger, which, once another table is bound,
+ * would apply Alipay+'s answer to that table instead; the order would stay
+ * cancelling for good, and the guard refuses every other change.  A new
+ * binding that keeps the table, its id and status columns and the two
+ * values (adding a payment id column, changing the initiation time or the
+ * paid and failed values) strands nothing and is allowed, and so is any
+ * binding while no order is cancelling.  The orders are read as the
+ * table's owner, like every read of a user table.
  */
 CREATE FUNCTION alipayplus._refuse_stranding_rebind(p_orders regclass,
 	p_request_id_column name, p_status_column name, p_cancelled_value text,
@@ -491,11 +495,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	b alipayplus.order_binding;
-	v_open bigint;
-	v_first bigint;
+	r text[];
 BEGIN
 	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
-	IF NOT FOUND THEN
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
 		RETURN;
 	END IF;
 	IF b.orders = p_orders AND b.request_id_column = p_request_id_column
@@ -506,15 +509,15 @@ BEGIN
 			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
 		RETURN;
 	END IF;
-	SELECT count(*), min(x.cancellation_id) INTO v_open, v_first
-	FROM alipayplus.cancellations x
-	WHERE x.state = 'CANCELLING' OR x.needs_attention;
-	IF v_open > 0 THEN
+	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
+		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column, b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column]) x;
+	IF r[1]::bigint > 0 THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-			MESSAGE = format('cannot replace the binding of %s while %s cancellations are in progress or wait for a person (the first is %s)',
-							 b.orders, v_open, v_first),
-			DETAIL = format('Their orders in %s would stay %L for good: the ledger would apply Alipay+''s answers to the newly bound table.',
-							b.orders, b.cancelling_value),
+			MESSAGE = format('cannot replace the binding of %s while %s of its orders are %L (the first is %s = %L)',
+							 b.orders, r[1], b.cancelling_value, b.request_id_column, r[2]),
+			DETAIL = 'Their cancellations are in progress or wait for a person; the ledger would apply Alipay+''s answers to the newly bound table, and these orders would stay cancelling for good.',
 			HINT = 'Let the processor finish them (CALL alipayplus_run_cancellations()) and settle what alipayplus.attention lists, then bind again.';
 	END IF;
 END;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test/upgrade.sh: ALTER EXTENSION alipayplus_cancel UPDATE from every
-# released version (1.0, 1.1) to the current one (default_version).
+# released version (1.0, 1.1, 1.2) to the current one (default_version).
 #
 # A database on the old version gets a bound orders table, a grant, a DBA
 # policy row and cancellations in every state (cancelled, flagged, waiting
@@ -130,4 +130,5 @@ q postgres "DROP ROLE IF EXISTS $ROLE" >/dev/null 2>&1
 
 upgrade_from 1.0
 upgrade_from 1.1
+upgrade_from 1.2
 finish
