@@ -235,7 +235,10 @@ BEGIN
 			v_done := v_done || c.cancellation_id;
 			v_claim_error := NULL;
 			BEGIN
-				PERFORM alipayplus._lock_order(c.sent_field, c.sent_id, true);
+				/* by its request id when known (issue 19, item 3) */
+				PERFORM alipayplus._lock_order(
+					CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+					coalesce(c.payment_request_id, c.sent_id), true);
 			EXCEPTION
 				WHEN lock_not_available THEN
 					n_busy := n_busy + 1;
