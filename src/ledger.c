@@ -35,6 +35,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
@@ -51,6 +52,8 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -62,6 +65,15 @@
 PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
 PG_FUNCTION_INFO_V1(alipayplus_settle);
 PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
+PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
+PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+
+/*
+ * The first key of the transaction-level advisory locks that serialise the
+ * paths that can give an id a cancellation or note it as a refund (the
+ * second key is a hash of the id): "APSC".
+ */
+#define APS_ID_LOCK_SPACE	0x41505343
 
 /* The statements, in the order the rules use them */
 enum
@@ -70,6 +82,7 @@ enum
 	Q_BINDING,
 	Q_LOCK_ORDER,
 	Q_REFUND,
+	Q_HAS_CANCELLATION,
 	Q_FIND,
 	Q_WINDOW,
 	Q_INSERT,
@@ -119,6 +132,13 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"SELECT 1 FROM alipayplus.known_refunds r"
 		" WHERE r.refund_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
 		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
+		2, {TEXTOID, TEXTOID}
+	},
+	/* whether an id to be noted as a refund already has a cancellation */
+	[Q_HAS_CANCELLATION] = {
+		"SELECT 1 FROM alipayplus.cancellations x"
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		" OR x.payment_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
 	},
 	/* one ledger row per payment, keyed by the id it sends */
@@ -202,6 +222,12 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"     pg_catalog.format('%s %s from Alipay+, a code the result policy does not know:"
 		" Alipay+ refused the cancellation and a person must decide (see last_result_message;"
 		" connect_support@service.alipay.com)', a.result_status, a.result_code)"
+		"   WHEN $5 OPERATOR(pg_catalog.>=) $6"
+		"     AND a.result_code LIKE 'local.%' THEN"
+		"     pg_catalog.format('no usable answer after %s attempts (last: %s %s%s); the cause"
+		" is on our side or on the way to Alipay+, not a refusal by Alipay+: fix it, then run"
+		" alipayplus_requeue_cancellation(%s)', $5, a.result_status, a.result_code,"
+		"     ': ' OPERATOR(pg_catalog.||) $4, x.cancellation_id)"
 		"   WHEN $5 OPERATOR(pg_catalog.>=) $6 THEN"
 		"     pg_catalog.format('no result after %s attempts (last: %s %s); contact Alipay+"
 		" support at connect_support@service.alipay.com', $5, a.result_status, a.result_code)"
@@ -566,6 +592,64 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 }
 
 /*
+ * Serialise on ids a and b (either may be NULL): a transaction-level
+ * advisory lock on each, in the order of their keys so that two callers
+ * never wait for each other crosswise.  Every path that gives an id a
+ * cancellation (mark_cancelling) or notes it as a refund
+ * (alipayplus_note_refund) takes them before it looks at the other kind,
+ * so of two such transactions for one id the second waits until the first
+ * ends and then sees what it did.  Unrelated ids whose hashes meet only
+ * wait for each other.
+ */
+static void
+lock_ids(const char *a, const char *b)
+{
+	uint32		keys[2];
+	int			n = 0;
+	int			i;
+
+	if (a != NULL)
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a));
+	if (b != NULL)
+	{
+		uint32		k = hash_bytes((const unsigned char *) b, strlen(b));
+
+		if (n == 0 || k != keys[0])
+			keys[n++] = k;
+	}
+	if (n == 2 && keys[1] < keys[0])
+	{
+		uint32		t = keys[0];
+
+		keys[0] = keys[1];
+		keys[1] = t;
+	}
+	for (i = 0; i < n; i++)
+		DirectFunctionCall2(pg_advisory_xact_lock_int4,
+							Int32GetDatum(APS_ID_LOCK_SPACE),
+							Int32GetDatum((int32) keys[i]));
+}
+
+/*
+ * Run statement q (a look-up) on the latest committed data rather than the
+ * transaction's snapshot: under REPEATABLE READ, what a transaction that
+ * held the same id lock committed must be seen too.  Returns the number of
+ * rows.
+ */
+static uint64
+run_latest(int q, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_snapshot(plans[q], values, nulls,
+										  GetLatestSnapshot(), InvalidSnapshot,
+										  false, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "ledger statement %d failed: %s", q,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
  * Mark a payment CANCELLING in the ledger (and its bound order), creating
  * the ledger row if needed; *c is the row, locked.  The row is keyed by
  * the one id it sends: the request id when known (given, or read from the
@@ -635,17 +719,21 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
-		/*
-		 * Again now that the order row is locked: a refund recorded while
-		 * we waited for it (the lock orders the two), or the other id the
-		 * order named, may be a refund.
-		 */
-		if (!refund)
-		{
-			v[0] = text_or_null(payment_id, n, 0);
-			v[1] = text_or_null(request_id, n, 1);
-			refund = run(Q_REFUND, v, n) > 0;
-		}
+	}
+
+	/*
+	 * Again once the ids are locked (after the order row, which comes
+	 * first in every path): a refund noted while we waited for the order
+	 * row or the id lock, or the other id the order named, may be a
+	 * refund; on the latest data, which a REPEATABLE READ snapshot taken
+	 * earlier would not show.
+	 */
+	lock_ids(payment_id, request_id);
+	if (!refund)
+	{
+		v[0] = text_or_null(payment_id, n, 0);
+		v[1] = text_or_null(request_id, n, 1);
+		refund = run_latest(Q_REFUND, v, n) > 0;
 	}
 	if (refund)
 		ereport(ERROR,
@@ -1041,4 +1129,43 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * alipayplus._refund_blocked(refund_request_id, refund_id) RETURNS boolean:
+ * for alipayplus_note_refund, which must call it before it notes the ids:
+ * takes the id locks (see lock_ids()) and says whether either id already
+ * has a cancellation, on the latest committed data.
+ */
+Datum
+alipayplus_refund_blocked(PG_FUNCTION_ARGS)
+{
+	char	   *refund_request_id = arg_text(fcinfo, 0);
+	char	   *refund_id = arg_text(fcinfo, 1);
+	Datum		v[2];
+	char		n[2];
+	bool		blocked;
+
+	lock_ids(refund_request_id, refund_id);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	v[0] = text_or_null(refund_request_id, n, 0);
+	v[1] = text_or_null(refund_id, n, 1);
+	blocked = run_latest(Q_HAS_CANCELLATION, v, n) > 0;
+	SPI_finish();
+	PG_RETURN_BOOL(blocked);
+}
+
+/*
+ * alipayplus._outer_user() RETURNS name: the role the caller acts as (its
+ * SET ROLE, else its login role), which a SECURITY DEFINER function's
+ * current_user hides.
+ */
+Datum
+alipayplus_outer_user(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(DirectFunctionCall1(namein,
+										CStringGetDatum(GetUserNameFromId(GetOuterUserId(),
+																		  false))));
 }
