@@ -100,9 +100,9 @@ SELECT c.sent_id, c.state, c.next_attempt_at, o.status
 FROM alipayplus.cancellations c JOIN att_shop.orders o ON o.req = c.sent_id
 WHERE c.cancellation_id IN (:id1, :id3) ORDER BY c.cancellation_id;
 -- a manual update is still refused by the table's own rule
-SELECT errcheck(format('UPDATE alipayplus.cancellations SET needs_attention = false WHERE cancellation_id = %s', :id2));
+SELECT split_part(errcheck(format('UPDATE alipayplus.cancellations SET needs_attention = false WHERE cancellation_id = %s', :id2)), ' DETAIL', 1);
 -- and a half-closed row cannot be written
-SELECT errcheck(format('UPDATE alipayplus.cancellations SET attention_closed_at = now() WHERE cancellation_id = %s', :id2));
+SELECT split_part(errcheck(format('UPDATE alipayplus.cancellations SET attention_closed_at = now() WHERE cancellation_id = %s', :id2)), ' DETAIL', 1);
 
 -- local.bad_signature until the attempts run out: our own settings, not Alipay+ support
 SET alipayplus.max_attempts = 2;
