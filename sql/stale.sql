@@ -185,3 +185,9 @@ RESET ROLE;
 SELECT errcheck($$SELECT alipayplus_bind_orders('stale_shop.orders2', 'req', 'st', 'CANCELLED',
 	'CANCELLING', initiated_at_column => 'at', initiated_at_time_zone => 'UTC',
 	pending_values => ARRAY['A_STATUS_LONGER_THAN_TWENTY'])$$);
+
+-- many ids in one transaction (a backlog after an outage): the id locks
+-- that serialise refunds and cancel requests stay within the lock table
+SELECT outcome, count(*) FROM alipayplus_request_cancel_all(
+	ARRAY(SELECT 'bulk-' || i FROM generate_series(1, 10000) i)) GROUP BY 1;
+SELECT count(*) FROM alipayplus.cancellations WHERE sent_id LIKE 'bulk-%';

@@ -69,11 +69,12 @@ PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
 PG_FUNCTION_INFO_V1(alipayplus_outer_user);
 
 /*
- * The first key of the transaction-level advisory locks that serialise the
- * paths that can give an id a cancellation or note it as a refund (the
- * second key is a hash of the id): "APSC".
+ * The transaction-level advisory locks that serialise the paths that can
+ * give an id a cancellation or note it as a refund (see lock_ids()): the
+ * first key is "APSC", the second the id's bucket.
  */
 #define APS_ID_LOCK_SPACE	0x41505343
+#define APS_ID_LOCK_BUCKETS	256
 
 /* The statements, in the order the rules use them */
 enum
@@ -592,42 +593,53 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 }
 
 /*
- * Serialise on ids a and b (either may be NULL): a transaction-level
- * advisory lock on each, in the order of their keys so that two callers
- * never wait for each other crosswise.  Every path that gives an id a
- * cancellation (mark_cancelling) or notes it as a refund
- * (alipayplus_note_refund) takes them before it looks at the other kind,
- * so of two such transactions for one id the second waits until the first
- * ends and then sees what it did.  Unrelated ids whose hashes meet only
- * wait for each other.
+ * Serialise on ids a and b (either may be NULL) with a transaction-level
+ * advisory lock on the bucket of each (a hash of the id modulo
+ * APS_ID_LOCK_BUCKETS), taken in bucket order.  Every path that gives an id
+ * a cancellation (mark_cancelling) takes them shared, and
+ * alipayplus_note_refund exclusive, before looking at the other kind: so a
+ * refund and a cancel request for one id never run at once, and whichever
+ * comes second waits until the first ends and then sees what it did, while
+ * cancel requests never wait for each other.  Buckets rather than one lock
+ * per id keep a transaction that queues thousands of ids
+ * (alipayplus_request_cancel_all) within the shared lock table; the price
+ * is that a refund may wait for a cancel request of another id in its
+ * bucket.
  */
 static void
-lock_ids(const char *a, const char *b)
+lock_ids(const char *a, const char *b, bool exclusive)
 {
-	uint32		keys[2];
+	int32		keys[2];
 	int			n = 0;
 	int			i;
 
 	if (a != NULL)
-		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a));
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) % APS_ID_LOCK_BUCKETS;
 	if (b != NULL)
 	{
-		uint32		k = hash_bytes((const unsigned char *) b, strlen(b));
+		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) % APS_ID_LOCK_BUCKETS;
 
 		if (n == 0 || k != keys[0])
 			keys[n++] = k;
 	}
 	if (n == 2 && keys[1] < keys[0])
 	{
-		uint32		t = keys[0];
+		int32		t = keys[0];
 
 		keys[0] = keys[1];
 		keys[1] = t;
 	}
 	for (i = 0; i < n; i++)
-		DirectFunctionCall2(pg_advisory_xact_lock_int4,
-							Int32GetDatum(APS_ID_LOCK_SPACE),
-							Int32GetDatum((int32) keys[i]));
+	{
+		if (exclusive)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+		else
+			DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+	}
 }
 
 /*
@@ -728,7 +740,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	 * refund; on the latest data, which a REPEATABLE READ snapshot taken
 	 * earlier would not show.
 	 */
-	lock_ids(payment_id, request_id);
+	lock_ids(payment_id, request_id, false);
 	if (!refund)
 	{
 		v[0] = text_or_null(payment_id, n, 0);
@@ -1134,8 +1146,8 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 /*
  * alipayplus._refund_blocked(refund_request_id, refund_id) RETURNS boolean:
  * for alipayplus_note_refund, which must call it before it notes the ids:
- * takes the id locks (see lock_ids()) and says whether either id already
- * has a cancellation, on the latest committed data.
+ * takes the id locks exclusive (see lock_ids()) and says whether either id
+ * already has a cancellation, on the latest committed data.
  */
 Datum
 alipayplus_refund_blocked(PG_FUNCTION_ARGS)
@@ -1146,7 +1158,7 @@ alipayplus_refund_blocked(PG_FUNCTION_ARGS)
 	char		n[2];
 	bool		blocked;
 
-	lock_ids(refund_request_id, refund_id);
+	lock_ids(refund_request_id, refund_id, true);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
