@@ -412,6 +412,52 @@ COMMENT ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) IS
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) FROM PUBLIC;
 
 /*
+ * A closed item of a flagged CANCELLING row leaves the row CANCELLING, not
+ * flagged and with no due time: it waits for nothing, so the queue figures
+ * count only rows with a due time.
+ */
+/* Queue depth, for the stats view and the backlog's progress: rows with a due time */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_queue_depth(OUT queued bigint, OUT due bigint,
+	OUT oldest_due timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT count(*), count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()),
+		min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now())
+	FROM alipayplus.cancellations x
+	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL
+$$;
+CREATE OR REPLACE VIEW alipayplus.stats AS
+WITH recent AS (
+	SELECT a.result_status, a.result_code, a.latency_ms
+	FROM alipayplus.cancel_attempts a
+	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
+)
+SELECT
+	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
+	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
+	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	q.queued, q.due, q.oldest_due,
+	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
+	(SELECT count(*) FROM recent) AS attempts_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
+	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
+	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
+	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL) q;
+COMMENT ON VIEW alipayplus.stats IS
+	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
+/*
  * An exhausted local.* code is ours to fix: its built-in note (quoted in
  * the attention reason, src/ledger.c) names the settings to check.  The
  * built-in rows are read-only to everybody else (the trigger turns an

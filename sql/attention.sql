@@ -99,6 +99,11 @@ RESET ROLE;
 SELECT c.sent_id, c.state, c.next_attempt_at, o.status
 FROM alipayplus.cancellations c JOIN att_shop.orders o ON o.req = c.sent_id
 WHERE c.cancellation_id IN (:id1, :id3) ORDER BY c.cancellation_id;
+-- and the queue figures do not count it: only att-queued-5 waits for a call
+SELECT s.queued, q.queued AS depth_queued,
+	(SELECT count(*) FROM alipayplus.cancellations x
+	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention) AS cancelling_not_flagged
+FROM alipayplus.stats s, alipayplus_queue_depth() q;
 -- a manual update is still refused by the table's own rule
 SELECT split_part(errcheck(format('UPDATE alipayplus.cancellations SET needs_attention = false WHERE cancellation_id = %s', :id2)), ' DETAIL', 1);
 -- and a half-closed row cannot be written
