@@ -35,13 +35,13 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "common/hashfn.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -614,10 +614,12 @@ lock_ids(const char *a, const char *b, bool exclusive)
 	int			i;
 
 	if (a != NULL)
-		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) % APS_ID_LOCK_BUCKETS;
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) %
+			APS_ID_LOCK_BUCKETS;
 	if (b != NULL)
 	{
-		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) % APS_ID_LOCK_BUCKETS;
+		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) %
+			APS_ID_LOCK_BUCKETS;
 
 		if (n == 0 || k != keys[0])
 			keys[n++] = k;
