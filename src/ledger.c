@@ -12,7 +12,8 @@
  * so a call pays for executing them and nothing else; the C around them
  * only decides which statement runs, in the order the rules say:
  *
- *	mark:	validate the ids; lock the bound order (if a table is bound);
+ *	mark:	validate the ids; lock the bound order (if a table is bound),
+ *			then the ids against a concurrent alipayplus_note_refund;
  *			refuse refunds; find the ledger row by the one id it sends, or
  *			create it if the payment is still in its cancel window; move
  *			the bound order to the cancelling (or cancelled) value.
