@@ -12,7 +12,8 @@
  * so a call pays for executing them and nothing else; the C around them
  * only decides which statement runs, in the order the rules say:
  *
- *	mark:	validate the ids; lock the bound order (if a table is bound);
+ *	mark:	validate the ids; lock the bound order (if a table is bound),
+ *			then the ids against a concurrent alipayplus_note_refund;
  *			refuse refunds; find the ledger row by the one id it sends, or
  *			create it if the payment is still in its cancel window; move
  *			the bound order to the cancelling (or cancelled) value.
@@ -41,6 +42,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -52,6 +54,8 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -64,6 +68,16 @@ PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
 PG_FUNCTION_INFO_V1(alipayplus_settle);
 PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
 PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
+PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
+PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+
+/*
+ * The transaction-level advisory locks that serialise the paths that can
+ * give an id a cancellation or note it as a refund (see lock_ids()): the
+ * first key is "APSC", the second the id's bucket.
+ */
+#define APS_ID_LOCK_SPACE	0x41505343
+#define APS_ID_LOCK_BUCKETS	256
 
 /* The statements, in the order the rules use them */
 enum
@@ -72,6 +86,7 @@ enum
 	Q_BINDING,
 	Q_LOCK_ORDER,
 	Q_REFUND,
+	Q_HAS_CANCELLATION,
 	Q_FIND,
 	Q_COMPLETE_IDS,
 	Q_WINDOW,
@@ -122,6 +137,13 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"SELECT 1 FROM alipayplus.known_refunds r"
 		" WHERE r.refund_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
 		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
+		2, {TEXTOID, TEXTOID}
+	},
+	/* whether an id to be noted as a refund already has a cancellation */
+	[Q_HAS_CANCELLATION] = {
+		"SELECT 1 FROM alipayplus.cancellations x"
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		" OR x.payment_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
 	},
 	/*
@@ -221,6 +243,12 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"     pg_catalog.format('%s %s from Alipay+, a code the result policy does not know:"
 		" Alipay+ refused the cancellation and a person must decide (see last_result_message;"
 		" connect_support@service.alipay.com)', a.result_status, a.result_code)"
+		"   WHEN $5 OPERATOR(pg_catalog.>=) $6"
+		"     AND a.result_code LIKE 'local.%' THEN"
+		"     pg_catalog.format('no usable answer after %s attempts (last: %s %s%s); the cause"
+		" is on our side or on the way to Alipay+, not a refusal by Alipay+: fix it, then run"
+		" alipayplus_requeue_cancellation(%s)', $5, a.result_status, a.result_code,"
+		"     ': ' OPERATOR(pg_catalog.||) $4, x.cancellation_id)"
 		"   WHEN $5 OPERATOR(pg_catalog.>=) $6 THEN"
 		"     pg_catalog.format('no result after %s attempts (last: %s %s); contact Alipay+"
 		" support at connect_support@service.alipay.com', $5, a.result_status, a.result_code)"
@@ -670,6 +698,77 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 }
 
 /*
+ * Serialise on ids a and b (either may be NULL) with a transaction-level
+ * advisory lock on the bucket of each (a hash of the id modulo
+ * APS_ID_LOCK_BUCKETS), taken in bucket order.  Every path that gives an id
+ * a cancellation (mark_cancelling) takes them shared, and
+ * alipayplus_note_refund exclusive, before looking at the other kind: so a
+ * refund and a cancel request for one id never run at once, and whichever
+ * comes second waits until the first ends and then sees what it did, while
+ * cancel requests never wait for each other.  Buckets rather than one lock
+ * per id keep a transaction that queues thousands of ids
+ * (alipayplus_request_cancel_all) within the shared lock table; the price
+ * is that a refund may wait for a cancel request of another id in its
+ * bucket.
+ */
+static void
+lock_ids(const char *a, const char *b, bool exclusive)
+{
+	int32		keys[2];
+	int			n = 0;
+	int			i;
+
+	if (a != NULL)
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) %
+			APS_ID_LOCK_BUCKETS;
+	if (b != NULL)
+	{
+		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) %
+			APS_ID_LOCK_BUCKETS;
+
+		if (n == 0 || k != keys[0])
+			keys[n++] = k;
+	}
+	if (n == 2 && keys[1] < keys[0])
+	{
+		int32		t = keys[0];
+
+		keys[0] = keys[1];
+		keys[1] = t;
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (exclusive)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+		else
+			DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+	}
+}
+
+/*
+ * Run statement q (a look-up) on the latest committed data rather than the
+ * transaction's snapshot: under REPEATABLE READ, what a transaction that
+ * held the same id lock committed must be seen too.  Returns the number of
+ * rows.
+ */
+static uint64
+run_latest(int q, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_snapshot(plans[q], values, nulls,
+										  GetLatestSnapshot(), InvalidSnapshot,
+										  false, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "ledger statement %d failed: %s", q,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
  * Mark a payment CANCELLING in the ledger (and its bound order), creating
  * the ledger row if needed; *c is the row, locked.  The row is keyed by
  * the one id it sends: the request id when known (given, or read from the
@@ -739,17 +838,21 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
-		/*
-		 * Again now that the order row is locked: a refund recorded while
-		 * we waited for it (the lock orders the two), or the other id the
-		 * order named, may be a refund.
-		 */
-		if (!refund)
-		{
-			v[0] = text_or_null(payment_id, n, 0);
-			v[1] = text_or_null(request_id, n, 1);
-			refund = run(Q_REFUND, v, n) > 0;
-		}
+	}
+
+	/*
+	 * Again once the ids are locked (after the order row, which comes
+	 * first in every path): a refund noted while we waited for the order
+	 * row or the id lock, or the other id the order named, may be a
+	 * refund; on the latest data, which a REPEATABLE READ snapshot taken
+	 * earlier would not show.
+	 */
+	lock_ids(payment_id, request_id, false);
+	if (!refund)
+	{
+		v[0] = text_or_null(payment_id, n, 0);
+		v[1] = text_or_null(request_id, n, 1);
+		refund = run_latest(Q_REFUND, v, n) > 0;
 	}
 	if (refund)
 		ereport(ERROR,
@@ -1195,4 +1298,43 @@ alipayplus_require_top_level(PG_FUNCTION_ARGS)
 				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
 						 name)));
 	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus._refund_blocked(refund_request_id, refund_id) RETURNS boolean:
+ * for alipayplus_note_refund, which must call it before it notes the ids:
+ * takes the id locks exclusive (see lock_ids()) and says whether either id
+ * already has a cancellation, on the latest committed data.
+ */
+Datum
+alipayplus_refund_blocked(PG_FUNCTION_ARGS)
+{
+	char	   *refund_request_id = arg_text(fcinfo, 0);
+	char	   *refund_id = arg_text(fcinfo, 1);
+	Datum		v[2];
+	char		n[2];
+	bool		blocked;
+
+	lock_ids(refund_request_id, refund_id, true);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	v[0] = text_or_null(refund_request_id, n, 0);
+	v[1] = text_or_null(refund_id, n, 1);
+	blocked = run_latest(Q_HAS_CANCELLATION, v, n) > 0;
+	SPI_finish();
+	PG_RETURN_BOOL(blocked);
+}
+
+/*
+ * alipayplus._outer_user() RETURNS name: the role the caller acts as (its
+ * SET ROLE, else its login role), which a SECURITY DEFINER function's
+ * current_user hides.
+ */
+Datum
+alipayplus_outer_user(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(DirectFunctionCall1(namein,
+										CStringGetDatum(GetUserNameFromId(GetOuterUserId(),
+																		  false))));
 }
