@@ -166,6 +166,9 @@ extern EVP_PKEY *aps_check_config(void);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 						 ApsCallResult *result);
 
+/* guard.c */
+extern void aps_guard_init(void);
+
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,
 									const char *status);

@@ -1,0 +1,149 @@
+# Logical replication of a bound orders table (issue 18.5): a subscriber
+# whose orders table is bound too takes the publisher's CANCELLING and
+# CANCELLED rows, in the initial copy and as updates, and its guard still
+# refuses every local write that would undo or fake a cancellation, also
+# a write made by a trigger running inside the replication worker.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use AlipayplusTap;
+
+my $pub = PostgreSQL::Test::Cluster->new('publisher');
+$pub->init(allows_streaming => 'logical');
+$pub->append_conf('postgresql.conf', apc_conf());
+$pub->start;
+
+my $sub = PostgreSQL::Test::Cluster->new('subscriber');
+$sub->init;
+$sub->append_conf('postgresql.conf', apc_conf() . "wal_retrieve_retry_interval = '500ms'\n");
+$sub->start;
+
+apc_shop($pub);
+apc_shop($sub);
+
+# ids unique to this run in the gateway's shared log
+my $p = "PR_TAPLR_$$";
+
+sub statuses
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(order_no || '=' || status, ',' ORDER BY order_no) FROM shop.orders");
+}
+
+# Wait until the subscriber's table is synchronized and caught up, or its
+# log shows the replication worker failing; true when in sync.
+sub in_sync
+{
+	my ($from) = @_;
+	for (1 .. 600)
+	{
+		my $ready = $sub->safe_psql('postgres',
+			"SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate NOT IN ('r', 's')");
+		if ($ready eq 't' && statuses($pub) eq statuses($sub))
+		{
+			return 1;
+		}
+		my $log = substr(slurp_file($sub->logfile), $from);
+		return 0 if $log =~ /ERROR:  cannot (insert|set|change)/ && $_ > 50;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# On the publisher: two orders cancelled, one cancelling, two untouched
+$pub->safe_psql('postgres', qq{
+	INSERT INTO shop.orders (order_no, payment_request_id)
+		SELECT n, '${p}_' || n FROM generate_series(1, 6) n;
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_1');
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_2');
+	CALL alipayplus_run_cancellations();
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_3');
+});
+is(statuses($pub), '1=CANCELLED,2=CANCELLED,3=CANCELLING,4=PENDING,5=PENDING,6=PENDING',
+	'publisher: two orders cancelled, one cancelling');
+
+my $connstr = $pub->connstr . ' dbname=postgres';
+$pub->safe_psql('postgres', 'CREATE PUBLICATION orders_pub FOR TABLE shop.orders');
+my $logpos = -s $sub->logfile;
+$sub->safe_psql('postgres',
+	"CREATE SUBSCRIPTION orders_sub CONNECTION '$connstr' PUBLICATION orders_pub");
+
+ok(in_sync($logpos), 'initial copy of CANCELLED and CANCELLING rows does not stall')
+  or diag(substr(slurp_file($sub->logfile), $logpos));
+is(statuses($sub), statuses($pub), 'subscriber has the publisher\'s rows after the copy');
+
+# Updates into both cancel states, replicated as they happen
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"SELECT alipayplus_request_cancel(payment_request_id => '${p}_4')");
+ok(in_sync($logpos), 'update to CANCELLING is replicated');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 4'),
+	'CANCELLING', 'subscriber: order 4 CANCELLING');
+$pub->safe_psql('postgres', 'CALL alipayplus_run_cancellations()');
+ok(in_sync($logpos), 'updates to CANCELLED are replicated');
+is(statuses($sub), '1=CANCELLED,2=CANCELLED,3=CANCELLED,4=CANCELLED,5=PENDING,6=PENDING',
+	'subscriber: the four orders CANCELLED');
+
+# The subscriber's own sessions are guarded as before
+my ($ret, $out, $err) = $sub->psql('postgres',
+	"UPDATE shop.orders SET status = 'PAID' WHERE order_no = 1");
+like($err, qr/cannot change status of row \(order_no\)=\(1\).*from "CANCELLED" to "PAID"/,
+	'subscriber: a local update out of CANCELLED is refused');
+($ret, $out, $err) = $sub->psql('postgres', 'DELETE FROM shop.orders WHERE order_no = 2');
+like($err, qr/cannot delete row \(order_no\)=\(2\)/, 'subscriber: a cancelled order cannot be deleted');
+($ret, $out, $err) = $sub->psql('postgres',
+	"UPDATE shop.orders SET status = 'CANCELLED' WHERE order_no = 5");
+like($err, qr/Alipay\+ has not confirmed the cancellation/,
+	'subscriber: a local update to CANCELLED without the ledger is refused');
+($ret, $out, $err) = $sub->psql('postgres',
+	"UPDATE shop.orders SET status = 'CANCELLING' WHERE order_no = 5");
+like($err, qr/to "CANCELLING" directly/,
+	'subscriber: a local update to CANCELLING without the ledger is refused');
+($ret, $out, $err) = $sub->psql('postgres',
+	"SET session_replication_role = replica; UPDATE shop.orders SET status = 'CANCELLED' WHERE order_no = 5");
+like($err, qr/Alipay\+ has not confirmed the cancellation/,
+	'subscriber: session_replication_role = replica does not make a session a replication worker');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
+	'PENDING', 'subscriber: order 5 still PENDING');
+
+# Code running inside the replication worker is not the replicated change:
+# an owner's trigger that fires there and cancels another order is refused
+$sub->safe_psql('postgres', q{
+	CREATE FUNCTION shop.cancel_other() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		UPDATE shop.orders SET status = 'CANCELLED' WHERE order_no = 6;
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER cancel_other AFTER INSERT ON shop.orders
+		FOR EACH ROW EXECUTE FUNCTION shop.cancel_other();
+	ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER cancel_other;
+});
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (7, '${p}_7')");
+my $refused = 0;
+for (1 .. 600)
+{
+	if (substr(slurp_file($sub->logfile), $logpos) =~
+		/ERROR:  cannot set status of row \(order_no\)=\(6\).*Alipay\+ has not confirmed/)
+	{
+		$refused = 1;
+		last;
+	}
+	usleep(100_000);
+}
+ok($refused, 'subscriber: a trigger in the replication worker cannot cancel another order');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 6'),
+	'PENDING', 'subscriber: order 6 still PENDING');
+$sub->safe_psql('postgres', 'DROP TRIGGER cancel_other ON shop.orders');
+ok(in_sync(-s $sub->logfile), 'replication resumes once the trigger is gone');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 7'),
+	'PENDING', 'subscriber: order 7 arrived');
+
+$sub->stop;
+$pub->stop;
+done_testing();
