@@ -54,6 +54,18 @@ sub in_sync
 	return 0;
 }
 
+# Wait until the subscriber's log, from byte $from on, matches $re
+sub log_shows
+{
+	my ($re, $from) = @_;
+	for (1 .. 600)
+	{
+		return 1 if substr(slurp_file($sub->logfile), $from) =~ $re;
+		usleep(100_000);
+	}
+	return 0;
+}
+
 # On the publisher: two orders cancelled, one cancelling, two untouched
 $pub->safe_psql('postgres', qq{
 	INSERT INTO shop.orders (order_no, payment_request_id)
@@ -125,24 +137,48 @@ $sub->safe_psql('postgres', q{
 $logpos = -s $sub->logfile;
 $pub->safe_psql('postgres',
 	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (7, '${p}_7')");
-my $refused = 0;
-for (1 .. 600)
-{
-	if (substr(slurp_file($sub->logfile), $logpos) =~
-		/ERROR:  cannot set status of row \(order_no\)=\(6\).*Alipay\+ has not confirmed/)
-	{
-		$refused = 1;
-		last;
-	}
-	usleep(100_000);
-}
-ok($refused, 'subscriber: a trigger in the replication worker cannot cancel another order');
+ok(log_shows(qr/ERROR:  cannot set status of row \(order_no\)=\(6\).*Alipay\+ has not confirmed/, $logpos),
+	'subscriber: a trigger in the replication worker cannot cancel another order');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 6'),
 	'PENDING', 'subscriber: order 6 still PENDING');
 $sub->safe_psql('postgres', 'DROP TRIGGER cancel_other ON shop.orders');
 ok(in_sync(-s $sub->logfile), 'replication resumes once the trigger is gone');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 7'),
 	'PENDING', 'subscriber: order 7 arrived');
+
+# Without the preloaded library the guard cannot tell the worker's own
+# changes from nested ones: the subscription stops with a clear error and
+# resumes once the library is preloaded
+$sub->append_conf('postgresql.conf', "shared_preload_libraries = ''\n");
+$sub->restart;
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"SELECT alipayplus_request_cancel(payment_request_id => '${p}_5')");
+ok(log_shows(qr/ERROR:  trigger "alipayplus_guard_order" on table "orders" cannot accept a replicated cancellation state\n(.*\n)*?.*HINT:  Add alipayplus_cancel to shared_preload_libraries on the subscriber/, $logpos),
+	'subscriber without the preloaded library: a clear error');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
+	'PENDING', 'subscriber without the preloaded library: order 5 not changed');
+$sub->append_conf('postgresql.conf', "shared_preload_libraries = 'alipayplus_cancel'\n");
+$sub->restart;
+ok(in_sync(-s $sub->logfile), 'replication resumes with the library preloaded');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
+	'CANCELLING', 'subscriber: order 5 CANCELLING');
+
+# A publisher whose guard was disabled cannot undo a cancellation on the
+# subscriber: the replicated change is refused (and the subscription waits)
+$logpos = -s $sub->logfile;
+# (a superuser with check_function_bodies off, as a restore runs: the event
+# trigger then does not put the guard back at once)
+$pub->safe_psql('postgres', q{
+	SET check_function_bodies = off;
+	ALTER TABLE shop.orders DISABLE TRIGGER alipayplus_guard_order;
+	UPDATE shop.orders SET status = 'PAID' WHERE order_no = 1;
+	ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER alipayplus_guard_order;
+});
+ok(log_shows(qr/ERROR:  cannot change status of row \(order_no\)=\(1\) of table "orders" from "CANCELLED" to "PAID"/, $logpos),
+	'subscriber: a replicated change out of CANCELLED is refused');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 1'),
+	'CANCELLED', 'subscriber: order 1 still CANCELLED');
 
 $sub->stop;
 $pub->stop;
