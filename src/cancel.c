@@ -169,15 +169,15 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 }
 
 /*
- * Once per session: a WARNING when this session's commits may be lost
+ * aps_warn_durability(): once per session, a WARNING when this session's commits may be lost
  * although they were acknowledged (synchronous_commit off, or local while
  * synchronous standbys are configured).  A lost commit puts a CANCELLED
  * row back to CANCELLING (sent again, with the same id) or forgets a
  * queued request altogether.  Cancellations go on: refusing them could
  * let payments run past their cancel window.
  */
-static void
-warn_durability(void)
+void
+aps_warn_durability(void)
 {
 	static bool warned = false;
 
@@ -210,7 +210,7 @@ aps_check_config(void)
 {
 	EVP_PKEY   *key;
 
-	warn_durability();
+	aps_warn_durability();
 
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);
 	aps_require_setting("alipayplus.client_id", aps_client_id);

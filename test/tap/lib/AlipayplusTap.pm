@@ -51,6 +51,7 @@ sub apc_gateway_requests
 	open(my $fh, '<', $log) or die "cannot read $log: $!";
 	while (my $line = <$fh>)
 	{
+		next if index($line, $prefix) < 0;
 		my $e = decode_json($line);
 		push @found, $e
 		  if defined $e->{id} && index($e->{id}, $prefix) == 0;

@@ -61,6 +61,10 @@ sub scenario
 		like($err, qr/WARNING:  synchronous_commit is local although synchronous_standby_names is set/,
 			'sync: the processor warns at synchronous_commit = local');
 		($ret, $out, $err) = $primary->psql('postgres',
+			"SET synchronous_commit = local; BEGIN; SELECT alipayplus_request_cancel(payment_request_id => 'tap-no-such-order'); ROLLBACK");
+		like($err, qr/WARNING:  synchronous_commit is local although synchronous_standby_names is set/,
+			'sync: a cancel request warns at synchronous_commit = local');
+		($ret, $out, $err) = $primary->psql('postgres',
 			'SELECT claimed FROM alipayplus_process_cancellations(1)');
 		unlike($err, qr/WARNING/, 'sync: no warning at remote_apply');
 	}
@@ -71,12 +75,16 @@ sub scenario
 		like($err, qr/WARNING:  synchronous_commit is off/,
 			'async: the processor warns at synchronous_commit = off');
 		($ret, $out, $err) = $primary->psql('postgres',
+			"SET synchronous_commit = off; BEGIN; SELECT alipayplus_request_cancel(payment_request_id => 'tap-no-such-order'); ROLLBACK");
+		like($err, qr/WARNING:  synchronous_commit is off/,
+			'async: a cancel request warns at synchronous_commit = off');
+		($ret, $out, $err) = $primary->psql('postgres',
 			'SELECT claimed FROM alipayplus_process_cancellations(1)');
 		unlike($err, qr/WARNING/, 'async: no warning at synchronous_commit = on');
 	}
 
-	# the backlog: every call takes 250 ms at the gateway, two at a time
-	my $pfx = "slow-250-TAPFO-$mode-$$-";
+	# the backlog: every call takes 400 ms at the gateway, two at a time
+	my $pfx = "slow-400-TAPFO-$mode-$$-";
 	$primary->safe_psql('postgres', qq{
 		INSERT INTO shop.orders (order_no, payment_request_id)
 			SELECT n, '$pfx' || n FROM generate_series(1, $N) n;
