@@ -34,7 +34,9 @@
  * fixed), so a replicated change can never undo a cancellation.  Telling
  * the worker's own changes from nested ones needs the executor nesting
  * that the hooks below count from the start of the process: only when the
- * library is in shared_preload_libraries.
+ * library is in shared_preload_libraries.  A BEFORE row trigger that fires
+ * in the worker (ENABLE ALWAYS or REPLICA) could change the row on its way
+ * in, so with one on the table nothing replicated enters a cancel state.
  *
  * Values are compared as the column's type stores them: each trigger
  * argument is read with the type's input function and the column's type
@@ -51,6 +53,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -160,22 +163,45 @@ aps_guard_init(void)
 
 /*
  * Whether the row change being checked is one a logical replication worker
- * applies itself (see the header).  Raises an error in such a worker when
- * that cannot be told, rather than stalling without a reason.
+ * applies itself (see the header).  In such a worker, raises an error when
+ * that cannot be told, or when a BEFORE row trigger that fires there could
+ * have changed the row on its way in, rather than stalling without a
+ * reason or taking that trigger's word for a cancellation.
  */
 static bool
-replicated_change(Trigger *trigger, const char *relname)
+replicated_change(Trigger *trigger, Relation rel)
 {
+	TriggerDesc *trigdesc = rel->trigdesc;
+
 	if (!IsLogicalWorker())
 		return false;
 	if (!exec_nesting_known)
 		ereport(ERROR,
 				(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
 				 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
-						trigger->tgname, relname),
+						trigger->tgname, RelationGetRelationName(rel)),
 				 errdetail("alipayplus_cancel is not in shared_preload_libraries of this server, so the guard cannot tell the replication worker's own changes from those of other code running in it."),
 				 errhint("Add alipayplus_cancel to shared_preload_libraries on the subscriber and restart it; the subscription then resumes.")));
-	return exec_nesting == 0;
+	if (exec_nesting != 0)
+		return false;
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (TRIGGER_FOR_ROW(t->tgtype) && TRIGGER_FOR_BEFORE(t->tgtype) &&
+			(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)) &&
+			(t->tgenabled == TRIGGER_FIRES_ALWAYS ||
+			 t->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+					 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
+							trigger->tgname, RelationGetRelationName(rel)),
+					 errdetail("Trigger \"%s\" fires before it in the replication worker and could have changed the row that was replicated.",
+							   t->tgname),
+					 errhint("Let that trigger fire only for local changes on the subscriber (ALTER TABLE ... ENABLE TRIGGER %s); the subscription then resumes.",
+							 quote_identifier(t->tgname))));
+	}
+	return true;
 }
 
 /* One column the guard looks at, and the type functions it needs */
@@ -504,7 +530,7 @@ guard(FunctionCallInfo fcinfo, bool bound)
 		if (((oldtuple == NULL && (new_cancelled || new_cancelling)) ||
 			 (new_cancelled && !old_cancelled) ||
 			 (new_cancelling && !old_cancelling && !old_cancelled)) &&
-			replicated_change(trigger, relname))
+			replicated_change(trigger, rel))
 			return PointerGetDatum(newtuple);
 
 		/* no order is born cancelling or cancelled */

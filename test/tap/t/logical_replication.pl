@@ -146,6 +146,34 @@ ok(in_sync(-s $sub->logfile), 'replication resumes once the trigger is gone');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 7'),
 	'PENDING', 'subscriber: order 7 arrived');
 
+# A BEFORE trigger that fires in the replication worker could change the
+# row on its way in: with one on the table, no replicated row enters a
+# cancel state (here it would forge one), until it fires for local changes only
+$sub->safe_psql('postgres', q{
+	CREATE FUNCTION shop.forge() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.order_no = 8 THEN
+			NEW.status := 'CANCELLED';
+		END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER forge BEFORE INSERT OR UPDATE ON shop.orders
+		FOR EACH ROW EXECUTE FUNCTION shop.forge();
+	ALTER TABLE shop.orders ENABLE REPLICA TRIGGER forge;
+});
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (8, '${p}_8')");
+ok(log_shows(qr/ERROR:  trigger "alipayplus_guard_order" on table "orders" cannot accept a replicated cancellation state\n(.*\n)*?.*DETAIL:  Trigger "forge" fires before it/, $logpos),
+	'subscriber: a BEFORE trigger in the replication worker cannot forge a cancellation');
+is($sub->safe_psql('postgres', 'SELECT count(*) FROM shop.orders WHERE order_no = 8'),
+	'0', 'subscriber: order 8 not written');
+$sub->safe_psql('postgres', 'ALTER TABLE shop.orders ENABLE TRIGGER forge');
+ok(in_sync(-s $sub->logfile), 'replication resumes once the trigger fires for local changes only');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 8'),
+	'PENDING', 'subscriber: order 8 arrived PENDING');
+$sub->safe_psql('postgres', 'DROP TRIGGER forge ON shop.orders');
+
 # Without the preloaded library the guard cannot tell the worker's own
 # changes from nested ones: the subscription stops with a clear error and
 # resumes once the library is preloaded
