@@ -36,7 +36,7 @@ for t in "${tests[@]}"; do
 		PERL5LIB="$PERL_LIB:$REPO/test/tap/lib" PG_REGRESS="$PG_REGRESS_BIN" \
 		TESTDIR="$dir" ALIPAYPLUS_RIG="$RIG" ALIPAYPLUS_TAP_CONF="$RIG/tap/alipayplus.conf" \
 		ALIPAYPLUS_REPO="$REPO" \
-		prove --verbose --timer "$t"); then
+		prove --timer "$t"); then
 		status=1
 		for f in "$dir"/tmp_check/log/regress_log_*; do
 			[ -f "$f" ] && { echo "---- tail of $f"; tail -n 80 "$f"; }
