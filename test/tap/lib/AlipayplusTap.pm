@@ -22,18 +22,29 @@ sub apc_conf
 	  . slurp_file($conf);
 }
 
-# The extension and a bound orders table, shop.orders, in database postgres
+# The extension and a bound orders table, shop.orders, in database $db
+# (default postgres); with $partitioned, partitioned by order_no (below 100,
+# from 100 on)
 sub apc_shop
 {
-	my ($node) = @_;
-	$node->safe_psql('postgres', q{
-		CREATE EXTENSION alipayplus_cancel;
-		CREATE SCHEMA shop;
-		CREATE TABLE shop.orders (
+	my ($node, $db, $partitioned) = @_;
+	my $table = $partitioned
+	  ? q{CREATE TABLE shop.orders (
+			order_no bigint PRIMARY KEY,
+			payment_request_id text NOT NULL,
+			status text NOT NULL DEFAULT 'PENDING',
+			created_at timestamptz NOT NULL DEFAULT now()) PARTITION BY RANGE (order_no);
+		CREATE TABLE shop.orders_low PARTITION OF shop.orders FOR VALUES FROM (MINVALUE) TO (100);
+		CREATE TABLE shop.orders_high PARTITION OF shop.orders FOR VALUES FROM (100) TO (MAXVALUE);}
+	  : q{CREATE TABLE shop.orders (
 			order_no bigint PRIMARY KEY,
 			payment_request_id text NOT NULL UNIQUE,
 			status text NOT NULL DEFAULT 'PENDING',
-			created_at timestamptz NOT NULL DEFAULT now());
+			created_at timestamptz NOT NULL DEFAULT now());};
+	$node->safe_psql($db // 'postgres', qq{
+		CREATE EXTENSION alipayplus_cancel;
+		CREATE SCHEMA shop;
+		$table
 		SELECT alipayplus_bind_orders('shop.orders', 'payment_request_id', 'status',
 			cancelled_value => 'CANCELLED', cancelling_value => 'CANCELLING',
 			initiated_at_column => 'created_at',

@@ -29,8 +29,8 @@ my $p = "PR_TAPLR_$$";
 
 sub statuses
 {
-	my ($node) = @_;
-	return $node->safe_psql('postgres',
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres',
 		"SELECT string_agg(order_no || '=' || status, ',' ORDER BY order_no) FROM shop.orders");
 }
 
@@ -38,12 +38,13 @@ sub statuses
 # log shows the replication worker failing; true when in sync.
 sub in_sync
 {
-	my ($from) = @_;
+	my ($from, $db) = @_;
+	$db //= 'postgres';
 	for (1 .. 600)
 	{
-		my $ready = $sub->safe_psql('postgres',
+		my $ready = $sub->safe_psql($db,
 			"SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate NOT IN ('r', 's')");
-		if ($ready eq 't' && statuses($pub) eq statuses($sub))
+		if ($ready eq 't' && statuses($pub, $db) eq statuses($sub, $db))
 		{
 			return 1;
 		}
@@ -191,6 +192,35 @@ $sub->restart;
 ok(in_sync(-s $sub->logfile), 'replication resumes with the library preloaded');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
 	'CANCELLING', 'subscriber: order 5 CANCELLING');
+
+# A partitioned bound table, published through its root: the subscriber
+# routes the rows to its partitions, whose cloned guards let them in
+for my $node ($pub, $sub)
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE parts');
+	apc_shop($node, 'parts', 1);
+}
+$pub->safe_psql('parts', qq{
+	INSERT INTO shop.orders (order_no, payment_request_id)
+		SELECT n, '${p}_parts_' || n FROM generate_series(99, 101) n;
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_99');
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_101');
+	CALL alipayplus_run_cancellations();
+	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_100');
+	CREATE PUBLICATION parts_pub FOR TABLE shop.orders WITH (publish_via_partition_root = true);
+});
+$sub->safe_psql('parts',
+	"CREATE SUBSCRIPTION parts_sub CONNECTION '" . $pub->connstr . " dbname=parts' PUBLICATION parts_pub");
+ok(in_sync(-s $sub->logfile, 'parts'), 'partitioned table: the initial copy does not stall');
+is(statuses($sub, 'parts'), '99=CANCELLED,100=CANCELLING,101=CANCELLED',
+	'partitioned table: the subscriber has the cancel states, in both partitions');
+$pub->safe_psql('parts', 'CALL alipayplus_run_cancellations()');
+ok(in_sync(-s $sub->logfile, 'parts'), 'partitioned table: the update to CANCELLED is replicated');
+($ret, $out, $err) = $sub->psql('parts',
+	"UPDATE shop.orders SET status = 'PAID' WHERE order_no = 101");
+like($err, qr/cannot change status of row \(order_no\)=\(101\).*from "CANCELLED" to "PAID"/,
+	'partitioned table: a local update out of CANCELLED on the subscriber is refused');
+$sub->safe_psql('parts', 'DROP SUBSCRIPTION parts_sub');
 
 # A publisher whose guard was disabled cannot undo a cancellation on the
 # subscriber: the replicated change is refused (and the subscription waits)
