@@ -169,9 +169,9 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 }
 
 /*
- * aps_warn_durability(): once per session, a WARNING when this session's commits may be lost
- * although they were acknowledged (synchronous_commit off, or local while
- * synchronous standbys are configured).  A lost commit puts a CANCELLED
+ * aps_warn_durability(): once per session, a WARNING when this session's
+ * commits may be lost although they were acknowledged (synchronous_commit
+ * off, or local while synchronous standbys are configured).  A lost commit puts a CANCELLED
  * row back to CANCELLING (sent again, with the same id) or forgets a
  * queued request altogether.  Cancellations go on: refusing them could
  * let payments run past their cancel window.
