@@ -67,15 +67,25 @@ sub log_shows
 	return 0;
 }
 
-# On the publisher: two orders cancelled, one cancelling, two untouched
-$pub->safe_psql('postgres', qq{
-	INSERT INTO shop.orders (order_no, payment_request_id)
-		SELECT n, '${p}_' || n FROM generate_series(1, 6) n;
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_1');
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_2');
-	CALL alipayplus_run_cancellations();
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_3');
-});
+# On the publisher in $db: orders $first..$last (ids $pfx || n), those in
+# @$cancelled cancelled, then $cancelling's cancellation requested
+sub publisher_orders
+{
+	my ($db, $pfx, $first, $last, $cancelled, $cancelling) = @_;
+	my $request = sub {
+		"SELECT alipayplus_request_cancel(payment_request_id => '$pfx$_[0]');";
+	};
+	$pub->safe_psql($db,
+		"INSERT INTO shop.orders (order_no, payment_request_id)
+			SELECT n, '$pfx' || n FROM generate_series($first, $last) n;"
+		  . join('', map { $request->($_) } @$cancelled)
+		  . 'CALL alipayplus_run_cancellations();'
+		  . $request->($cancelling));
+	return;
+}
+
+# On the publisher: two orders cancelled, one cancelling, three untouched
+publisher_orders('postgres', "${p}_", 1, 6, [ 1, 2 ], 3);
 is(statuses($pub), '1=CANCELLED,2=CANCELLED,3=CANCELLING,4=PENDING,5=PENDING,6=PENDING',
 	'publisher: two orders cancelled, one cancelling');
 
@@ -200,15 +210,9 @@ for my $node ($pub, $sub)
 	$node->safe_psql('postgres', 'CREATE DATABASE parts');
 	apc_shop($node, 'parts', 1);
 }
-$pub->safe_psql('parts', qq{
-	INSERT INTO shop.orders (order_no, payment_request_id)
-		SELECT n, '${p}_parts_' || n FROM generate_series(99, 101) n;
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_99');
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_101');
-	CALL alipayplus_run_cancellations();
-	SELECT alipayplus_request_cancel(payment_request_id => '${p}_parts_100');
-	CREATE PUBLICATION parts_pub FOR TABLE shop.orders WITH (publish_via_partition_root = true);
-});
+publisher_orders('parts', "${p}_parts_", 99, 101, [ 99, 101 ], 100);
+$pub->safe_psql('parts',
+	'CREATE PUBLICATION parts_pub FOR TABLE shop.orders WITH (publish_via_partition_root = true)');
 $sub->safe_psql('parts',
 	"CREATE SUBSCRIPTION parts_sub CONNECTION '" . $pub->connstr . " dbname=parts' PUBLICATION parts_pub");
 ok(in_sync(-s $sub->logfile, 'parts'), 'partitioned table: the initial copy does not stall');
