@@ -163,8 +163,12 @@ typedef struct ApsCallColumn
 extern const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS];
 extern void aps_check_id_pair(const char *payment_id, const char *request_id);
 extern EVP_PKEY *aps_check_config(void);
+extern void aps_warn_durability(void);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 						 ApsCallResult *result);
+
+/* guard.c */
+extern void aps_guard_init(void);
 
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,

@@ -1136,6 +1136,8 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 	MemoryContext outer = CurrentMemoryContext;
 	LedgerRow	c;
 
+	/* a queued request lost with its commit would never be sent */
+	aps_warn_durability();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
