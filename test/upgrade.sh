@@ -48,47 +48,103 @@ q $OLD "ALTER EXTENSION alipayplus_cancel UPDATE" >/dev/null || not_ok "ALTER EX
 expect "updated from $FROM to $CURRENT" "$CURRENT" "$(q $OLD "SELECT extversion FROM pg_extension WHERE extname = 'alipayplus_cancel'")"
 q $NEW "CREATE EXTENSION alipayplus_cancel" >/dev/null || not_ok "fresh $CURRENT"
 
-# every object of the extension, described with what defines it
+# every object of the extension, described with what defines it: functions
+# with their bodies, settings (the pinned search_path of SECURITY DEFINER
+# functions), security, volatility, strictness, parallel safety, cost, rows,
+# library symbol, privileges and initial privileges; tables, views, sequences
+# and indexes with their privileges, columns (types, defaults, identity,
+# collation, privileges), constraints, triggers (and whether each is
+# enabled), sequence parameters; the schema with its privileges; the event
+# trigger; comments on all of these; the pg_dump configuration; and the
+# built-in result policy rows.  The role granted to after the install is left
+# out of privileges.
 describe() {
 	q "$1" "
+	CREATE FUNCTION pg_temp.acl(a aclitem[]) RETURNS text LANGUAGE sql AS \$\$
+		SELECT coalesce(array_to_string(ARRAY(
+			SELECT x FROM unnest(a::text[]) x WHERE x NOT LIKE '$ROLE=%' ORDER BY x), ','), 'default')
+	\$\$;
 	WITH members AS (
 		SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
 		WHERE e.extname = 'alipayplus_cancel' AND d.deptype = 'e'
+	), rels AS (
+		SELECT c.oid FROM pg_class c WHERE c.relnamespace = 'alipayplus'::regnamespace
+		UNION SELECT m.objid FROM members m WHERE m.classid = 'pg_class'::regclass
+	), described AS (
+		SELECT m.classid, m.objid FROM members m
+		UNION SELECT 'pg_class'::regclass, r.oid FROM rels r
+		UNION SELECT 'pg_constraint'::regclass, co.oid FROM pg_constraint co JOIN rels r ON r.oid = co.conrelid
+		UNION SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid
 	)
 	SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 		SELECT pg_describe_object(m.classid, m.objid, 0) AS line FROM members m
 		UNION ALL
 		SELECT 'function ' || p.oid::regprocedure || ' ' || md5(pg_get_functiondef(p.oid))
-			|| ' acl=' || coalesce(array_to_string(ARRAY(
-				SELECT x FROM unnest(p.proacl::text[]) x WHERE x NOT LIKE '$ROLE=%' ORDER BY x), ','), 'default')
+			|| ' kind=' || p.prokind::text || ' lang=' || l.lanname
+			|| ' src=' || md5(p.prosrc) || ' sqlbody=' || coalesce(md5(pg_get_function_sqlbody(p.oid)), 'none')
+			|| ' bin=' || coalesce(p.probin, 'none')
+			|| ' config=' || coalesce(p.proconfig::text, 'none')
+			|| ' secdef=' || p.prosecdef || ' volatile=' || p.provolatile::text || ' strict=' || p.proisstrict
+			|| ' parallel=' || p.proparallel::text || ' leakproof=' || p.proleakproof
+			|| ' cost=' || p.procost || ' rows=' || p.prorows
+			|| ' args=' || pg_get_function_arguments(p.oid)
+			|| ' result=' || coalesce(pg_get_function_result(p.oid), 'none')
+			|| ' acl=' || pg_temp.acl(p.proacl)
 		FROM members m JOIN pg_proc p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
+		JOIN pg_language l ON l.oid = p.prolang
 		UNION ALL
-		SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+		SELECT 'schema ' || n.nspname || ' acl=' || pg_temp.acl(n.nspacl)
+		FROM members m JOIN pg_namespace n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid
+		UNION ALL
+		SELECT 'event trigger ' || et.evtname || ' on ' || et.evtevent || ' ' || et.evtfoid::regproc
+			|| ' tags=' || coalesce(et.evttags::text, 'all') || ' enabled=' || et.evtenabled::text
+		FROM members m JOIN pg_event_trigger et ON m.classid = 'pg_event_trigger'::regclass AND et.oid = m.objid
+		UNION ALL
+		SELECT 'relation ' || c.oid::regclass || ' kind=' || c.relkind::text || ' persistence=' || c.relpersistence::text
+			|| ' options=' || coalesce(c.reloptions::text, 'none') || ' rls=' || c.relrowsecurity
+			|| ' acl=' || pg_temp.acl(c.relacl)
+		FROM rels r JOIN pg_class c ON c.oid = r.oid
+		UNION ALL
+		SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' #' || a.attnum
+			|| ' ' || format_type(a.atttypid, a.atttypmod)
 			|| CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
 			|| coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
-		FROM members m JOIN pg_attribute a ON m.classid = 'pg_class'::regclass AND a.attrelid = m.objid
-			AND a.attnum > 0 AND NOT a.attisdropped
+			|| ' identity=' || a.attidentity::text || ' generated=' || a.attgenerated::text
+			|| ' collation=' || a.attcollation::regcollation
+			|| ' acl=' || pg_temp.acl(a.attacl)
+		FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
 		LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
 		UNION ALL
-		SELECT 'relation ' || c.oid::regclass || ' acl=' || coalesce(c.relacl::text, 'default')
-		FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+		SELECT 'sequence ' || s.seqrelid::regclass || ' ' || format_type(s.seqtypid, NULL)
+			|| ' start=' || s.seqstart || ' inc=' || s.seqincrement || ' max=' || s.seqmax
+			|| ' min=' || s.seqmin || ' cache=' || s.seqcache || ' cycle=' || s.seqcycle
+		FROM rels r JOIN pg_sequence s ON s.seqrelid = r.oid
 		UNION ALL
 		SELECT 'constraint ' || co.conrelid::regclass || ' ' || co.conname || ' ' || pg_get_constraintdef(co.oid)
-		FROM members m JOIN pg_constraint co ON m.classid = 'pg_class'::regclass AND co.conrelid = m.objid
+			|| ' validated=' || co.convalidated || ' deferrable=' || co.condeferrable
+		FROM rels r JOIN pg_constraint co ON co.conrelid = r.oid
 		UNION ALL
 		SELECT 'index ' || pg_get_indexdef(i.indexrelid)
-		FROM members m JOIN pg_index i ON m.classid = 'pg_class'::regclass AND i.indrelid = m.objid
+		FROM rels r JOIN pg_index i ON i.indrelid = r.oid
 		UNION ALL
-		SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
-		FROM members m JOIN pg_trigger t ON m.classid = 'pg_class'::regclass AND t.tgrelid = m.objid
-			AND NOT t.tgisinternal
+		SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text
+		FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid AND NOT t.tgisinternal
 		UNION ALL
 		SELECT 'view ' || c.oid::regclass || ' ' || md5(pg_get_viewdef(c.oid))
-		FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid AND c.relkind = 'v'
+		FROM rels r JOIN pg_class c ON c.oid = r.oid AND c.relkind IN ('v', 'm')
+		UNION ALL
+		SELECT 'comment on ' || pg_describe_object(ds.classoid, ds.objoid, ds.objsubid) || ' ' || md5(ds.description)
+		FROM described o JOIN pg_description ds ON ds.classoid = o.classid AND ds.objoid = o.objid
+		UNION ALL
+		SELECT 'initial privileges ' || pg_describe_object(ip.classoid, ip.objoid, ip.objsubid)
+			|| ' ' || ip.privtype::text || ' ' || pg_temp.acl(ip.initprivs)
+		FROM described o JOIN pg_init_privs ip ON ip.classoid = o.classid AND ip.objoid = o.objid
 		UNION ALL
 		SELECT 'config ' || c.oid::regclass || ' ' || coalesce(x.cond, '')
 		FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS x(relid, cond)
 		JOIN pg_class c ON c.oid = x.relid WHERE e.extname = 'alipayplus_cancel'
+		UNION ALL
+		SELECT 'built-in result policy ' || p::text FROM alipayplus.result_policy p WHERE p.builtin
 	) s"
 }
 describe $OLD >"$RIG/upgrade_old.txt"
