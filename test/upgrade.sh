@@ -62,16 +62,16 @@ expect "a fresh install ran the generated script, not the update path from 1.0" 
 # functions), security, volatility, strictness, parallel safety, cost, rows,
 # library symbol, privileges and initial privileges; tables, views, sequences
 # and indexes with their privileges, columns (types, defaults, identity,
-# collation, privileges), constraints, triggers (and whether each is
-# enabled), sequence parameters; the schema with its privileges; the event
-# trigger; comments on all of these; the pg_dump configuration; and the
-# built-in result policy rows.  The role granted to after the install is left
-# out of privileges.
+# collation, privileges, order among the live columns), constraints,
+# triggers (and whether each is enabled), sequence parameters; the schema
+# with its privileges; the event trigger; comments on all of these; the
+# pg_dump configuration; and the built-in result policy rows.  The role
+# granted to after the install is left out of privileges.
 describe() {
 	q "$1" "
 	CREATE FUNCTION pg_temp.acl(a aclitem[]) RETURNS text LANGUAGE sql AS \$\$
-		SELECT coalesce(array_to_string(ARRAY(
-			SELECT x FROM unnest(a::text[]) x WHERE x NOT LIKE '$ROLE=%' ORDER BY x), ','), 'default')
+		SELECT CASE WHEN a IS NULL THEN 'default' ELSE array_to_string(ARRAY(
+			SELECT x FROM unnest(a::text[]) x WHERE x NOT LIKE '$ROLE=%' ORDER BY x), ',') END
 	\$\$;
 	WITH members AS (
 		SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
@@ -114,7 +114,7 @@ describe() {
 			|| ' acl=' || pg_temp.acl(c.relacl)
 		FROM rels r JOIN pg_class c ON c.oid = r.oid
 		UNION ALL
-		SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' #' || a.attnum
+		SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' #' || row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum)
 			|| ' ' || format_type(a.atttypid, a.atttypmod)
 			|| CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
 			|| coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
