@@ -233,6 +233,7 @@ RETURN pg_catalog.make_interval(secs => least(
 			* CASE WHEN $2 THEN 8 ELSE 1 END
 			* power(2::float8, least(greatest(coalesce($1, 1) - 1, 0), 60)))
 	* (0.5 + random() * 0.5));
+
 /* Whether an attempt got no answer at all from the gateway */
 CREATE FUNCTION alipayplus._unanswered(code text)
 RETURNS boolean
