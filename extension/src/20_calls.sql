@@ -1,0 +1,113 @@
+/*
+ * extension/src/20_calls.sql
+ *	  The functions written in C (src/): ids, the user's orders table run as
+ *	  its owner, configuration, the signed cancelPayment call (one, or many in
+ *	  flight at once), signatures, the row triggers of the guard; and the
+ *	  cancel window.
+ */
+
+\echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
+
+/* ------------------------------------------------------------------
+ * C functions
+ * ------------------------------------------------------------------ */
+
+CREATE FUNCTION alipayplus._check_ids(payment_id text, payment_request_id text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_check_ids'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION alipayplus._id_problem(id text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'alipayplus_id_problem'
+LANGUAGE C IMMUTABLE STRICT;
+
+/*
+ * Run a query on a user table as that table's owner (src/orders.c); a
+ * param named in param_columns takes that column's type; ledger_write
+ * ({field, id, status}) marks the ledger's own status write
+ */
+CREATE FUNCTION alipayplus._order_exec(tbl regclass, query text, params text[],
+	param_columns name[] DEFAULT NULL, ledger_write text[] DEFAULT NULL)
+RETURNS SETOF text[]
+AS 'MODULE_PATHNAME', 'alipayplus_order_exec'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION alipayplus._check_config()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_check_config'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION alipayplus._call_cancel(payment_id text, payment_request_id text,
+	OUT sent_field text, OUT sent_id text, OUT request_time text,
+	OUT http_status integer, OUT result_status text, OUT result_code text,
+	OUT result_message text, OUT acquirer_id text, OUT psp_id text,
+	OUT signature_verified boolean, OUT latency_ms double precision,
+	OUT error_detail text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'alipayplus_call_cancel'
+LANGUAGE C VOLATILE;
+
+/* Many cancelPayment calls in flight at once: one row per call, ord its index in ids */
+CREATE FUNCTION alipayplus._call_cancel_many(fields text[], ids text[],
+	max_ms integer DEFAULT NULL,
+	OUT ord integer, OUT sent_field text, OUT sent_id text, OUT request_time text,
+	OUT http_status integer, OUT result_status text, OUT result_code text,
+	OUT result_message text, OUT acquirer_id text, OUT psp_id text,
+	OUT signature_verified boolean, OUT latency_ms double precision,
+	OUT error_detail text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'alipayplus_call_cancel_many'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION @extschema@.alipayplus_signature(path text, client_id text,
+	request_time text, body text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'alipayplus_signature'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION @extschema@.alipayplus_signature(text, text, text, text) IS
+	'Signature header value for a message, signed with alipayplus.private_key_file';
+
+CREATE FUNCTION @extschema@.alipayplus_verify(path text, client_id text,
+	response_time text, body text, signature text, public_key text DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'alipayplus_verify'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@.alipayplus_verify(text, text, text, text, text, text) IS
+	'Whether signature (a Signature header value or its signature part) signs the message; public_key PEM defaults to alipayplus.public_key_file';
+
+CREATE FUNCTION @extschema@.alipayplus_guard_cancelled()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'alipayplus_guard_cancelled'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.alipayplus_guard_cancelled() IS
+	'Row trigger: (status column, cancelled value, cancelling values...) keeps cancelled rows cancelled';
+
+CREATE FUNCTION @extschema@.alipayplus_guard_order()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'alipayplus_guard_order'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.alipayplus_guard_order() IS
+	'Row trigger attached by alipayplus_bind_orders: the guard, fixed ids, and cancel states only through the ledger';
+
+/* ------------------------------------------------------------------
+ * Cancel window
+ * ------------------------------------------------------------------ */
+
+CREATE FUNCTION @extschema@.alipayplus_cancel_deadline(initiated_at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN (pg_catalog.date_trunc('day', ($1 AT TIME ZONE 'UTC') + interval '8 hours')
+		+ interval '1 day 15 minutes' - interval '8 hours') AT TIME ZONE 'UTC';
+COMMENT ON FUNCTION @extschema@.alipayplus_cancel_deadline(timestamptz) IS
+	'00:15 UTC+8 on the day after the UTC+8 calendar day of initiated_at; cancellation is possible strictly before it';
+
+CREATE FUNCTION @extschema@.alipayplus_cancel_window_open(initiated_at timestamptz,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN $2 < @extschema@.alipayplus_cancel_deadline($1);
+COMMENT ON FUNCTION @extschema@.alipayplus_cancel_window_open(timestamptz, timestamptz) IS
+	'Whether a payment initiated at initiated_at can still be cancelled at time at';

@@ -1,0 +1,66 @@
+/*
+ * extension/src/60_views.sql
+ *	  Views: what needs a person (alipayplus.attention) and what the processor
+ *	  is doing (alipayplus.stats).
+ */
+
+\echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
+
+/* ------------------------------------------------------------------
+ * What needs a person
+ * ------------------------------------------------------------------ */
+
+CREATE VIEW alipayplus.attention AS
+SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
+	c.payment_id, c.state, c.attempt_count, c.last_result_status,
+	c.last_result_code, c.last_result_message, c.last_attempt_at,
+	c.requested_at, c.deadline,
+	CASE
+		WHEN c.needs_attention THEN c.attention_reason
+		WHEN c.unanswered_streak >= 3 THEN
+			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
+				   c.unanswered_streak, c.last_result_code)
+		WHEN c.next_attempt_at < pg_catalog.now() - interval '10 minutes' THEN
+			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
+				   c.next_attempt_at)
+		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
+	END AS reason
+FROM alipayplus.cancellations c
+WHERE c.needs_attention
+	OR (c.state = 'CANCELLING'
+		AND (c.deadline <= pg_catalog.now() OR c.unanswered_streak >= 3
+			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'));
+COMMENT ON VIEW alipayplus.attention IS 'Each cancellation a person must look at, and why';
+
+/* ------------------------------------------------------------------
+ * What the processor is doing
+ * ------------------------------------------------------------------ */
+
+CREATE VIEW alipayplus.stats AS
+WITH recent AS (
+	SELECT a.result_status, a.result_code, a.latency_ms
+	FROM alipayplus.cancel_attempts a
+	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
+)
+SELECT
+	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
+	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
+	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	q.queued, q.due, q.oldest_due,
+	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
+	(SELECT count(*) FROM recent) AS attempts_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
+	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
+	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
+	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention) q;
+COMMENT ON VIEW alipayplus.stats IS
+	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
