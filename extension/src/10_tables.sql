@@ -54,12 +54,27 @@ CREATE TABLE alipayplus.cancellations (
 	late_payment_status text,
 	late_payment_code text,
 	late_payment_at timestamptz,
+	/*
+	 * Who closed a row's attention item, when, why, and what it said.  The
+	 * item leaves alipayplus.attention; something new (a new flag, a new
+	 * attempt, a later paid notification) opens it again.
+	 */
+	attention_closed_at timestamptz,
+	attention_closed_by name,
+	attention_closed_session_user name,
+	attention_closed_note text,
+	attention_closed_reason text,
 	UNIQUE (sent_field, sent_id),
 	CHECK (sent_id = CASE sent_field WHEN 'paymentRequestId' THEN payment_request_id
 									 ELSE payment_id END),
 	CHECK ((state = 'CANCELLED') = (cancelled_at IS NOT NULL)),
 	CHECK (needs_attention = (attention_reason IS NOT NULL)),
-	CHECK (state = 'CANCELLING' OR next_attempt_at IS NULL)
+	CHECK (state = 'CANCELLING' OR next_attempt_at IS NULL),
+	CONSTRAINT cancellations_attention_closed_check CHECK (
+		(attention_closed_at IS NULL) = (attention_closed_by IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_session_user IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_note IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_reason IS NULL))
 );
 CREATE INDEX cancellations_due ON alipayplus.cancellations (next_attempt_at)
 	WHERE state = 'CANCELLING' AND NOT needs_attention;
@@ -131,8 +146,8 @@ INSERT INTO alipayplus.result_policy (result_code, action, note) VALUES
 	('local.response_too_large', 'retry', 'the response body exceeded 1 MiB'),
 	('local.http_status', 'retry', 'the gateway answered with an HTTP status other than 200'),
 	('local.bad_response', 'retry', 'the response body was not a cancelPayment result'),
-	('local.bad_signature', 'retry', 'the response signature was missing in part or did not verify'),
-	('local.client_id_mismatch', 'retry', 'the response named another Client-Id'),
+	('local.bad_signature', 'retry', 'the response signature was missing in part or did not verify: check our settings alipayplus.public_key_file (it must hold Alipay+''s public key), alipayplus.response_key_version, alipayplus.private_key_file and alipayplus.client_id'),
+	('local.client_id_mismatch', 'retry', 'the response named another Client-Id: check our setting alipayplus.client_id'),
 	('local.unsigned_success', 'retry', 'an unsigned response claimed success');
 UPDATE alipayplus.result_policy SET builtin = true;
 
@@ -170,7 +185,9 @@ CREATE TABLE alipayplus.order_binding (
 	initiated_at_time_zone text,
 	paid_value text,
 	failed_value text,
-	bound_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+	bound_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	/* the statuses of orders still waiting for their payment result */
+	pending_values text[]
 );
 COMMENT ON TABLE alipayplus.order_binding IS
 	'The user orders table that follows the ledger (set by alipayplus_bind_orders)';

@@ -166,13 +166,30 @@ BEGIN
 	END LOOP;
 	IF n = 0 THEN
 		/* nothing to change, or nothing changed: look */
-		SELECT x[1] INTO now_status FROM alipayplus._order_exec(b.orders,
+		FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
 			format('SELECT %I::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
 				   b.status_column, b.orders, key_col),
-			ARRAY[p_id], ARRAY[key_col]) x;
-		IF NOT FOUND THEN
+			ARRAY[p_id], ARRAY[key_col])
+		LOOP
+			n := n + 1;
+			now_status := r[1];
+		END LOOP;
+		IF n = 0 THEN
 			RETURN;
 		END IF;
+	END IF;
+	/*
+	 * One payment, one order row: a table without a unique index on the
+	 * id (a partitioned one) may have gained a second row with the id
+	 * since the order was locked; then this update is undone with the
+	 * error, and the ledger row says why.
+	 */
+	IF n > 1 THEN
+		RAISE EXCEPTION USING ERRCODE = 'cardinality_violation',
+			MESSAGE = format('%s rows of %s have %s = %L; exactly one was to be set to %L',
+							 n, b.orders, key_col, p_id, p_status),
+			DETAIL = 'A payment must be one order row; the extension will not guess which one is meant, and changed none.',
+			HINT = format('Remove the duplicates (and add a unique constraint on %s if the table can have one), then run alipayplus_requeue_cancellation().', key_col);
 	END IF;
 	IF now_status IS DISTINCT FROM p_status THEN
 		RAISE EXCEPTION USING ERRCODE = 'triggered_data_change_violation',

@@ -2,8 +2,10 @@
  * extension/src/40_processor.sql
  *	  The processor of the queue: alipayplus_process_cancellations (a window
  *	  of calls in flight at once), the procedures that commit as they go
- *	  (alipayplus_run_cancellations for pg_cron, alipayplus_process_backlog),
- *	  requeueing, refunds and payment results, stale orders, queue depth.
+ *	  (alipayplus_run_cancellations for pg_cron, alipayplus_process_backlog;
+ *	  alipayplus_require_top_level refuses to run them where they cannot
+ *	  commit), requeueing, closing attention items, refunds and payment
+ *	  results, stale orders, queue depth.
  */
 
 \echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
@@ -58,6 +60,13 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
 			MESSAGE = 'time_budget must be positive';
 	END IF;
+	/* the calls' time limits are milliseconds in an integer */
+	IF $2 > interval '24 days' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be at most 24 days',
+			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
+			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
+	END IF;
 	PERFORM alipayplus._check_config();
 	/* read only now: the line above loads the library that defines it */
 	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
@@ -101,7 +110,10 @@ BEGIN
 			v_done := v_done || c.cancellation_id;
 			v_claim_error := NULL;
 			BEGIN
-				PERFORM alipayplus._lock_order(c.sent_field, c.sent_id, true);
+				/* by its request id when known (issue 19, item 3) */
+				PERFORM alipayplus._lock_order(
+					CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+					coalesce(c.payment_request_id, c.sent_id), true);
 			EXCEPTION
 				WHEN lock_not_available THEN
 					n_busy := n_busy + 1;
@@ -213,6 +225,18 @@ COMMENT ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interv
 	'Call cancelPayment for due CANCELLING rows (SKIP LOCKED) in the caller''s transaction, bounded by max_count and time_budget';
 
 /*
+ * Raises 25001 unless its caller can commit: see src/ledger.c.  Public:
+ * it reads nothing and signs nothing, and the roles that run the
+ * processor (often without USAGE on schema alipayplus) must be able to
+ * call it.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_require_top_level(procedure_name text)
+AS 'MODULE_PATHNAME', 'alipayplus_require_top_level'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_require_top_level(text) IS
+	'Internal: raises 25001 unless the calling procedure can commit (a CALL of its own, outside a transaction block)';
+
+/*
  * For long queues: the processor a window at a time, committing after
  * each, so that a crash, a cancel or a timeout loses at most one window
  * and other sessions see the progress.  With progress set, a NOTICE every
@@ -238,6 +262,8 @@ DECLARE
 	v_rate float8;
 	v_interrupted boolean := false;
 BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
@@ -301,6 +327,8 @@ DECLARE
 	v_last_error text;
 	v_interrupted boolean := false;
 BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
@@ -346,8 +374,14 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
 			MESSAGE = format('no cancellation with id %s', $1);
 	END IF;
-	/* the order row first, then the ledger row, like every other path */
-	PERFORM alipayplus._lock_order(c.sent_field, c.sent_id);
+	/*
+	 * The order row first, then the ledger row, like every other path; by
+	 * its request id when the row knows it (a payment id the order may not
+	 * have stored yet would not find it)
+	 */
+	PERFORM alipayplus._lock_order(
+		CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+		coalesce(c.payment_request_id, c.sent_id));
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE x.cancellation_id = $1 FOR UPDATE;
 	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
@@ -359,7 +393,10 @@ BEGIN
 		/* Alipay+ cancelled it; only the bound order has to follow */
 		SELECT * INTO b FROM alipayplus.order_binding;
 		IF FOUND THEN
-			PERFORM alipayplus._set_order_status(c.sent_field, c.sent_id, b.cancelled_value);
+			PERFORM alipayplus._set_order_status(
+				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+				coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
+				c.sent_field, c.sent_id);
 		END IF;
 		UPDATE alipayplus.cancellations x SET
 			needs_attention = false, attention_reason = NULL
@@ -380,6 +417,77 @@ $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_requeue_cancellation(bigint) IS
 	'After a person fixed the cause: retry with a fresh attempt budget, or (for a CANCELLED row whose order could not follow) update the order';
 
+/* The role the caller acts as (SET ROLE), which SECURITY DEFINER hides */
+CREATE FUNCTION alipayplus._outer_user()
+RETURNS name
+AS 'MODULE_PATHNAME', 'alipayplus_outer_user'
+LANGUAGE C STABLE;
+
+/*
+ * Close an item of alipayplus.attention: who (the role acted as, and the
+ * session user), when, why (the note) and what it said are kept on the
+ * row; the item leaves the view until something new opens it again.
+ */
+CREATE FUNCTION @extschema@.alipayplus_close_attention(cancellation_id bigint, note text)
+RETURNS alipayplus.cancellations
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c alipayplus.cancellations;
+	v_reason text;
+BEGIN
+	IF $1 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'give the cancellation_id of an item of alipayplus.attention';
+	END IF;
+	IF $2 IS NULL OR pg_catalog.btrim($2) = '' THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'say why the item is closed: note must not be empty',
+			HINT = 'For example: ''refunded as R-123, ticket 456'' or ''Alipay+ support confirmed the cancellation''.';
+	END IF;
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1 FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+			MESSAGE = format('no cancellation with id %s', $1);
+	END IF;
+	SELECT a.reason INTO v_reason FROM alipayplus.attention a
+	WHERE a.cancellation_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s has no open attention item', $1),
+			DETAIL = CASE WHEN c.attention_closed_at IS NOT NULL THEN
+				format('Its last item was closed at %s by %s: %s', c.attention_closed_at,
+					   c.attention_closed_by, c.attention_closed_note)
+				ELSE 'Nothing about it needs a person.' END,
+			HINT = 'alipayplus.attention lists the open items.';
+	END IF;
+	UPDATE alipayplus.cancellations x SET
+		needs_attention = false, attention_reason = NULL,
+		attention_closed_at = pg_catalog.clock_timestamp(),
+		attention_closed_by = alipayplus._outer_user(),
+		attention_closed_session_user = session_user,
+		attention_closed_note = $2,
+		attention_closed_reason = v_reason
+	WHERE x.cancellation_id = $1
+	RETURNING * INTO c;
+	RETURN c;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) IS
+	'Close an open item of alipayplus.attention, keeping who, when and why; a flagged row stays out of the queue';
+
+/*
+ * For alipayplus_note_refund: lock the ids (the same advisory locks the
+ * cancel paths take, src/ledger.c) and say whether either already has a
+ * cancellation, on the latest committed data.
+ */
+CREATE FUNCTION alipayplus._refund_blocked(refund_request_id text, refund_id text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'alipayplus_refund_blocked'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION @extschema@.alipayplus_note_refund(refund_request_id text,
 	refund_id text DEFAULT NULL)
 RETURNS void
@@ -391,10 +499,10 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
 			MESSAGE = 'give refund_request_id or refund_id';
 	END IF;
-	IF EXISTS (SELECT 1 FROM alipayplus.cancellations x
-			   WHERE x.payment_request_id IN ($1, $2) OR x.payment_id IN ($1, $2)) THEN
+	IF alipayplus._refund_blocked($1, $2) THEN
 		RAISE EXCEPTION USING ERRCODE = 'ZA003',
-			MESSAGE = format('%s already has a cancellation as a payment', coalesce($1, $2));
+			MESSAGE = format('%s already has a cancellation as a payment', coalesce($1, $2)),
+			HINT = 'A payment whose cancellation was requested cannot be noted as a refund; see alipayplus.cancellations.';
 	END IF;
 	INSERT INTO alipayplus.known_refunds (refund_request_id, refund_id)
 	VALUES ($1, $2) ON CONFLICT DO NOTHING;
@@ -472,10 +580,12 @@ COMMENT ON FUNCTION @extschema@.alipayplus_apply_payment_result(text, text, text
 	'Apply a payment notification or inquiryPayment result: moves a bound order only if no cancellation was requested';
 
 /*
- * The request ids of the bound orders that are neither cancelling nor
- * cancelled, paid nor failed, and were initiated longer than older_than
- * ago (oldest first), read as the table's owner.  Needs an initiation time
- * column in the binding.
+ * The request ids of the bound orders whose status is one of the binding's
+ * pending values (still waiting for a payment result) and which were
+ * initiated longer than older_than ago (oldest first), read as the table's
+ * owner.  Needs an initiation time column and the pending values in the
+ * binding; an order in any other status (shipped, refunded, expired, NULL)
+ * is never picked.
  */
 CREATE FUNCTION @extschema@.alipayplus_stale_orders(older_than interval)
 RETURNS SETOF text
@@ -485,6 +595,7 @@ AS $$
 DECLARE
 	b alipayplus.order_binding;
 	r text[];
+	v_initiated text;
 BEGIN
 	IF $1 IS NULL OR $1 < interval '0' THEN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -494,28 +605,35 @@ BEGIN
 	IF NOT FOUND OR b.initiated_at_column IS NULL THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
 			MESSAGE = 'alipayplus_stale_orders needs a bound orders table with an initiation time column',
-			HINT = 'Bind it with alipayplus_bind_orders(..., initiated_at_column => ...).';
+			HINT = 'Bind it with alipayplus_bind_orders(..., initiated_at_column => ..., pending_values => ...).';
 	END IF;
+	IF b.pending_values IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'alipayplus_stale_orders needs the pending status values in the binding',
+			DETAIL = 'Only orders in a status that means "waiting for the payment result" may be cancelled as stale; without the list, shipped, refunded or expired orders would be taken for waiting ones.',
+			HINT = 'Bind the table again with alipayplus_bind_orders(..., pending_values => ARRAY[''PENDING'']), naming your statuses of orders still waiting for their payment result.';
+	END IF;
+	v_initiated := CASE WHEN b.initiated_at_time_zone IS NULL THEN format('%I', b.initiated_at_column)
+		ELSE format('pg_catalog.timezone(%L, %I)', b.initiated_at_time_zone, b.initiated_at_column) END;
 	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
 		format('SELECT %I::pg_catalog.text FROM %s WHERE %s OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz '
-			   'AND NOT %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[]) ORDER BY %s',
-			   b.request_id_column, b.orders,
-			   CASE WHEN b.initiated_at_time_zone IS NULL THEN format('%I', b.initiated_at_column)
-					ELSE format('pg_catalog.timezone(%L, %I)', b.initiated_at_time_zone, b.initiated_at_column) END,
-			   b.status_column,
-			   CASE WHEN b.initiated_at_time_zone IS NULL THEN format('%I', b.initiated_at_column)
-					ELSE format('pg_catalog.timezone(%L, %I)', b.initiated_at_time_zone, b.initiated_at_column) END),
-		ARRAY[(pg_catalog.now() - $1)::text,
-			  ARRAY[b.cancelled_value, b.cancelling_value, b.paid_value, b.failed_value]::text])
+			   'AND %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[]) ORDER BY %s',
+			   b.request_id_column, b.orders, v_initiated, b.status_column, v_initiated),
+		ARRAY[(pg_catalog.now() - $1)::text, b.pending_values::text])
 	LOOP
 		RETURN NEXT r[1];
 	END LOOP;
 END;
 $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_stale_orders(interval) IS
-	'Request ids of bound orders still waiting for their result after older_than';
+	'Request ids of bound orders in a pending status (the binding''s pending_values) initiated longer than older_than ago';
 
-/* Queue depth, for the stats view and the backlog's progress */
+/*
+ * Queue depth, for the stats view and the backlog's progress: rows with a
+ * due time.  A closed item of a flagged CANCELLING row leaves the row
+ * CANCELLING, not flagged and with no due time: it waits for nothing, so
+ * the queue figures count only rows with a due time.
+ */
 CREATE FUNCTION @extschema@.alipayplus_queue_depth(OUT queued bigint, OUT due bigint,
 	OUT oldest_due timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -525,4 +643,5 @@ AS $$
 		min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now())
 	FROM alipayplus.cancellations x
 	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL
 $$;

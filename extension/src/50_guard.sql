@@ -295,11 +295,61 @@ CREATE EVENT TRIGGER alipayplus_guard_new_tables ON ddl_command_end
 	EXECUTE FUNCTION alipayplus._guard_new_tables();
 ALTER EVENT TRIGGER alipayplus_guard_new_tables ENABLE ALWAYS;
 
+/*
+ * Refuse a new binding that would leave orders of the current one behind:
+ * an order of the bound table that is at the cancelling value can only
+ * become cancelled through the ledger, which, once another table is bound,
+ * would apply Alipay+'s answer to that table instead; the order would stay
+ * cancelling for good, and the guard refuses every other change.  A new
+ * binding that keeps the table, its id and status columns and the two
+ * values (adding a payment id column, changing the initiation time or the
+ * paid and failed values) strands nothing and is allowed, and so is any
+ * binding while no order is cancelling.  The orders are read as the
+ * table's owner, like every read of a user table.
+ */
+CREATE FUNCTION alipayplus._refuse_stranding_rebind(p_orders regclass,
+	p_request_id_column name, p_status_column name, p_cancelled_value text,
+	p_cancelling_value text, p_payment_id_column name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	IF b.orders = p_orders AND b.request_id_column = p_request_id_column
+	   AND b.status_column = p_status_column
+	   AND b.cancelled_value = p_cancelled_value
+	   AND b.cancelling_value = p_cancelling_value
+	   AND (b.payment_id_column IS NULL
+			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
+		RETURN;
+	END IF;
+	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
+		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column, b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column]) x;
+	IF r[1]::bigint > 0 THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cannot replace the binding of %s while %s of its orders are %L (the first is %s = %L)',
+							 b.orders, r[1], b.cancelling_value, b.request_id_column, r[2]),
+			DETAIL = 'Their cancellations are in progress or wait for a person; the ledger would apply Alipay+''s answers to the newly bound table, and these orders would stay cancelling for good.',
+			HINT = 'Let the processor finish them (CALL alipayplus_run_cancellations()) and settle what alipayplus.attention lists, then bind again.';
+	END IF;
+END;
+$$;
+
 CREATE FUNCTION @extschema@.alipayplus_bind_orders(orders regclass,
 	request_id_column name, status_column name, cancelled_value text,
 	cancelling_value text, payment_id_column name DEFAULT NULL,
 	initiated_at_column name DEFAULT NULL, paid_value text DEFAULT NULL,
-	failed_value text DEFAULT NULL, initiated_at_time_zone text DEFAULT NULL)
+	failed_value text DEFAULT NULL, initiated_at_time_zone text DEFAULT NULL,
+	pending_values text[] DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -351,9 +401,29 @@ BEGIN
 		END IF;
 	END LOOP;
 
+	/*
+	 * The pending values: the statuses of orders still waiting for their
+	 * payment result, the only ones alipayplus_stale_orders picks.  A
+	 * list, none of it NULL, none of it a value with another meaning.
+	 */
+	IF $11 IS NOT NULL THEN
+		IF pg_catalog.cardinality($11) = 0 OR pg_catalog.array_position($11, NULL) IS NOT NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+				MESSAGE = 'pending_values must list at least one status, and no NULL',
+				HINT = 'Name the statuses of orders still waiting for their payment result, e.g. pending_values => ARRAY[''PENDING''].';
+		END IF;
+		FOREACH val IN ARRAY $11 LOOP
+			IF val IN ($4, $5, $8, $9) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('the pending value %L is also the cancelled, cancelling, paid or failed value', val),
+					DETAIL = 'An order in a pending status is one still waiting for its payment result.';
+			END IF;
+		END LOOP;
+	END IF;
+
 	/* the values must be stored as given by the status column's type */
 	v_type := alipayplus._column_type($1, $3);
-	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] LOOP
+	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] OPERATOR(pg_catalog.||) coalesce($11, '{}') LOOP
 		IF val IS NOT NULL THEN
 			/* stored as the owner stores it: a domain's CHECK is the owner's code */
 			BEGIN
@@ -424,11 +494,14 @@ BEGIN
 			MESSAGE = 'initiated_at_time_zone needs initiated_at_column';
 	END IF;
 
+	/* the orders of a cancellation in progress must stay bound (issue 19) */
+	PERFORM alipayplus._refuse_stranding_rebind($1, $2, $3, $4, $5, $6);
+
 	INSERT INTO alipayplus.order_binding AS x
 		(orders, request_id_column, status_column, cancelled_value,
 		 cancelling_value, payment_id_column, initiated_at_column,
-		 initiated_at_time_zone, paid_value, failed_value)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $9)
+		 initiated_at_time_zone, paid_value, failed_value, pending_values)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $9, $11)
 	ON CONFLICT (singleton) DO UPDATE SET
 		orders = excluded.orders, request_id_column = excluded.request_id_column,
 		status_column = excluded.status_column, cancelled_value = excluded.cancelled_value,
@@ -437,6 +510,7 @@ BEGIN
 		initiated_at_column = excluded.initiated_at_column,
 		initiated_at_time_zone = excluded.initiated_at_time_zone,
 		paid_value = excluded.paid_value, failed_value = excluded.failed_value,
+		pending_values = excluded.pending_values,
 		bound_at = pg_catalog.now();
 
 	/* rows of the whole tree that are already cancelling or cancelled */
@@ -455,8 +529,8 @@ BEGIN
 	PERFORM alipayplus._attach_guards(true);
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text) IS
-	'Make an orders table follow the ledger and attach the guard triggers (superuser)';
+COMMENT ON FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[]) IS
+	'Make an orders table follow the ledger and attach the guard triggers (superuser); pending_values are the statuses alipayplus_stale_orders picks';
 
 /* The ledger guards itself the same way, and its keys never change */
 CREATE TRIGGER cancellations_guard BEFORE UPDATE OR DELETE ON alipayplus.cancellations

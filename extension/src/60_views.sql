@@ -16,7 +16,8 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	c.last_result_code, c.last_result_message, c.last_attempt_at,
 	c.requested_at, c.deadline,
 	CASE
-		WHEN c.needs_attention THEN c.attention_reason
+		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
+		WHEN l.late_paid IS NOT NULL THEN l.late_paid
 		WHEN c.unanswered_streak >= 3 THEN
 			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
 				   c.unanswered_streak, c.last_result_code)
@@ -26,11 +27,22 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
+CROSS JOIN LATERAL (
+	/* a paid notification after the request, not yet seen by a person */
+	SELECT CASE WHEN c.late_payment_status = 'S'
+			AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+		format('a paid notification (S%s) arrived at %s after the cancellation was requested, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+			   coalesce(' ' || c.late_payment_code, ''), c.late_payment_at, c.state, c.cancellation_id)
+		END AS late_paid
+) l
 WHERE c.needs_attention
+	OR l.late_paid IS NOT NULL
 	OR (c.state = 'CANCELLING'
+		AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at)
 		AND (c.deadline <= pg_catalog.now() OR c.unanswered_streak >= 3
 			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'));
-COMMENT ON VIEW alipayplus.attention IS 'Each cancellation a person must look at, and why';
+COMMENT ON VIEW alipayplus.attention IS
+	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
 
 /* ------------------------------------------------------------------
  * What the processor is doing
@@ -61,6 +73,7 @@ FROM (SELECT count(*) AS queued,
 			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
 			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
 	  FROM alipayplus.cancellations x
-	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention) q;
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL) q;
 COMMENT ON VIEW alipayplus.stats IS
 	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
