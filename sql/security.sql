@@ -15,7 +15,7 @@ JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
 	AND d.refclassid = 'pg_extension'::regclass
 	AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'alipayplus_cancel')
 WHERE has_function_privilege('public', p.oid, 'EXECUTE')
-ORDER BY 1::text;
+ORDER BY p.oid::regprocedure::text;
 
 CREATE ROLE apc_nobody;
 CREATE ROLE apc_app;
