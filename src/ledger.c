@@ -908,6 +908,7 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 	MemoryContext outer = CurrentMemoryContext;
 	LedgerRow	c;
 
+	aps_refuse_read_only();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
@@ -985,7 +986,10 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	memset(nulls, 0, sizeof(nulls));
 	outer = CurrentMemoryContext;
 
-	/* configuration problems are reported before anything is marked */
+	/*
+	 * a read-only transaction, then configuration problems, are reported
+	 * before anything is marked
+	 */
 	key = aps_check_config();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
