@@ -12,8 +12,9 @@
 #    every later client of that connection), the owner's trigger does not
 #    see A's table, and A's table is still there for A.
 # 2. What the README's "Connection poolers" section says about session
-#    state: a plain SET leaks to the next client of the server connection,
-#    SET LOCAL does not.
+#    state: a plain SET (of alipayplus.* as of any setting) and SET ROLE
+#    leak to the next client of the server connection, SET LOCAL and SET
+#    LOCAL ROLE do not.
 #
 # Needs the rig up (scripts/lib.sh) and the pgbouncer package.
 # Run as root from the repository:  bash test/pooler.sh
@@ -124,4 +125,9 @@ expect "a plain SET is seen by the next client of the server connection" "1234ms
 pool postgres "RESET alipayplus.timeout_ms" >/dev/null
 pool postgres "BEGIN; SET LOCAL alipayplus.timeout_ms = 4321; COMMIT" >/dev/null
 expect "SET LOCAL ends with its transaction" "5s" "$(pool postgres "SHOW alipayplus.timeout_ms")"
+pool postgres "SET ROLE apc_pool_app" >/dev/null
+expect "SET ROLE is the next client's role too" "apc_pool_app" "$(pool postgres "SELECT current_user")"
+pool postgres "RESET ROLE" >/dev/null
+pool postgres "BEGIN; SET LOCAL ROLE apc_pool_app; COMMIT" >/dev/null
+expect "SET LOCAL ROLE ends with its transaction" "postgres" "$(pool postgres "SELECT current_user")"
 finish
