@@ -178,9 +178,7 @@ without_pg_temp(const char *path)
 static bool temp_hidden = false;
 static Oid	hidden_temp_ns = InvalidOid;
 static Oid	hidden_temp_toast_ns = InvalidOid;
-static SubTransactionId hidden_subid = InvalidSubTransactionId;
 static List *hidden_temp_rels = NIL;	/* their OIDs, in TopMemoryContext */
-static bool hide_callbacks_registered = false;
 
 static void
 show_temp_namespace(void)
@@ -196,21 +194,6 @@ show_temp_namespace(void)
 	foreach(lc, rels)
 		RelationCacheInvalidateEntry(lfirst_oid(lc));
 	list_free(rels);
-}
-
-static void
-hide_xact_callback(XactEvent event, void *arg)
-{
-	show_temp_namespace();
-}
-
-static void
-hide_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-					  SubTransactionId parentSubid, void *arg)
-{
-	/* the subtransaction the schema was hidden in, or an outer one */
-	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid <= hidden_subid)
-		show_temp_namespace();
 }
 
 #ifdef USE_ASSERT_CHECKING
@@ -237,6 +220,24 @@ hide_temp_namespace(void)
 	return false;
 }
 #else
+
+static SubTransactionId hidden_subid = InvalidSubTransactionId;
+static bool hide_callbacks_registered = false;
+
+static void
+hide_xact_callback(XactEvent event, void *arg)
+{
+	show_temp_namespace();
+}
+
+static void
+hide_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	/* the subtransaction the schema was hidden in, or an outer one */
+	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid <= hidden_subid)
+		show_temp_namespace();
+}
 
 /*
  * Hide the session's temporary schema, if it has one and it is not hidden
