@@ -6,7 +6,9 @@
 -- gateway, nothing changed.  (On a standby the hint says to run on the
 -- primary: test/tap/t/010_standby_readonly.pl.)
 --
+SET client_min_messages = warning;
 DROP EXTENSION alipayplus_cancel CASCADE;
+RESET client_min_messages;
 CREATE EXTENSION alipayplus_cancel;
 CREATE TABLE ro_orders (id int PRIMARY KEY, req text UNIQUE NOT NULL, status text NOT NULL DEFAULT 'NEW');
 SELECT alipayplus_bind_orders('ro_orders', 'req', 'status', 'CANCELLED', 'CANCELLING');
