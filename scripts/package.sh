@@ -38,18 +38,27 @@ fail() { echo "not ok - $*" >&2; exit 1; }
 
 # The rig of scripts/demo.sh and scripts/test.sh is not this script's: a
 # demo may be running there.  What it looks like now (the folder, its
-# cluster's data directory, whether its postmaster and gateway run), to be
+# cluster's data directory, its postmaster and gateway: each process by pid
+# and start time, so that a pid used again later does not count), to be
 # compared at the end.
 DEMO_RIG=$RIG
 demo_rig_state() {
-	local f pid
+	local f pid start
 	[ -d "$DEMO_RIG" ] || { echo "$DEMO_RIG absent"; return; }
 	echo "$DEMO_RIG inode $(stat -c %i "$DEMO_RIG")"
 	[ -d "$DEMO_RIG/pgdata" ] && echo "pgdata inode $(stat -c %i "$DEMO_RIG/pgdata")"
 	for f in pgdata/postmaster.pid gateway.pid; do
 		[ -f "$DEMO_RIG/$f" ] || continue
 		pid=$(head -n 1 "$DEMO_RIG/$f")
-		if kill -0 "$pid" 2>/dev/null; then echo "$f: $pid running"; else echo "$f: $pid not running"; fi
+		start=$(awk '{ print $22 }' "/proc/$pid/stat" 2>/dev/null || true)
+		if [ -n "${DEMO_RIG_BEFORE+set}" ] && grep -qxF "$f: $pid, no process" <<<"$DEMO_RIG_BEFORE"; then
+			start=		# not running before: a process with that pid now is another's
+		fi
+		if [ -n "$start" ]; then
+			echo "$f: $pid, process started at $start"
+		else
+			echo "$f: $pid, no process"
+		fi
 	done
 }
 DEMO_RIG_BEFORE=$(demo_rig_state)
