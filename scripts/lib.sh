@@ -184,6 +184,8 @@ unix_socket_directories = '$RIG'
 shared_preload_libraries = 'pg_cron,alipayplus_cancel'
 cron.database_name = 'postgres'
 max_connections = 50
+# PREPARE TRANSACTION after a cancellation (sql/twophase.sql)
+max_prepared_transactions = 10
 fsync = off
 log_line_prefix = '%m [%p] %q%u@%d '
 apc_rig.dir = '$RIG'

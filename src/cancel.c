@@ -32,6 +32,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
+#include "replication/syncrep.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -202,6 +203,39 @@ alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
 }
 
 /*
+ * aps_warn_durability(): once per session, a WARNING when this session's
+ * commits may be lost although they were acknowledged (synchronous_commit
+ * off, or local while synchronous standbys are configured).  A lost commit puts a CANCELLED
+ * row back to CANCELLING (sent again, with the same id) or forgets a
+ * queued request altogether.  Cancellations go on: refusing them could
+ * let payments run past their cancel window.
+ */
+void
+aps_warn_durability(void)
+{
+	static bool warned = false;
+
+	if (warned)
+		return;
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("synchronous_commit is off: cancellations this session commits can be lost in a crash after they were reported"),
+				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errhint("Run alipayplus_cancel with synchronous_commit = on (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
+	else if (synchronous_commit == SYNCHRONOUS_COMMIT_LOCAL_FLUSH &&
+			 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0')
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("synchronous_commit is local although synchronous_standby_names is set: cancellations this session commits can be lost at a failover"),
+				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errhint("Run alipayplus_cancel with synchronous_commit = on or remote_apply (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
+	else
+		return;
+	warned = true;
+}
+
+/*
  * Check that this transaction may write (aps_refuse_read_only), that
  * everything a call needs is configured and that the keys load; raise the
  * error a user must fix otherwise.  Returns the private key.
@@ -212,6 +246,8 @@ aps_check_config(void)
 	EVP_PKEY   *key;
 
 	aps_refuse_read_only();
+	aps_warn_durability();
+
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);
 	aps_require_setting("alipayplus.client_id", aps_client_id);
 	key = aps_private_key();

@@ -12,7 +12,8 @@
  * so a call pays for executing them and nothing else; the C around them
  * only decides which statement runs, in the order the rules say:
  *
- *	mark:	validate the ids; lock the bound order (if a table is bound);
+ *	mark:	validate the ids; lock the bound order (if a table is bound),
+ *			then the ids against a concurrent alipayplus_note_refund;
  *			refuse refunds; find the ledger row by the one id it sends, or
  *			create it if the payment is still in its cancel window; move
  *			the bound order to the cancelling (or cancelled) value.
@@ -41,16 +42,20 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -62,6 +67,17 @@
 PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
 PG_FUNCTION_INFO_V1(alipayplus_settle);
 PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
+PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
+PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
+PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+
+/*
+ * The transaction-level advisory locks that serialise the paths that can
+ * give an id a cancellation or note it as a refund (see lock_ids()): the
+ * first key is "APSC", the second the id's bucket.
+ */
+#define APS_ID_LOCK_SPACE	0x41505343
+#define APS_ID_LOCK_BUCKETS	256
 
 /* The statements, in the order the rules use them */
 enum
@@ -70,7 +86,9 @@ enum
 	Q_BINDING,
 	Q_LOCK_ORDER,
 	Q_REFUND,
+	Q_HAS_CANCELLATION,
 	Q_FIND,
+	Q_COMPLETE_IDS,
 	Q_WINDOW,
 	Q_INSERT,
 	Q_SET_ORDER,
@@ -121,12 +139,35 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
 	},
-	/* one ledger row per payment, keyed by the id it sends */
+	/* whether an id to be noted as a refund already has a cancellation */
+	[Q_HAS_CANCELLATION] = {
+		"SELECT 1 FROM alipayplus.cancellations x"
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		" OR x.payment_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
+		2, {TEXTOID, TEXTOID}
+	},
+	/*
+	 * One ledger row per payment, keyed by the id it sends ($1, $2), but
+	 * found by either id it knows ($3, $4): a cancellation requested by
+	 * payment id before the order stored that id is the same payment as
+	 * one requested later by the order's request id
+	 */
 	[Q_FIND] = {
 		"SELECT x FROM alipayplus.cancellations x"
-		" WHERE x.sent_field OPERATOR(pg_catalog.=) $1"
-		" AND x.sent_id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
-		2, {TEXTOID, TEXTOID}
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) $3"
+		" OR x.payment_id OPERATOR(pg_catalog.=) $4"
+		" ORDER BY (x.sent_field OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_id OPERATOR(pg_catalog.=) $2) DESC, x.cancellation_id"
+		" LIMIT 1 FOR UPDATE",
+		4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/* the ids a ledger row did not know yet, once an order names them */
+	[Q_COMPLETE_IDS] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" payment_request_id = COALESCE(x.payment_request_id, $2),"
+		" payment_id = COALESCE(x.payment_id, $3)"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1 RETURNING x",
+		3, {INT8OID, TEXTOID, TEXTOID}
 	},
 	/* a new row only while Alipay+ still accepts cancelPayment */
 	[Q_WINDOW] = {
@@ -202,6 +243,12 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"     pg_catalog.format('%s %s from Alipay+, a code the result policy does not know:"
 		" Alipay+ refused the cancellation and a person must decide (see last_result_message;"
 		" connect_support@service.alipay.com)', a.result_status, a.result_code)"
+		"   WHEN $5 OPERATOR(pg_catalog.>=) $6"
+		"     AND a.result_code LIKE 'local.%' THEN"
+		"     pg_catalog.format('no usable answer after %s attempts (last: %s %s%s); the cause"
+		" is on our side or on the way to Alipay+, not a refusal by Alipay+: fix it, then run"
+		" alipayplus_requeue_cancellation(%s)', $5, a.result_status, a.result_code,"
+		"     ': ' OPERATOR(pg_catalog.||) $4, x.cancellation_id)"
 		"   WHEN $5 OPERATOR(pg_catalog.>=) $6 THEN"
 		"     pg_catalog.format('no result after %s attempts (last: %s %s); contact Alipay+"
 		" support at connect_support@service.alipay.com', $5, a.result_status, a.result_code)"
@@ -276,6 +323,8 @@ typedef struct LedgerRow
 	int64		cancellation_id;
 	char	   *sent_field;
 	char	   *sent_id;
+	char	   *payment_request_id;	/* both ids, as far as the row knows them */
+	char	   *payment_id;
 	char	   *state;
 	int32		attempt_count;
 	int32		retry_budget_start;
@@ -486,6 +535,8 @@ ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
 	c->cancellation_id = DatumGetInt64(field_not_null(h, "cancellation_id", INT8OID));
 	c->sent_field = field_text(h, "sent_field");
 	c->sent_id = field_text(h, "sent_id");
+	c->payment_request_id = field_text(h, "payment_request_id");
+	c->payment_id = field_text(h, "payment_id");
 	c->state = field_text(h, "state");
 	c->attempt_count = DatumGetInt32(field_not_null(h, "attempt_count", INT4OID));
 	c->retry_budget_start = DatumGetInt32(field_not_null(h, "retry_budget_start", INT4OID));
@@ -545,6 +596,88 @@ set_order_status(const char *field, const char *id, const char *status,
 }
 
 /*
+ * NOTIFY alipayplus_cancellations, sent for each ledger row created, is
+ * queued only when the transaction commits (an XACT_EVENT_PRE_COMMIT
+ * callback, which runs before PostgreSQL moves the queued notifications
+ * out): a transaction that did NOTIFY cannot be prepared, and PREPARE
+ * TRANSACTION after alipayplus_cancel_payment() or
+ * alipayplus_request_cancel() must work, or the call's verified answer
+ * would be lost with the transaction.  A prepared transaction sends no
+ * notification (COMMIT PREPARED cannot send one); the processor finds the
+ * row anyway.  The ids live in TopTransactionContext, each with the
+ * subtransaction level that created its row, so that the ids of a
+ * rolled-back subtransaction are forgotten.
+ */
+typedef struct PendingNotify
+{
+	int64		cancellation_id;
+	int			level;
+} PendingNotify;
+
+static List *pending_notifies = NIL;
+static bool notify_callbacks = false;
+
+static void
+notify_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_PRE_COMMIT)
+	{
+		foreach(lc, pending_notifies)
+		{
+			PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+			Async_Notify("alipayplus_cancellations",
+						 psprintf(INT64_FORMAT, p->cancellation_id));
+		}
+	}
+	/* every other event ends the transaction or prepares it: nothing to send */
+	if (event != XACT_EVENT_PARALLEL_PRE_COMMIT)
+		pending_notifies = NIL;
+}
+
+static void
+notify_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	foreach(lc, pending_notifies)
+	{
+		PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+		if (p->level < level)
+			continue;
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			pending_notifies = foreach_delete_current(pending_notifies, lc);
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			p->level = level - 1;
+	}
+}
+
+static void
+notify_at_commit(int64 cancellation_id)
+{
+	MemoryContext old;
+	PendingNotify *p;
+
+	if (!notify_callbacks)
+	{
+		RegisterXactCallback(notify_xact_callback, NULL);
+		RegisterSubXactCallback(notify_subxact_callback, NULL);
+		notify_callbacks = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(PendingNotify));
+	p->cancellation_id = cancellation_id;
+	p->level = GetCurrentTransactionNestLevel();
+	pending_notifies = lappend(pending_notifies, p);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Create the ledger row (values v of Q_INSERT) and notify the processors,
  * or, if it exists (another transaction created it and has committed),
  * find and lock it.
@@ -555,14 +688,84 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 	if (run(Q_INSERT, v, n) == 1)
 	{
 		ledger_row_from_result(c, mcxt);
-		Async_Notify("alipayplus_cancellations",
-					 psprintf(INT64_FORMAT, c->cancellation_id));
+		notify_at_commit(c->cancellation_id);
 		return;
 	}
 	if (run(Q_FIND, v, n) == 0)
 		elog(ERROR, "the ledger row for %s %s vanished",
 			 TextDatumGetCString(v[0]), TextDatumGetCString(v[1]));
 	ledger_row_from_result(c, mcxt);
+}
+
+/*
+ * Serialise on ids a and b (either may be NULL) with a transaction-level
+ * advisory lock on the bucket of each (a hash of the id modulo
+ * APS_ID_LOCK_BUCKETS), taken in bucket order.  Every path that gives an id
+ * a cancellation (mark_cancelling) takes them shared, and
+ * alipayplus_note_refund exclusive, before looking at the other kind: so a
+ * refund and a cancel request for one id never run at once, and whichever
+ * comes second waits until the first ends and then sees what it did, while
+ * cancel requests never wait for each other.  Buckets rather than one lock
+ * per id keep a transaction that queues thousands of ids
+ * (alipayplus_request_cancel_all) within the shared lock table; the price
+ * is that a refund may wait for a cancel request of another id in its
+ * bucket.
+ */
+static void
+lock_ids(const char *a, const char *b, bool exclusive)
+{
+	int32		keys[2];
+	int			n = 0;
+	int			i;
+
+	if (a != NULL)
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) %
+			APS_ID_LOCK_BUCKETS;
+	if (b != NULL)
+	{
+		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) %
+			APS_ID_LOCK_BUCKETS;
+
+		if (n == 0 || k != keys[0])
+			keys[n++] = k;
+	}
+	if (n == 2 && keys[1] < keys[0])
+	{
+		int32		t = keys[0];
+
+		keys[0] = keys[1];
+		keys[1] = t;
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (exclusive)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+		else
+			DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
+								Int32GetDatum(APS_ID_LOCK_SPACE),
+								Int32GetDatum(keys[i]));
+	}
+}
+
+/*
+ * Run statement q (a look-up) on the latest committed data rather than the
+ * transaction's snapshot: under REPEATABLE READ, what a transaction that
+ * held the same id lock committed must be seen too.  Returns the number of
+ * rows.
+ */
+static uint64
+run_latest(int q, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_snapshot(plans[q], values, nulls,
+										  GetLatestSnapshot(), InvalidSnapshot,
+										  false, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "ledger statement %d failed: %s", q,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
 }
 
 /*
@@ -635,17 +838,21 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
-		/*
-		 * Again now that the order row is locked: a refund recorded while
-		 * we waited for it (the lock orders the two), or the other id the
-		 * order named, may be a refund.
-		 */
-		if (!refund)
-		{
-			v[0] = text_or_null(payment_id, n, 0);
-			v[1] = text_or_null(request_id, n, 1);
-			refund = run(Q_REFUND, v, n) > 0;
-		}
+	}
+
+	/*
+	 * Again once the ids are locked (after the order row, which comes
+	 * first in every path): a refund noted while we waited for the order
+	 * row or the id lock, or the other id the order named, may be a
+	 * refund; on the latest data, which a REPEATABLE READ snapshot taken
+	 * earlier would not show.
+	 */
+	lock_ids(payment_id, request_id, false);
+	if (!refund)
+	{
+		v[0] = text_or_null(payment_id, n, 0);
+		v[1] = text_or_null(request_id, n, 1);
+		refund = run_latest(Q_REFUND, v, n) > 0;
 	}
 	if (refund)
 		ereport(ERROR,
@@ -693,6 +900,20 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	}
 	else
 		ledger_row_from_result(c, mcxt);
+	if ((c->payment_request_id == NULL && request_id != NULL) ||
+		(c->payment_id == NULL && payment_id != NULL))
+	{
+		Datum		w[3];
+		char		wn[3] = "   ";
+
+		w[0] = Int64GetDatum(c->cancellation_id);
+		w[1] = text_or_null(request_id, wn, 1);
+		w[2] = text_or_null(payment_id, wn, 2);
+		if (run(Q_COMPLETE_IDS, w, wn) != 1)
+			elog(ERROR, "ledger row %lld was not updated with its ids",
+				 (long long) c->cancellation_id);
+		ledger_row_from_result(c, mcxt);
+	}
 
 	if (order_found)
 	{
@@ -775,7 +996,14 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		MemoryContextSwitchTo(old);
 		if (!c->binding_known)
 			bound = binding(&cancelling, &cancelled, mcxt);
-		if (bound)
+		/*
+		 * The order by its request id when the row knows it: the order may
+		 * not have stored the payment id the row sends yet
+		 */
+		if (bound && c->payment_request_id != NULL)
+			set_order_status("paymentRequestId", c->payment_request_id,
+							 cancelled, c->sent_field, c->sent_id);
+		else if (bound)
 			set_order_status(c->sent_field, c->sent_id, cancelled, NULL, NULL);
 		return state;
 	}
@@ -909,6 +1137,8 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 	LedgerRow	c;
 
 	aps_refuse_read_only();
+	/* a queued request lost with its commit would never be sent */
+	aps_warn_durability();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
@@ -1045,4 +1275,72 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * CALL alipayplus_require_top_level(procedure): for the procedures that
+ * commit as they go (alipayplus_run_cancellations,
+ * alipayplus_process_backlog), called first, before anything is claimed or
+ * sent.  Raises 25001 unless the caller may commit: a CALL as a statement
+ * of its own, outside a transaction block, from no function, and from no
+ * procedure with SET or SECURITY DEFINER.  Otherwise the first COMMIT
+ * would fail after a window of calls had been answered, and the answers
+ * would be rolled back with it.  PL/pgSQL passes its own atomicity on to
+ * the procedures it calls, so the CallContext this procedure gets says
+ * whether its caller can commit.
+ */
+Datum
+alipayplus_require_top_level(PG_FUNCTION_ARGS)
+{
+	const char *name = PG_ARGISNULL(0) ? "this procedure" :
+		text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		castNode(CallContext, fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s must be called as a top-level statement by itself", name),
+				 errdetail("It commits after each window of calls, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
+				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
+						 name)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus._refund_blocked(refund_request_id, refund_id) RETURNS boolean:
+ * for alipayplus_note_refund, which must call it before it notes the ids:
+ * takes the id locks exclusive (see lock_ids()) and says whether either id
+ * already has a cancellation, on the latest committed data.
+ */
+Datum
+alipayplus_refund_blocked(PG_FUNCTION_ARGS)
+{
+	char	   *refund_request_id = arg_text(fcinfo, 0);
+	char	   *refund_id = arg_text(fcinfo, 1);
+	Datum		v[2];
+	char		n[2];
+	bool		blocked;
+
+	lock_ids(refund_request_id, refund_id, true);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	v[0] = text_or_null(refund_request_id, n, 0);
+	v[1] = text_or_null(refund_id, n, 1);
+	blocked = run_latest(Q_HAS_CANCELLATION, v, n) > 0;
+	SPI_finish();
+	PG_RETURN_BOOL(blocked);
+}
+
+/*
+ * alipayplus._outer_user() RETURNS name: the role the caller acts as (its
+ * SET ROLE, else its login role), which a SECURITY DEFINER function's
+ * current_user hides.
+ */
+Datum
+alipayplus_outer_user(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(DirectFunctionCall1(namein,
+										CStringGetDatum(GetUserNameFromId(GetOuterUserId(),
+																		  false))));
 }

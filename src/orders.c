@@ -512,28 +512,38 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 }
 
 /*
- * The state of the ledger row for an id, as the ledger's owner sees it:
- * "CANCELLING", "CANCELLED", or NULL when there is none (or the extension's
- * schema is gone).  field is "paymentRequestId" or "paymentId".  Only for
+ * The state of the ledger row for a payment, as the ledger's owner sees
+ * it: "CANCELLING", "CANCELLED", or NULL when there is none (or the
+ * extension's schema is gone).  The payment is an order's request id and
+ * payment id (either may be NULL); its ledger row is the one that knows
+ * either, whichever id it sends (a cancellation requested by payment id
+ * before the order stored that id knows the request id once an order
+ * names both).  Should there be several, the one the ledger is writing for
+ * comes first, then a CANCELLED one.  *key_field and *key_id are that
+ * row's key (the id it sends), for aps_ledger_write_allows().  Only for
  * the bound orders table and the tables below it: *bound is set to false
  * (and NULL returned) for any other relation, so that the guard trigger
  * cannot be used to read the ledger from elsewhere.
  */
 char *
-aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
+aps_ledger_state(Oid relid, const char *request_id, const char *payment_id,
+				 bool *bound, char **key_field, char **key_id)
 {
 	Oid			ledger;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
-	Datum		args[3];
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = "     ";
 	bool		isnull;
 	char	   *state = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	int			ret;
 
 	*bound = false;
+	*key_field = NULL;
+	*key_id = NULL;
 
 	/* catalog look-ups without permission checks: the writer may not see the schema */
 	ledger = get_relname_relid("cancellations",
@@ -541,9 +551,15 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 	if (!OidIsValid(ledger))
 		return NULL;
 
-	args[0] = CStringGetTextDatum(field);
-	args[1] = CStringGetTextDatum(id);
+	args[0] = request_id ? CStringGetTextDatum(request_id) : (Datum) 0;
+	nulls[0] = request_id ? ' ' : 'n';
+	args[1] = payment_id ? CStringGetTextDatum(payment_id) : (Datum) 0;
+	nulls[1] = payment_id ? ' ' : 'n';
 	args[2] = ObjectIdGetDatum(relid);
+	args[3] = current_write ? CStringGetTextDatum(current_write->field) : (Datum) 0;
+	nulls[3] = current_write ? ' ' : 'n';
+	args[4] = current_write ? CStringGetTextDatum(current_write->id) : (Datum) 0;
+	nulls[4] = current_write ? ' ' : 'n';
 
 	save_nestlevel = enter_owner_context(relation_owner(ledger),
 										 "pg_catalog, pg_temp",
@@ -555,10 +571,16 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 								" UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
 								" JOIN tree ON i.inhparent OPERATOR(pg_catalog.=) tree.r) "
 								"SELECT EXISTS (SELECT 1 FROM tree WHERE tree.r OPERATOR(pg_catalog.=) $3), "
-								"(SELECT c.state FROM alipayplus.cancellations c "
-								" WHERE c.sent_field OPERATOR(pg_catalog.=) $1 "
-								" AND c.sent_id OPERATOR(pg_catalog.=) $2)",
-								3, argtypes, args, NULL, true, 1);
+								"l.state, l.sent_field, l.sent_id "
+								"FROM (VALUES (1)) one (x) LEFT JOIN LATERAL ("
+								" SELECT c.state, c.sent_field, c.sent_id FROM alipayplus.cancellations c "
+								" WHERE c.payment_request_id OPERATOR(pg_catalog.=) $1 "
+								" OR c.payment_id OPERATOR(pg_catalog.=) $2 "
+								" ORDER BY (c.sent_field OPERATOR(pg_catalog.=) $4"
+								"  AND c.sent_id OPERATOR(pg_catalog.=) $5) DESC NULLS LAST,"
+								" c.state OPERATOR(pg_catalog.=) 'CANCELLED' DESC, c.cancellation_id"
+								" LIMIT 1) l ON true",
+								5, argtypes, args, nulls, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ledger look-up failed: %s", SPI_result_code_string(ret));
 	*bound = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
@@ -569,7 +591,15 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 									 SPI_tuptable->tupdesc, 2);
 
 		if (v != NULL)
+		{
 			state = MemoryContextStrdup(caller, v);
+			*key_field = MemoryContextStrdup(caller,
+											 SPI_getvalue(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 3));
+			*key_id = MemoryContextStrdup(caller,
+										  SPI_getvalue(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 4));
+		}
 	}
 	SPI_finish();
 	leave_owner_context(save_userid, save_sec_context, save_nestlevel);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test/upgrade.sh: ALTER EXTENSION alipayplus_cancel UPDATE from every
-# released version (1.0, 1.1) to the current one (default_version).
+# released version (1.0, 1.1, 1.2) to the current one (default_version).
 #
 # A database on the old version gets a bound orders table, a grant, a DBA
 # policy row and cancellations in every state (cancelled, flagged, waiting
@@ -122,6 +122,14 @@ expect "the database updated from $FROM has the 1.1 and 1.2 objects" "t|t|c|t" \
 	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL,
 		(SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'alipayplus._settle(alipayplus.cancellations, record, text)'::regprocedure),
 		to_regprocedure('alipayplus._apply_result(alipayplus.cancellations, alipayplus.cancel_attempts)') IS NULL")"
+expect "the database updated from $FROM has the 1.3 objects" "t|t|t" \
+	"$(q $OLD "SELECT to_regprocedure('alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[])') IS NOT NULL,
+		to_regprocedure('alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text)') IS NULL,
+		(SELECT note LIKE '%alipayplus.public_key_file%' FROM alipayplus.result_policy WHERE builtin AND result_code = 'local.bad_signature')")"
+expect "a flagged row from $FROM can be closed after the update" "f-PROCESS_FAIL-up-$TAG|closed after the update" \
+	"$(q $OLD "SELECT c.sent_id, c.attention_closed_note
+		FROM alipayplus_close_attention((SELECT x.cancellation_id FROM alipayplus.cancellations x WHERE x.needs_attention), 'closed after the update') c")"
+expect "and leaves the attention view" "0" "$(q $OLD "SELECT count(*) FROM alipayplus.attention")"
 
 q postgres "DROP DATABASE $OLD WITH (FORCE)" >/dev/null 2>&1
 q postgres "DROP DATABASE $NEW WITH (FORCE)" >/dev/null 2>&1
@@ -130,4 +138,5 @@ q postgres "DROP ROLE IF EXISTS $ROLE" >/dev/null 2>&1
 
 upgrade_from 1.0
 upgrade_from 1.1
+upgrade_from 1.2
 finish
