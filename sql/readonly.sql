@@ -39,8 +39,10 @@ COMMIT;
 SET default_transaction_read_only = on;
 SELECT errcheck($$SELECT * FROM alipayplus_cancel_payment(payment_request_id => 'ro-new')$$);
 SELECT errcheck($$SELECT * FROM alipayplus_process_cancellations(5, '10 s')$$);
+\set SHOW_CONTEXT never
 CALL alipayplus_run_cancellations();
 CALL alipayplus_process_backlog(progress => '1 hour');
+\set SHOW_CONTEXT errors
 RESET default_transaction_read_only;
 
 -- nothing was sent, nothing changed
