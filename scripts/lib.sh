@@ -20,7 +20,7 @@ PG_CONFIG=$PGBIN/pg_config
 PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
 PY=/usr/bin/python3
 CLIENT_ID=SANDBOX_5X00000000000000
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography libipc-run-perl"
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography pgbouncer libipc-run-perl"
 
 export PGHOST=$RIG PGPORT=$PGPORT_RIG PGUSER=postgres PGDATABASE=postgres
 

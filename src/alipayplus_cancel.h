@@ -162,6 +162,7 @@ typedef struct ApsCallColumn
 
 extern const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS];
 extern void aps_check_id_pair(const char *payment_id, const char *request_id);
+extern void aps_refuse_read_only(void);
 extern EVP_PKEY *aps_check_config(void);
 extern void aps_warn_durability(void);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,

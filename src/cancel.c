@@ -27,6 +27,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -45,6 +46,7 @@ PG_FUNCTION_INFO_V1(alipayplus_id_problem);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
+PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only);
 
 /* The columns of alipayplus._call_cancel's result, in order */
 const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
@@ -169,6 +171,38 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Refuse, before anything else, to send or queue a cancellation from a
+ * transaction that cannot write: a server in recovery (a hot standby) or a
+ * read-only transaction.  A call sent from there could never be recorded,
+ * so Alipay+ might cancel a payment that the ledger does not know of.
+ * Every path that sends or queues a request calls this first; it does not
+ * rely on the first write or row lock failing.
+ */
+void
+aps_refuse_read_only(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errdetail("The server is a standby (in recovery): the ledger cannot be written here."),
+				 errhint("Run on the primary.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errhint("Run it in a read-write transaction.")));
+}
+
+/* alipayplus._refuse_read_only(): see aps_refuse_read_only() */
+Datum
+alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
+{
+	aps_refuse_read_only();
+	PG_RETURN_VOID();
+}
+
+/*
  * aps_warn_durability(): once per session, a WARNING when this session's
  * commits may be lost although they were acknowledged (synchronous_commit
  * off, or local while synchronous standbys are configured).  A lost commit puts a CANCELLED
@@ -202,14 +236,16 @@ aps_warn_durability(void)
 }
 
 /*
- * Check that everything a call needs is configured and the keys load;
- * raise the error a user must fix otherwise.  Returns the private key.
+ * Check that this transaction may write (aps_refuse_read_only), that
+ * everything a call needs is configured and that the keys load; raise the
+ * error a user must fix otherwise.  Returns the private key.
  */
 EVP_PKEY *
 aps_check_config(void)
 {
 	EVP_PKEY   *key;
 
+	aps_refuse_read_only();
 	aps_warn_durability();
 
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);

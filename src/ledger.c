@@ -1136,6 +1136,7 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 	MemoryContext outer = CurrentMemoryContext;
 	LedgerRow	c;
 
+	aps_refuse_read_only();
 	/* a queued request lost with its commit would never be sent */
 	aps_warn_durability();
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -1215,7 +1216,10 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	memset(nulls, 0, sizeof(nulls));
 	outer = CurrentMemoryContext;
 
-	/* configuration problems are reported before anything is marked */
+	/*
+	 * a read-only transaction, then configuration problems, are reported
+	 * before anything is marked
+	 */
 	key = aps_check_config();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
