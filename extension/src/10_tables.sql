@@ -85,7 +85,7 @@ COMMENT ON TABLE alipayplus.cancellations IS
 
 CREATE TABLE alipayplus.cancel_attempts (
 	attempt_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	cancellation_id bigint REFERENCES alipayplus.cancellations,
+	cancellation_id bigint,
 	sent_field text NOT NULL CHECK (sent_field IN ('paymentRequestId', 'paymentId')),
 	sent_id text NOT NULL,
 	request_time text NOT NULL,
@@ -105,6 +105,8 @@ CREATE INDEX cancel_attempts_cancellation ON alipayplus.cancel_attempts (cancell
 CREATE INDEX cancel_attempts_attempted_at ON alipayplus.cancel_attempts (attempted_at);
 COMMENT ON TABLE alipayplus.cancel_attempts IS
 	'One row per cancelPayment HTTP attempt; never key material or signatures';
+COMMENT ON COLUMN alipayplus.cancel_attempts.cancellation_id IS
+	'The ledger row (alipayplus.cancellations) the attempt was made for; kept by the ledger''s own code, not a foreign key, so that pg_restore -j can load the tables in any order';
 
 /*
  * The built-in rows (builtin = true) come with the extension and are

@@ -38,6 +38,16 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'alipayplus_check_config'
 LANGUAGE C VOLATILE;
 
+/*
+ * Raises 25006 in a read-only transaction or on a server in recovery;
+ * called first by every function that sends or queues a cancellation
+ * (the C ones call it directly).
+ */
+CREATE FUNCTION alipayplus._refuse_read_only()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION alipayplus._call_cancel(payment_id text, payment_request_id text,
 	OUT sent_field text, OUT sent_id text, OUT request_time text,
 	OUT http_status integer, OUT result_status text, OUT result_code text,

@@ -339,6 +339,8 @@ DECLARE
 	v_state text;
 	v_msg text;
 BEGIN
+	/* refused as a whole, before anything else, not reported id by id */
+	PERFORM alipayplus._refuse_read_only();
 	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
 		BEGIN
 			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
