@@ -1,7 +1,8 @@
 /*
  * alipayplus_cancel--1.2--1.3.sql
- *	  Upgrade of the alipayplus_cancel extension from 1.2 to 1.3 (also the
- *	  fourth step of every fresh install of 1.3).
+ *	  Upgrade of the alipayplus_cancel extension from 1.2 to 1.3.  A fresh
+ *	  install of 1.3 runs the script make generates from extension/src/,
+ *	  where each statement below is folded into its object's definition.
  *
  * 1.3 changes, each in its own section below:
  *  - issue 19: the procedures that commit refuse to run where they cannot
