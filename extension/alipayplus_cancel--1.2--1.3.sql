@@ -1103,18 +1103,16 @@ BEGIN
 			HINT = 'alipayplus.attention lists the open items.';
 	END IF;
 	/*
-	 * An item whose remedy is alipayplus_requeue_cancellation (a verified
-	 * S whose order did not follow, an order row or a setting to fix)
-	 * stays open: closing it would leave the order stranded, unseen.
+	 * A flagged CANCELLED row is a verified S whose bound order did not
+	 * follow: its only remedy is alipayplus_requeue_cancellation, which
+	 * needs the flag, so closing it would strand the order, unseen.  (A
+	 * closed CANCELLING row can still be requeued.)
 	 */
-	IF c.needs_attention AND (c.state = 'CANCELLED'
-			OR c.attention_reason LIKE '%alipayplus_requeue_cancellation(%') THEN
+	IF c.needs_attention AND c.state = 'CANCELLED' THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-			MESSAGE = format('cancellation %s cannot be closed: its remedy is alipayplus_requeue_cancellation(%s)', $1, $1),
+			MESSAGE = format('cancellation %s cannot be closed: Alipay+ cancelled the payment and the bound order must follow', $1),
 			DETAIL = format('The item says: %s', c.attention_reason),
-			HINT = CASE WHEN c.state = 'CANCELLED' THEN
-				format('Alipay+ cancelled the payment; only the bound order has to follow. Fix what kept the order from being updated, then run alipayplus_requeue_cancellation(%s).', $1)
-				ELSE format('Fix the cause it names, then run alipayplus_requeue_cancellation(%s).', $1) END;
+			HINT = format('Fix what kept the order from being updated, then run alipayplus_requeue_cancellation(%s).', $1);
 	END IF;
 	UPDATE alipayplus.cancellations x SET
 		needs_attention = false, attention_reason = NULL,

@@ -223,7 +223,7 @@ UPDATE alipayplus.cancellations SET late_payment_at = now() - interval '61 minut
 	deadline = CASE sent_id WHEN 'att-never-11' THEN now() - interval '30 minutes' ELSE deadline END
 WHERE sent_id IN ('att-never-10', 'att-never-11');
 SELECT c.sent_id, c.last_attempt_at IS NULL AS never_attempted,
-	regexp_replace(a.reason, ' (since|deadline) .*?:', ' \1 <time>:') AS reason
+	regexp_replace(a.reason, '\w{3} \w{3} \d\d \d\d:\d\d:\d\d(\.\d+)? \d{4} \w+', '<time>') AS reason
 FROM alipayplus.cancellations c LEFT JOIN alipayplus.attention a USING (cancellation_id)
 WHERE c.sent_id IN ('att-never-10', 'att-never-11') ORDER BY c.sent_id;
 -- but a reason present at the close stays closed
@@ -237,7 +237,7 @@ SELECT alipayplus_apply_payment_result('att-paid-12', 'S');
 SELECT status FROM att_shop.orders WHERE req = 'att-paid-12';
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'att-paid-12');
 SELECT c.late_payment_status, c.late_payment_code, o.status,
-	regexp_replace(a.reason, 'requested at .*?, and', 'requested at <time>, and') AS reason
+	regexp_replace(a.reason, '\w{3} \w{3} \d\d \d\d:\d\d:\d\d(\.\d+)? \d{4} \w+', '<time>') AS reason
 FROM alipayplus.cancellations c JOIN att_shop.orders o ON o.req = c.sent_id
 LEFT JOIN alipayplus.attention a USING (cancellation_id)
 WHERE c.sent_id = 'att-paid-12';
