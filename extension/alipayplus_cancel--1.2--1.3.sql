@@ -839,6 +839,11 @@ AS 'MODULE_PATHNAME', 'alipayplus_mark_cancelling'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION alipayplus._mark_cancelling(text, text, timestamptz, boolean) FROM PUBLIC;
 
+/* its grants (to the application, say) are kept for the new signature */
+SELECT pg_catalog.set_config('alipayplus_upgrade.request_cancel_all_acl',
+	coalesce(p.proacl::text, ''), true)
+FROM pg_catalog.pg_proc p
+WHERE p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean)'::pg_catalog.regprocedure;
 DROP FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean);
 /*
  * Request the cancellation of every payment in the list (request ids, or
@@ -906,6 +911,24 @@ $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) IS
 	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id; only_pending skips orders no longer pending';
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) FROM PUBLIC;
+DO $$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee, a.is_grantable
+		FROM pg_catalog.aclexplode(nullif(pg_catalog.current_setting(
+				'alipayplus_upgrade.request_cancel_all_acl', true), '')::pg_catalog.aclitem[]) a
+		JOIN pg_catalog.pg_proc p
+			ON p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean, boolean)'::pg_catalog.regprocedure
+		WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) TO %s%s',
+			CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+				 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END;
+$$;
 
 /* ---- issue 18.2: closable attention items, late paid notifications, key advice ---- */
 
