@@ -28,8 +28,16 @@
  *    when and why in new columns of alipayplus.cancellations; a late paid
  *    notification shows in alipayplus.attention; an exhausted
  *    local.bad_signature points to our own key settings.
- * Functions that change are replaced (alipayplus_bind_orders, which gains
- * an argument, is dropped and created again); alipayplus.order_binding
+ *  - review of 17/18: alipayplus_request_cancel_all gains only_pending
+ *    (the sweep re-checks each order's status under its row lock and
+ *    reports not_pending, ZA005; src/ledger.c), a request of a paid order
+ *    keeps the paid notification, a verified S whose order did not follow
+ *    cannot be closed, late notifications are stamped with clock time and
+ *    an open S is not replaced by U or F, reasons arising after a close
+ *    open it again, and the id locks use a lock tag SQL cannot take.
+ * Functions that change are replaced (alipayplus_bind_orders,
+ * alipayplus_request_cancel_all and alipayplus._mark_cancelling, which gain
+ * an argument, are dropped and created again); alipayplus.order_binding
  * gains pending_values and alipayplus.cancellations the
  * attention_closed_* columns (no table is rewritten).
  */
