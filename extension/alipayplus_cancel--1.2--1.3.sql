@@ -832,6 +832,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_stale_orders(interval) IS
 	'Request ids of bound orders in a pending status (the binding''s pending_values) initiated longer than older_than ago';
 
+/* ---- issue 18.1 (review): the sweep re-checks the status under the order row lock ---- */
+
 /*
  * The stale-orders sweep re-checks each order's status under its row lock
  * (src/ledger.c, mark_cancelling): an order shipped or paid between
