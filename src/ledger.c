@@ -143,13 +143,16 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	/*
 	 * Whether the binding names its pending values, whether the order's
 	 * status ($1, read under the order row lock) is one of them, and
-	 * whether it is the paid value
+	 * whether it is the paid value.  Read through to_jsonb: a 1.2 ledger
+	 * not yet updated (ALTER EXTENSION) has no pending_values column.
 	 */
 	[Q_ORDER_KIND] = {
-		"SELECT b.pending_values IS NOT NULL,"
-		" COALESCE($1 OPERATOR(pg_catalog.=) ANY (b.pending_values), false),"
+		"SELECT COALESCE(pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array', false),"
+		" COALESCE($1 OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
+		"   CASE WHEN pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array' THEN j.pv END))), false),"
 		" COALESCE($1 OPERATOR(pg_catalog.=) b.paid_value, false)"
-		" FROM alipayplus.order_binding b",
+		" FROM alipayplus.order_binding b,"
+		" LATERAL (SELECT pg_catalog.to_jsonb(b) OPERATOR(pg_catalog.->) 'pending_values') j (pv)",
 		1, {TEXTOID}
 	},
 	/*
