@@ -47,8 +47,16 @@
  *    in recovery (src/cancel.c, aps_refuse_read_only);
  *    alipayplus_request_cancel_all refuses as a whole instead of reporting
  *    each id as an error.
- * Functions that change are replaced (alipayplus_bind_orders, which gains
- * an argument, is dropped and created again); alipayplus.order_binding
+ *  - review of 17/18: alipayplus_request_cancel_all gains only_pending
+ *    (the sweep re-checks each order's status under its row lock and
+ *    reports not_pending, ZA005; src/ledger.c), a request of a paid order
+ *    keeps the paid notification, a verified S whose order did not follow
+ *    cannot be closed, late notifications are stamped with clock time and
+ *    an open S is not replaced by U or F, reasons arising after a close
+ *    open it again, and the id locks use a lock tag SQL cannot take.
+ * Functions that change are replaced (alipayplus_bind_orders,
+ * alipayplus_request_cancel_all and alipayplus._mark_cancelling, which gain
+ * an argument, are dropped and created again); alipayplus.order_binding
  * gains pending_values and alipayplus.cancellations the
  * attention_closed_* columns (no table is rewritten).
  */
@@ -843,6 +851,116 @@ $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_stale_orders(interval) IS
 	'Request ids of bound orders in a pending status (the binding''s pending_values) initiated longer than older_than ago';
 
+/* ---- issue 18.1 (review): the sweep re-checks the status under the order row lock ---- */
+
+/*
+ * The stale-orders sweep re-checks each order's status under its row lock
+ * (src/ledger.c, mark_cancelling): an order shipped or paid between
+ * alipayplus_stale_orders and the queueing is skipped as not_pending,
+ * never marked.  Any request of an order at the paid value keeps that it
+ * was paid (late_payment_*), so alipayplus.attention shows it.
+ */
+DROP FUNCTION alipayplus._mark_cancelling(text, text, timestamptz);
+CREATE FUNCTION alipayplus._mark_cancelling(p_payment_id text, p_request_id text,
+	p_initiated_at timestamptz, p_only_pending boolean DEFAULT false)
+RETURNS alipayplus.cancellations
+AS 'MODULE_PATHNAME', 'alipayplus_mark_cancelling'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._mark_cancelling(text, text, timestamptz, boolean) FROM PUBLIC;
+
+/* its grants (to the application, say) are kept for the new signature */
+SELECT pg_catalog.set_config('alipayplus_upgrade.request_cancel_all_acl',
+	coalesce(p.proacl::text, ''), true)
+FROM pg_catalog.pg_proc p
+WHERE p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean)'::pg_catalog.regprocedure;
+DROP FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean);
+/*
+ * Request the cancellation of every payment in the list (request ids, or
+ * payment ids with by_payment_id), each in its own subtransaction: what
+ * cannot be cancelled is skipped and reported, never aborts the rest.
+ * One row per id: outcome is queued, already_requested, window_closed,
+ * refund, invalid_id, several_orders, not_pending (only_pending: the order
+ * is not, or no longer, in a pending status) or error, with the reason.
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_cancel_all(ids text[],
+	by_payment_id boolean DEFAULT false, only_pending boolean DEFAULT false)
+RETURNS TABLE (id text, outcome text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_id text;
+	v_before bigint;
+	c alipayplus.cancellations;
+	v_state text;
+	v_msg text;
+BEGIN
+	/* refused as a whole, before anything else, not reported id by id (18.8) */
+	PERFORM alipayplus._refuse_read_only();
+	IF $3 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'only_pending must be true or false';
+	END IF;
+	IF $3 AND NOT EXISTS (SELECT 1 FROM alipayplus.order_binding b
+						  WHERE b.pending_values IS NOT NULL) THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'only_pending needs a bound orders table with pending status values',
+			HINT = 'Bind it with alipayplus_bind_orders(..., pending_values => ARRAY[''PENDING'']).';
+	END IF;
+	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
+		BEGIN
+			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
+			WHERE CASE WHEN $2 THEN x.payment_id = v_id
+					   ELSE x.sent_field = 'paymentRequestId' AND x.sent_id = v_id END;
+			IF $2 THEN
+				c := alipayplus._mark_cancelling(v_id, NULL, NULL, $3);
+			ELSE
+				c := alipayplus._mark_cancelling(NULL, v_id, NULL, $3);
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE WHEN v_before > 0 THEN 'already_requested' ELSE 'queued' END,
+				format('cancellation %s, %s', c.cancellation_id, c.state);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01') THEN
+				RAISE;
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE v_state WHEN 'ZA002' THEN 'window_closed'
+							 WHEN 'ZA003' THEN 'refund'
+							 WHEN 'ZA005' THEN 'not_pending'
+							 WHEN '22023' THEN 'invalid_id'
+							 WHEN '22001' THEN 'invalid_id'
+							 WHEN '21000' THEN 'several_orders'
+							 ELSE 'error' END,
+				format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
+	END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) IS
+	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id; only_pending skips orders no longer pending';
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) FROM PUBLIC;
+DO $$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee, a.is_grantable
+		FROM pg_catalog.aclexplode(nullif(pg_catalog.current_setting(
+				'alipayplus_upgrade.request_cancel_all_acl', true), '')::pg_catalog.aclitem[]) a
+		JOIN pg_catalog.pg_proc p
+			ON p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean, boolean)'::pg_catalog.regprocedure
+		WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) TO %s%s',
+			CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+				 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END;
+$$;
+
 /* ---- issue 18.2: closable attention items, late paid notifications, key advice ---- */
 
 /* The role the caller acts as (SET ROLE), which SECURITY DEFINER hides */
@@ -869,6 +987,14 @@ ALTER TABLE alipayplus.cancellations
 		AND (attention_closed_at IS NULL) = (attention_closed_note IS NULL)
 		AND (attention_closed_at IS NULL) = (attention_closed_reason IS NULL));
 
+/*
+ * Closing an item closes the reasons it had at that time: each reason
+ * opens again when it arises after the close (a paid notification, the
+ * deadline passing, the row falling overdue), and a CANCELLING row's
+ * reasons with any attempt after the close; the times compared are clock
+ * times (clock_timestamp), so a notification recorded after the close is
+ * later than the close whenever its transaction began.
+ */
 CREATE OR REPLACE VIEW alipayplus.attention AS
 SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	c.payment_id, c.state, c.attempt_count, c.last_result_status,
@@ -877,31 +1003,123 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	CASE
 		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
 		WHEN l.late_paid IS NOT NULL THEN l.late_paid
-		WHEN c.unanswered_streak >= 3 THEN
+		WHEN l.unanswered THEN
 			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
 				   c.unanswered_streak, c.last_result_code)
-		WHEN c.next_attempt_at < pg_catalog.now() - interval '10 minutes' THEN
+		WHEN l.overdue THEN
 			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
 				   c.next_attempt_at)
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
 CROSS JOIN LATERAL (
-	/* a paid notification after the request, not yet seen by a person */
-	SELECT CASE WHEN c.late_payment_status = 'S'
-			AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
-		format('a paid notification (S%s) arrived at %s after the cancellation was requested, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
-			   coalesce(' ' || c.late_payment_code, ''), c.late_payment_at, c.state, c.cancellation_id)
-		END AS late_paid
+	SELECT
+		/* a paid notification after the request (or a paid order when it
+		   was requested), not yet seen by a person */
+		CASE WHEN c.late_payment_status = 'S'
+				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+				   CASE WHEN c.late_payment_code = 'order.paid' THEN
+						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
+					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
+								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
+				   c.state, c.cancellation_id)
+		END AS late_paid,
+		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
+		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
+		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.deadline > c.attention_closed_at) AS past_deadline
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR (c.state = 'CANCELLING'
-		AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at)
-		AND (c.deadline <= pg_catalog.now() OR c.unanswered_streak >= 3
-			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'));
+	OR l.unanswered OR l.overdue OR l.past_deadline;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+
+/*
+ * A late notification is kept with the clock time it is recorded at, and
+ * a later U or F does not replace a paid (S) one that is still open.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_apply_payment_result(payment_request_id text,
+	result_status text, result_code text DEFAULT NULL, payment_id text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	o record;
+	c alipayplus.cancellations;
+	v_lock_field text := CASE WHEN $1 IS NOT NULL THEN 'paymentRequestId' ELSE 'paymentId' END;
+	v_lock_id text := coalesce($1, $4);
+	v_request_id text := $1;
+	v_payment_id text := $4;
+BEGIN
+	IF $1 IS NULL AND $4 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'either payment_request_id or payment_id must be given';
+	END IF;
+	IF $2 IS NULL OR $2 NOT IN ('S', 'F', 'U') THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = format('result_status must be S, F or U, not %s', coalesce(quote_literal($2), 'NULL'));
+	END IF;
+
+	/* the order row lock serializes this with a concurrent cancel request */
+	o := alipayplus._lock_order(v_lock_field, v_lock_id);
+	IF o.order_found THEN
+		v_request_id := coalesce(v_request_id, o.request_id);
+		v_payment_id := coalesce(v_payment_id, o.payment_id);
+	END IF;
+
+	/* the payment's own cancellation: by its request id, or by its payment id
+	   when that cancellation knows no other request id */
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE (x.sent_field = 'paymentRequestId' AND x.sent_id = v_request_id)
+	   OR (x.sent_field = 'paymentId' AND x.sent_id = v_payment_id
+		   AND (v_request_id IS NULL OR x.payment_request_id IS NULL
+				OR x.payment_request_id = v_request_id))
+	ORDER BY x.sent_field DESC, x.cancellation_id LIMIT 1
+	FOR UPDATE;
+	IF FOUND THEN
+		/*
+		 * Kept with the time it is recorded (not the transaction's start),
+		 * comparable with attention_closed_at.  A paid (S) one a person has
+		 * not closed yet is never replaced by a later U or F: the payment
+		 * may stand, and only the S says so.
+		 */
+		UPDATE alipayplus.cancellations x SET
+			late_payment_status = $2, late_payment_code = $3,
+			late_payment_at = pg_catalog.clock_timestamp()
+		WHERE x.cancellation_id = c.cancellation_id
+			AND NOT ($2 <> 'S' AND x.late_payment_status = 'S'
+					 AND (x.attention_closed_at IS NULL
+						  OR x.late_payment_at > x.attention_closed_at));
+		RETURN 'recorded_late';
+	END IF;
+
+	IF NOT o.order_found THEN
+		RETURN 'no_order';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF o.status IN (b.cancelled_value, b.cancelling_value) THEN
+		RETURN 'ignored_order_cancelling';
+	END IF;
+	IF $2 = 'S' AND b.paid_value IS NOT NULL THEN
+		PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.paid_value);
+		RETURN 'applied';
+	ELSIF $2 = 'F' AND b.failed_value IS NOT NULL THEN
+		PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.failed_value);
+		RETURN 'applied';
+	END IF;
+	RETURN 'unchanged';
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_apply_payment_result(text, text, text, text) IS
+	'Apply a payment notification or inquiryPayment result: moves a bound order only if no cancellation was requested';
 
 CREATE FUNCTION @extschema@.alipayplus_close_attention(cancellation_id bigint, note text)
 RETURNS alipayplus.cancellations
@@ -937,6 +1155,18 @@ BEGIN
 					   c.attention_closed_by, c.attention_closed_note)
 				ELSE 'Nothing about it needs a person.' END,
 			HINT = 'alipayplus.attention lists the open items.';
+	END IF;
+	/*
+	 * A flagged CANCELLED row is a verified S whose bound order did not
+	 * follow: its only remedy is alipayplus_requeue_cancellation, which
+	 * needs the flag, so closing it would strand the order, unseen.  (A
+	 * closed CANCELLING row can still be requeued.)
+	 */
+	IF c.needs_attention AND c.state = 'CANCELLED' THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s cannot be closed: Alipay+ cancelled the payment and the bound order must follow', $1),
+			DETAIL = format('The item says: %s', c.attention_reason),
+			HINT = format('Fix what kept the order from being updated, then run alipayplus_requeue_cancellation(%s).', $1);
 	END IF;
 	UPDATE alipayplus.cancellations x SET
 		needs_attention = false, attention_reason = NULL,
@@ -1035,52 +1265,3 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION alipayplus._refuse_read_only() FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION @extschema@.alipayplus_request_cancel_all(ids text[],
-	by_payment_id boolean DEFAULT false)
-RETURNS TABLE (id text, outcome text, detail text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-	v_id text;
-	v_before bigint;
-	c alipayplus.cancellations;
-	v_state text;
-	v_msg text;
-BEGIN
-	/* refused as a whole, before anything else, not reported id by id */
-	PERFORM alipayplus._refuse_read_only();
-	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
-		BEGIN
-			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
-			WHERE CASE WHEN $2 THEN x.payment_id = v_id
-					   ELSE x.sent_field = 'paymentRequestId' AND x.sent_id = v_id END;
-			IF $2 THEN
-				c := alipayplus._mark_cancelling(v_id, NULL, NULL);
-			ELSE
-				c := alipayplus._mark_cancelling(NULL, v_id, NULL);
-			END IF;
-			RETURN QUERY SELECT v_id,
-				CASE WHEN v_before > 0 THEN 'already_requested' ELSE 'queued' END,
-				format('cancellation %s, %s', c.cancellation_id, c.state);
-		EXCEPTION WHEN OTHERS THEN
-			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-			IF v_state IN ('57014', '57P01') THEN
-				RAISE;
-			END IF;
-			RETURN QUERY SELECT v_id,
-				CASE v_state WHEN 'ZA002' THEN 'window_closed'
-							 WHEN 'ZA003' THEN 'refund'
-							 WHEN '22023' THEN 'invalid_id'
-							 WHEN '22001' THEN 'invalid_id'
-							 WHEN '21000' THEN 'several_orders'
-							 ELSE 'error' END,
-				format('%s (SQLSTATE %s)', v_msg, v_state);
-		END;
-	END LOOP;
-END;
-$$;
-COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean) IS
-	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id';

@@ -161,3 +161,83 @@ FROM alipayplus.attention WHERE cancellation_id = :id7;
 
 -- the owner's trigger saw every change of the orders the ledger made
 SELECT req, status, changes FROM att_shop.orders ORDER BY req;
+
+-- a verified S whose order could not follow (the owner's trigger refused):
+-- its remedy is requeue, so it cannot be closed and stays visible
+SET ROLE regress_att_owner;
+INSERT INTO att_shop.orders (req) VALUES ('att-blocked-8'), ('att-su-9'), ('att-never-10'),
+	('att-never-11'), ('att-paid-12');
+CREATE FUNCTION att_shop.refuse_blocked() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.req = 'att-blocked-8' AND NEW.status = 'CANCELLED' THEN
+		RAISE EXCEPTION 'shop rule: att-blocked-8 cannot be cancelled yet';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER refuse_blocked BEFORE UPDATE ON att_shop.orders
+	FOR EACH ROW EXECUTE FUNCTION att_shop.refuse_blocked();
+RESET ROLE;
+SELECT state FROM alipayplus_cancel_payment(payment_request_id => 'att-blocked-8');
+SELECT state, needs_attention FROM alipayplus.cancellations WHERE sent_id = 'att-blocked-8';
+SELECT cancellation_id AS id8 FROM alipayplus.cancellations WHERE sent_id = 'att-blocked-8' \gset
+SET ROLE regress_att_ops;
+SELECT split_part(errcheck(format('SELECT alipayplus_close_attention(%s, %L)', :id8, 'looked at it')), ' DETAIL', 1);
+RESET ROLE;
+SELECT sent_id, state, reason LIKE 'Alipay+ cancelled the payment (verified S%' AS verified_s
+FROM alipayplus.attention WHERE cancellation_id = :id8;
+-- the shop fixes its rule; requeue makes the order follow
+DROP TRIGGER refuse_blocked ON att_shop.orders;
+SELECT state, needs_attention FROM alipayplus_requeue_cancellation(:id8);
+SELECT status FROM att_shop.orders WHERE req = 'att-blocked-8';
+
+-- a later U (or F) notification does not replace a paid one nobody closed
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'att-su-9');
+SELECT alipayplus_apply_payment_result('att-su-9', 'S', 'SUCCESS');
+SELECT alipayplus_apply_payment_result('att-su-9', 'U', 'UNKNOWN_EXCEPTION');
+SELECT alipayplus_apply_payment_result('att-su-9', 'F', 'ORDER_CLOSED');
+SELECT c.late_payment_status, c.late_payment_code, a.reason LIKE 'a paid notification (S SUCCESS)%' AS shows_paid
+FROM alipayplus.cancellations c LEFT JOIN alipayplus.attention a USING (cancellation_id)
+WHERE c.sent_id = 'att-su-9';
+-- once closed, a later notification is recorded as usual
+SELECT cancellation_id AS id9 FROM alipayplus.cancellations WHERE sent_id = 'att-su-9' \gset
+SELECT attention_closed_note FROM alipayplus_close_attention(:id9, 'inquiryPayment: not paid after all');
+SELECT alipayplus_apply_payment_result('att-su-9', 'F', 'ORDER_CLOSED');
+SELECT late_payment_status, late_payment_code FROM alipayplus.cancellations WHERE cancellation_id = :id9;
+
+-- closing closes the reasons present then; one that arises later opens
+-- again, even with no attempt since (an item closed an hour ago on rows
+-- never attempted: one fell overdue after the close, one passed its
+-- deadline after the close)
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'att-never-10');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'att-never-11');
+SELECT alipayplus_apply_payment_result('att-never-10', 'S');
+SELECT alipayplus_apply_payment_result('att-never-11', 'S');
+SELECT count(x.attention_closed_note) AS closed FROM alipayplus.cancellations c,
+	alipayplus_close_attention(c.cancellation_id, 'refund will follow the cancel outcome') x
+WHERE c.sent_id IN ('att-never-10', 'att-never-11');
+UPDATE alipayplus.cancellations SET late_payment_at = now() - interval '61 minutes',
+	attention_closed_at = now() - interval '60 minutes',
+	next_attempt_at = CASE sent_id WHEN 'att-never-10' THEN now() - interval '59 minutes'
+		ELSE now() + interval '1 hour' END,
+	deadline = CASE sent_id WHEN 'att-never-11' THEN now() - interval '30 minutes' ELSE deadline END
+WHERE sent_id IN ('att-never-10', 'att-never-11');
+SELECT c.sent_id, c.last_attempt_at IS NULL AS never_attempted,
+	regexp_replace(a.reason, '\w{3} \w{3} \d\d \d\d:\d\d:\d\d(\.\d+)? \d{4} \w+', '<time>') AS reason
+FROM alipayplus.cancellations c LEFT JOIN alipayplus.attention a USING (cancellation_id)
+WHERE c.sent_id IN ('att-never-10', 'att-never-11') ORDER BY c.sent_id;
+-- but a reason present at the close stays closed
+UPDATE alipayplus.cancellations SET deadline = now() - interval '90 minutes'
+WHERE sent_id = 'att-never-11';
+SELECT count(*) AS open_for_11 FROM alipayplus.attention WHERE sent_id = 'att-never-11';
+
+-- an order already paid when its cancellation is requested: requested all
+-- the same, but the paid value it loses shows as an item
+SELECT alipayplus_apply_payment_result('att-paid-12', 'S');
+SELECT status FROM att_shop.orders WHERE req = 'att-paid-12';
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'att-paid-12');
+SELECT c.late_payment_status, c.late_payment_code, o.status,
+	regexp_replace(a.reason, '\w{3} \w{3} \d\d \d\d:\d\d:\d\d(\.\d+)? \d{4} \w+', '<time>') AS reason
+FROM alipayplus.cancellations c JOIN att_shop.orders o ON o.req = c.sent_id
+LEFT JOIN alipayplus.attention a USING (cancellation_id)
+WHERE c.sent_id = 'att-paid-12';

@@ -189,6 +189,15 @@ SELECT errcheck($$SELECT alipayplus_bind_orders('stale_shop.orders2', 'req', 'st
 	'CANCELLING', initiated_at_column => 'at', initiated_at_time_zone => 'UTC',
 	pending_values => ARRAY['A_STATUS_LONGER_THAN_TWENTY'])$$);
 
+-- only_pending (1.3): each order's status is checked again under its row
+-- lock; one that is not pending (shipped, no status, no such order) is
+-- skipped as not_pending and keeps its status
+SELECT id, outcome, regexp_replace(detail, 'cancellation \d+', 'cancellation <id>') AS detail
+FROM alipayplus_request_cancel_all(ARRAY['d-new', 'd-shipped', 'd-null', 'd-no-such-order'],
+	only_pending => true) ORDER BY id;
+SELECT req, st FROM stale_shop.orders2 ORDER BY req;
+SELECT errcheck($$SELECT * FROM alipayplus_request_cancel_all(ARRAY['d-recent'], only_pending => NULL)$$);
+
 -- many ids in one transaction (a backlog after an outage): the id locks
 -- that serialise refunds and cancel requests stay within the lock table
 SELECT outcome, count(*) FROM alipayplus_request_cancel_all(

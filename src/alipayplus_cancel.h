@@ -22,6 +22,7 @@ struct curl_slist;
 #define ERRCODE_APS_CANCELLED_STATE_VIOLATION	MAKE_SQLSTATE('Z','A','0','0','1')
 #define ERRCODE_APS_WINDOW_CLOSED				MAKE_SQLSTATE('Z','A','0','0','2')
 #define ERRCODE_APS_IS_A_REFUND					MAKE_SQLSTATE('Z','A','0','0','3')
+#define ERRCODE_APS_NOT_PENDING					MAKE_SQLSTATE('Z','A','0','0','5')
 
 /* The largest response body we accept from the gateway */
 #define APS_MAX_RESPONSE_BYTES	(1024 * 1024)

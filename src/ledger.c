@@ -49,6 +49,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -72,12 +73,17 @@ PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
 PG_FUNCTION_INFO_V1(alipayplus_outer_user);
 
 /*
- * The transaction-level advisory locks that serialise the paths that can
- * give an id a cancellation or note it as a refund (see lock_ids()): the
- * first key is "APSC", the second the id's bucket.
+ * The transaction-level locks that serialise the paths that can give an id
+ * a cancellation or note it as a refund (see lock_ids()): advisory lock
+ * tags [database, "APSC", the id's bucket, APS_ID_LOCK_KIND].  SQL's
+ * advisory-lock functions (pg_advisory_lock and the rest, src/backend/
+ * utils/adt/lockfuncs.c) only ever build tags whose fourth field is 1
+ * (one bigint key) or 2 (two int keys), so no role can take or hold these
+ * locks from SQL.
  */
 #define APS_ID_LOCK_SPACE	0x41505343
 #define APS_ID_LOCK_BUCKETS	256
+#define APS_ID_LOCK_KIND	3
 
 /* The statements, in the order the rules use them */
 enum
@@ -85,6 +91,8 @@ enum
 	Q_PRELUDE,
 	Q_BINDING,
 	Q_LOCK_ORDER,
+	Q_ORDER_KIND,
+	Q_NOTE_PAID,
 	Q_REFUND,
 	Q_HAS_CANCELLATION,
 	Q_FIND,
@@ -131,6 +139,34 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"SELECT o.order_found, o.request_id, o.payment_id, o.initiated_at, o.status"
 		" FROM alipayplus._lock_order($1, $2) o",
 		2, {TEXTOID, TEXTOID}
+	},
+	/*
+	 * Whether the binding names its pending values, whether the order's
+	 * status ($1, read under the order row lock) is one of them, and
+	 * whether it is the paid value.  Read through to_jsonb: a 1.2 ledger
+	 * not yet updated (ALTER EXTENSION) has no pending_values column.
+	 */
+	[Q_ORDER_KIND] = {
+		"SELECT COALESCE(pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array', false),"
+		" COALESCE($1 OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
+		"   CASE WHEN pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array' THEN j.pv END))), false),"
+		" COALESCE($1 OPERATOR(pg_catalog.=) b.paid_value, false)"
+		" FROM alipayplus.order_binding b,"
+		" LATERAL (SELECT pg_catalog.to_jsonb(b) OPERATOR(pg_catalog.->) 'pending_values') j (pv)",
+		1, {TEXTOID}
+	},
+	/*
+	 * The order was paid when its cancellation was requested: kept as a
+	 * paid notification of the row, so that alipayplus.attention shows it
+	 * (an unhandled one is never replaced)
+	 */
+	[Q_NOTE_PAID] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" late_payment_status = 'S', late_payment_code = 'order.paid',"
+		" late_payment_at = pg_catalog.clock_timestamp()"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND x.late_payment_status IS DISTINCT FROM 'S' RETURNING x",
+		1, {INT8OID}
 	},
 	/* refunds cannot be cancelled */
 	[Q_REFUND] = {
@@ -738,14 +774,17 @@ lock_ids(const char *a, const char *b, bool exclusive)
 	}
 	for (i = 0; i < n; i++)
 	{
-		if (exclusive)
-			DirectFunctionCall2(pg_advisory_xact_lock_int4,
-								Int32GetDatum(APS_ID_LOCK_SPACE),
-								Int32GetDatum(keys[i]));
-		else
-			DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
-								Int32GetDatum(APS_ID_LOCK_SPACE),
-								Int32GetDatum(keys[i]));
+		LOCKTAG		tag;
+
+		/*
+		 * Transaction-level (sessionLock false): owned by the current resource
+		 * owner, released at the end of the transaction, or at the abort of
+		 * the subtransaction that took it, like pg_advisory_xact_lock.
+		 */
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) APS_ID_LOCK_SPACE,
+							 (uint32) keys[i], APS_ID_LOCK_KIND);
+		(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
+						   false, false);
 	}
 }
 
@@ -773,13 +812,17 @@ run_latest(int q, Datum *values, const char *nulls)
  * the ledger row if needed; *c is the row, locked.  The row is keyed by
  * the one id it sends: the request id when known (given, or read from the
  * bound order), else the payment id.  Refuses refunds and payments past
- * their cancel deadline before changing anything.  SPI must be connected;
- * *c is allocated in mcxt.
+ * their cancel deadline before changing anything, and with only_pending an
+ * order that is not (or no longer) in one of the binding's pending values,
+ * checked under the order row lock.  An order at the paid value is marked
+ * all the same (an explicit request), but the row keeps that it was paid
+ * (late_payment_*, shown in alipayplus.attention).  SPI must be
+ * connected; *c is allocated in mcxt.
  */
 static void
 mark_cancelling(const char *payment_id, const char *request_id,
-				bool has_initiated, TimestampTz initiated, LedgerRow *c,
-				MemoryContext mcxt)
+				bool has_initiated, TimestampTz initiated, bool only_pending,
+				LedgerRow *c, MemoryContext mcxt)
 {
 	const char *lock_field = request_id ? "paymentRequestId" : "paymentId";
 	const char *lock_id = request_id ? request_id : payment_id;
@@ -789,6 +832,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	bool		refund;
 	bool		order_found = false;
 	char	   *order_status = NULL;
+	bool		order_paid = false;
 	const char *field;
 	const char *id;
 	Datum		v[6];
@@ -839,6 +883,40 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			MemoryContextSwitchTo(old);
 		}
 	}
+
+	/*
+	 * The order's status as it is now, under its row lock: a status that
+	 * changed since the caller picked the order (shipped, or paid by a
+	 * notification) is seen here and cannot change before we commit.
+	 */
+	if (order_found)
+	{
+		bool		has_pending;
+
+		v[0] = text_or_null(order_status, n, 0);
+		if (run(Q_ORDER_KIND, v, n) != 1)
+			elog(ERROR, "the order binding vanished");
+		has_pending = strcmp(col_text(0, 1), "t") == 0;
+		order_paid = strcmp(col_text(0, 3), "t") == 0;
+		if (only_pending && !has_pending)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("only_pending needs the pending status values in the binding"),
+					 errhint("Bind the table again with alipayplus_bind_orders(..., pending_values => ARRAY['PENDING']).")));
+		if (only_pending && strcmp(col_text(0, 2), "t") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_NOT_PENDING),
+					 errmsg("order %s is no longer pending: its status is %s",
+							lock_id, order_status ? order_status : "NULL"),
+					 errdetail("Only orders in one of the binding's pending_values are cancelled when only_pending is true."),
+					 errhint("Nothing was changed; the order keeps its status.")));
+	}
+	else if (only_pending)
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_NOT_PENDING),
+				 errmsg("%s has no bound order, so it is not pending", lock_id),
+				 errdetail("Only orders in one of the binding's pending_values are cancelled when only_pending is true."),
+				 errhint("Nothing was changed.")));
 
 	/*
 	 * Again once the ids are locked (after the order row, which comes
@@ -913,6 +991,16 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			elog(ERROR, "ledger row %lld was not updated with its ids",
 				 (long long) c->cancellation_id);
 		ledger_row_from_result(c, mcxt);
+	}
+
+	if (order_paid && strcmp(c->state, "CANCELLED") != 0)
+	{
+		Datum		w[1];
+
+		/* the paid value is about to be overwritten: keep that it was paid */
+		w[0] = Int64GetDatum(c->cancellation_id);
+		if (run(Q_NOTE_PAID, w, " ") == 1)
+			ledger_row_from_result(c, mcxt);
 	}
 
 	if (order_found)
@@ -1127,8 +1215,8 @@ arg_text(FunctionCallInfo fcinfo, int i)
 }
 
 /*
- * alipayplus._mark_cancelling(payment_id, payment_request_id, initiated_at)
- * RETURNS alipayplus.cancellations: see mark_cancelling().
+ * alipayplus._mark_cancelling(payment_id, payment_request_id, initiated_at
+ * [, only_pending]) RETURNS alipayplus.cancellations: see mark_cancelling().
  */
 Datum
 alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
@@ -1143,7 +1231,9 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
 					!PG_ARGISNULL(2),
-					PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), &c, outer);
+					PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2),
+					PG_NARGS() > 3 && !PG_ARGISNULL(3) && PG_GETARG_BOOL(3),
+					&c, outer);
 	SPI_finish();
 	PG_RETURN_DATUM(c.row);
 }
@@ -1224,7 +1314,7 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	mark_cancelling(payment_id, request_id, false, 0, &c, outer);
+	mark_cancelling(payment_id, request_id, false, 0, false, &c, outer);
 
 	if (strcmp(c.state, "CANCELLED") == 0)
 	{
