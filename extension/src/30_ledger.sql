@@ -224,11 +224,15 @@ $$;
  * the ledger row if needed; returns the ledger row, locked.  The row is
  * keyed by the one id it sends: the request id when known (given, or read
  * from the bound order), else the payment id.  Refuses refunds and
- * payments past their cancel deadline before changing anything.
- * Written in C (src/ledger.c).
+ * payments past their cancel deadline before changing anything.  With
+ * p_only_pending (the stale-orders sweep) it re-checks the order's status
+ * under its row lock and refuses (ZA005, not_pending) an order no longer in
+ * one of the binding's pending values; any request of an order at the paid
+ * value keeps that it was paid (late_payment_*), so alipayplus.attention
+ * shows it.  Written in C (src/ledger.c).
  */
 CREATE FUNCTION alipayplus._mark_cancelling(p_payment_id text, p_request_id text,
-	p_initiated_at timestamptz)
+	p_initiated_at timestamptz, p_only_pending boolean DEFAULT false)
 RETURNS alipayplus.cancellations
 AS 'MODULE_PATHNAME', 'alipayplus_mark_cancelling'
 LANGUAGE C VOLATILE;
@@ -323,10 +327,11 @@ COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel(text, text, timestampt
  * payment ids with by_payment_id), each in its own subtransaction: what
  * cannot be cancelled is skipped and reported, never aborts the rest.
  * One row per id: outcome is queued, already_requested, window_closed,
- * refund, invalid_id, several_orders or error, with the reason.
+ * refund, invalid_id, several_orders, not_pending (only_pending: the order
+ * is not, or no longer, in a pending status) or error, with the reason.
  */
 CREATE FUNCTION @extschema@.alipayplus_request_cancel_all(ids text[],
-	by_payment_id boolean DEFAULT false)
+	by_payment_id boolean DEFAULT false, only_pending boolean DEFAULT false)
 RETURNS TABLE (id text, outcome text, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -339,17 +344,27 @@ DECLARE
 	v_state text;
 	v_msg text;
 BEGIN
-	/* refused as a whole, before anything else, not reported id by id */
+	/* refused as a whole, before anything else, not reported id by id (18.8) */
 	PERFORM alipayplus._refuse_read_only();
+	IF $3 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'only_pending must be true or false';
+	END IF;
+	IF $3 AND NOT EXISTS (SELECT 1 FROM alipayplus.order_binding b
+						  WHERE b.pending_values IS NOT NULL) THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'only_pending needs a bound orders table with pending status values',
+			HINT = 'Bind it with alipayplus_bind_orders(..., pending_values => ARRAY[''PENDING'']).';
+	END IF;
 	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
 		BEGIN
 			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
 			WHERE CASE WHEN $2 THEN x.payment_id = v_id
 					   ELSE x.sent_field = 'paymentRequestId' AND x.sent_id = v_id END;
 			IF $2 THEN
-				c := alipayplus._mark_cancelling(v_id, NULL, NULL);
+				c := alipayplus._mark_cancelling(v_id, NULL, NULL, $3);
 			ELSE
-				c := alipayplus._mark_cancelling(NULL, v_id, NULL);
+				c := alipayplus._mark_cancelling(NULL, v_id, NULL, $3);
 			END IF;
 			RETURN QUERY SELECT v_id,
 				CASE WHEN v_before > 0 THEN 'already_requested' ELSE 'queued' END,
@@ -362,6 +377,7 @@ BEGIN
 			RETURN QUERY SELECT v_id,
 				CASE v_state WHEN 'ZA002' THEN 'window_closed'
 							 WHEN 'ZA003' THEN 'refund'
+							 WHEN 'ZA005' THEN 'not_pending'
 							 WHEN '22023' THEN 'invalid_id'
 							 WHEN '22001' THEN 'invalid_id'
 							 WHEN '21000' THEN 'several_orders'
@@ -371,5 +387,5 @@ BEGIN
 	END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean) IS
-	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id';
+COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) IS
+	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id; only_pending skips orders no longer pending';

@@ -463,6 +463,18 @@ BEGIN
 				ELSE 'Nothing about it needs a person.' END,
 			HINT = 'alipayplus.attention lists the open items.';
 	END IF;
+	/*
+	 * A flagged CANCELLED row is a verified S whose bound order did not
+	 * follow: its only remedy is alipayplus_requeue_cancellation, which
+	 * needs the flag, so closing it would strand the order, unseen.  (A
+	 * closed CANCELLING row can still be requeued.)
+	 */
+	IF c.needs_attention AND c.state = 'CANCELLED' THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s cannot be closed: Alipay+ cancelled the payment and the bound order must follow', $1),
+			DETAIL = format('The item says: %s', c.attention_reason),
+			HINT = format('Fix what kept the order from being updated, then run alipayplus_requeue_cancellation(%s).', $1);
+	END IF;
 	UPDATE alipayplus.cancellations x SET
 		needs_attention = false, attention_reason = NULL,
 		attention_closed_at = pg_catalog.clock_timestamp(),
@@ -511,6 +523,13 @@ $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_note_refund(text, text) IS
 	'Record a refund id so that it can never be sent to cancelPayment';
 
+/*
+ * A payment notification or inquiryPayment result: moves the bound order
+ * only if no cancellation was requested.  A late notification (one for a
+ * payment with a cancellation) is kept with the clock time it is recorded
+ * at, and a later U or F does not replace a paid (S) one that is still
+ * open.
+ */
 CREATE FUNCTION @extschema@.alipayplus_apply_payment_result(payment_request_id text,
 	result_status text, result_code text DEFAULT NULL, payment_id text DEFAULT NULL)
 RETURNS text
@@ -552,10 +571,19 @@ BEGIN
 	ORDER BY x.sent_field DESC, x.cancellation_id LIMIT 1
 	FOR UPDATE;
 	IF FOUND THEN
+		/*
+		 * Kept with the time it is recorded (not the transaction's start),
+		 * comparable with attention_closed_at.  A paid (S) one a person has
+		 * not closed yet is never replaced by a later U or F: the payment
+		 * may stand, and only the S says so.
+		 */
 		UPDATE alipayplus.cancellations x SET
 			late_payment_status = $2, late_payment_code = $3,
-			late_payment_at = pg_catalog.now()
-		WHERE x.cancellation_id = c.cancellation_id;
+			late_payment_at = pg_catalog.clock_timestamp()
+		WHERE x.cancellation_id = c.cancellation_id
+			AND NOT ($2 <> 'S' AND x.late_payment_status = 'S'
+					 AND (x.attention_closed_at IS NULL
+						  OR x.late_payment_at > x.attention_closed_at));
 		RETURN 'recorded_late';
 	END IF;
 

@@ -10,6 +10,14 @@
  * What needs a person
  * ------------------------------------------------------------------ */
 
+/*
+ * Closing an item closes the reasons it had at that time: each reason
+ * opens again when it arises after the close (a paid notification, the
+ * deadline passing, the row falling overdue), and a CANCELLING row's
+ * reasons with any attempt after the close; the times compared are clock
+ * times (clock_timestamp), so a notification recorded after the close is
+ * later than the close whenever its transaction began.
+ */
 CREATE VIEW alipayplus.attention AS
 SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	c.payment_id, c.state, c.attempt_count, c.last_result_status,
@@ -18,29 +26,40 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	CASE
 		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
 		WHEN l.late_paid IS NOT NULL THEN l.late_paid
-		WHEN c.unanswered_streak >= 3 THEN
+		WHEN l.unanswered THEN
 			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
 				   c.unanswered_streak, c.last_result_code)
-		WHEN c.next_attempt_at < pg_catalog.now() - interval '10 minutes' THEN
+		WHEN l.overdue THEN
 			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
 				   c.next_attempt_at)
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
 CROSS JOIN LATERAL (
-	/* a paid notification after the request, not yet seen by a person */
-	SELECT CASE WHEN c.late_payment_status = 'S'
-			AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
-		format('a paid notification (S%s) arrived at %s after the cancellation was requested, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
-			   coalesce(' ' || c.late_payment_code, ''), c.late_payment_at, c.state, c.cancellation_id)
-		END AS late_paid
+	SELECT
+		/* a paid notification after the request (or a paid order when it
+		   was requested), not yet seen by a person */
+		CASE WHEN c.late_payment_status = 'S'
+				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+				   CASE WHEN c.late_payment_code = 'order.paid' THEN
+						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
+					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
+								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
+				   c.state, c.cancellation_id)
+		END AS late_paid,
+		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
+		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
+		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.deadline > c.attention_closed_at) AS past_deadline
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR (c.state = 'CANCELLING'
-		AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at)
-		AND (c.deadline <= pg_catalog.now() OR c.unanswered_streak >= 3
-			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'));
+	OR l.unanswered OR l.overdue OR l.past_deadline;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
 

@@ -25,7 +25,7 @@ REVOKE ALL ON FUNCTION @extschema@.alipayplus_note_refund(text, text) FROM PUBLI
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_apply_payment_result(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[]) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE @extschema@.alipayplus_process_backlog(integer, interval, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_stale_orders(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_queue_depth() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) FROM PUBLIC;
