@@ -88,6 +88,8 @@ enum
 	Q_REFUND,
 	Q_HAS_CANCELLATION,
 	Q_FIND,
+	Q_OTHER_HOLDER,
+	Q_ORDERS_WITH_PAYMENT_ID,
 	Q_COMPLETE_IDS,
 	Q_WINDOW,
 	Q_INSERT,
@@ -150,16 +152,41 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	 * One ledger row per payment, keyed by the id it sends ($1, $2), but
 	 * found by either id it knows ($3, $4): a cancellation requested by
 	 * payment id before the order stored that id is the same payment as
-	 * one requested later by the order's request id
+	 * one requested later by the order's request id.  A payment id alone
+	 * is no proof (an order often holds a placeholder such as 'N/A' until
+	 * Alipay+ answers): a row that knows a request id is found by that
+	 * request id, or by the payment id it is keyed by when no request id
+	 * is known; a row found by payment id never names another request id.
+	 * Column 2: the row found by its request id names another payment id.
 	 */
 	[Q_FIND] = {
-		"SELECT x FROM alipayplus.cancellations x"
+		"SELECT x, ($4 IS NOT NULL AND x.payment_id IS NOT NULL"
+		" AND x.payment_id OPERATOR(pg_catalog.<>) $4)"
+		" FROM alipayplus.cancellations x"
 		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) $3"
-		" OR x.payment_id OPERATOR(pg_catalog.=) $4"
+		" OR (x.payment_id OPERATOR(pg_catalog.=) $4"
+		"  AND (x.payment_request_id IS NULL"
+		"   OR ($3 IS NULL AND x.sent_field OPERATOR(pg_catalog.=) 'paymentId'"
+		"    AND x.sent_id OPERATOR(pg_catalog.=) $4)))"
 		" ORDER BY (x.sent_field OPERATOR(pg_catalog.=) $1"
 		" AND x.sent_id OPERATOR(pg_catalog.=) $2) DESC, x.cancellation_id"
 		" LIMIT 1 FOR UPDATE",
 		4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/*
+	 * With only a payment id: a row of another request id that holds it
+	 * (the same payment, or another one with the same placeholder)
+	 */
+	[Q_OTHER_HOLDER] = {
+		"SELECT x.cancellation_id, x.payment_request_id FROM alipayplus.cancellations x"
+		" WHERE x.payment_id OPERATOR(pg_catalog.=) $1"
+		" AND x.payment_request_id IS NOT NULL ORDER BY x.cancellation_id LIMIT 1",
+		1, {TEXTOID}
+	},
+	/* how many rows of the bound table hold a payment id */
+	[Q_ORDERS_WITH_PAYMENT_ID] = {
+		"SELECT alipayplus._orders_with_payment_id($1)",
+		1, {TEXTOID}
 	},
 	/* the ids a ledger row did not know yet, once an order names them */
 	[Q_COMPLETE_IDS] = {
@@ -678,6 +705,27 @@ notify_at_commit(int64 cancellation_id)
 }
 
 /*
+ * The row Q_FIND found, in *c; refused if it knows another payment id than
+ * payment_id (the row found by its request id): the two ids name two
+ * payments, and the ledger will not merge them.
+ */
+static void
+found_row(LedgerRow *c, const char *payment_id, MemoryContext mcxt)
+{
+	bool		isnull;
+
+	ledger_row_from_result(c, mcxt);
+	if (DatumGetBool(col_datum(0, 2, &isnull)) && !isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("ledger row %lld for payment request %s knows payment id %s, not %s",
+						(long long) c->cancellation_id, c->payment_request_id,
+						c->payment_id, payment_id),
+				 errdetail("A payment's two ids must agree; the ledger will not merge two payments, nor guess which id is right. Nothing was changed."),
+				 errhint("If one of them is a placeholder (such as 'N/A' or '0') or wrong, correct the order row or ask a person to check alipayplus.cancellations; see \"The two ids of a payment\" in the README.")));
+}
+
+/*
  * Create the ledger row (values v of Q_INSERT) and notify the processors,
  * or, if it exists (another transaction created it and has committed),
  * find and lock it.
@@ -694,7 +742,7 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 	if (run(Q_FIND, v, n) == 0)
 		elog(ERROR, "the ledger row for %s %s vanished",
 			 TextDatumGetCString(v[0]), TextDatumGetCString(v[1]));
-	ledger_row_from_result(c, mcxt);
+	found_row(c, n[3] == 'n' ? NULL : TextDatumGetCString(v[3]), mcxt);
 }
 
 /*
@@ -873,6 +921,24 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		bool		isnull = true;
 		Datum		deadline = (Datum) 0;
 
+		/*
+		 * Only a payment id, which a row of some request id also holds:
+		 * the same payment, or another one with the same placeholder
+		 */
+		if (request_id == NULL)
+		{
+			Datum		w[1];
+
+			w[0] = CStringGetTextDatum(payment_id);
+			if (run(Q_OTHER_HOLDER, w, " ") == 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("payment id %s is also held by ledger row %s for payment request %s",
+								payment_id, col_text(0, 1), col_text(0, 2)),
+						 errdetail("A payment id alone cannot tell whether it is that payment or another one with the same id (an order often holds a placeholder until Alipay+ answers). Nothing was changed."),
+						 errhint("Cancel by the payment's payment_request_id instead.")));
+		}
+
 		/* a new row only while Alipay+ still accepts cancelPayment */
 		if (has_initiated)
 		{
@@ -899,12 +965,32 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		create_or_find(v, n, c, mcxt);
 	}
 	else
-		ledger_row_from_result(c, mcxt);
+		found_row(c, payment_id, mcxt);
 	if ((c->payment_request_id == NULL && request_id != NULL) ||
 		(c->payment_id == NULL && payment_id != NULL))
 	{
 		Datum		w[3];
 		char		wn[3] = "   ";
+
+		/*
+		 * A row keyed by payment id learns its request id only from the
+		 * one order that holds that payment id: with several, the first
+		 * to ask would take the cancellation over for good
+		 */
+		if (c->payment_request_id == NULL && request_id != NULL && bound)
+		{
+			w[0] = CStringGetTextDatum(c->payment_id);
+			run(Q_ORDERS_WITH_PAYMENT_ID, w, " ");
+			if (strcmp(col_text(0, 1), "1") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("ledger row %lld cancels payment id %s, which %s orders hold; it cannot tell whether it is the cancellation of payment request %s",
+								(long long) c->cancellation_id, c->payment_id,
+								col_text(0, 1), request_id),
+						 errdetail("A cancellation requested by payment id belongs to the one order that holds that payment id. Nothing was changed."),
+						 errhint("Correct the payment ids of the bound orders so that one order holds %s, then request again.",
+								 c->payment_id)));
+		}
 
 		w[0] = Int64GetDatum(c->cancellation_id);
 		w[1] = text_or_null(request_id, wn, 1);
