@@ -535,6 +535,13 @@ REVOKE ALL ON FUNCTION alipayplus._orders_with_payment_id(text) FROM PUBLIC;
 
 /* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
 
+/* The binding lock, exclusive (src/ledger.c, lock_binding()) */
+CREATE FUNCTION alipayplus._lock_binding()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_lock_binding'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._lock_binding() FROM PUBLIC;
+
 /*
  * Refuse a new binding that would leave orders of the current one behind:
  * an order of the bound table that is at the cancelling value can only
@@ -558,6 +565,12 @@ DECLARE
 	b alipayplus.order_binding;
 	r text[];
 BEGIN
+	/*
+	 * First the binding lock, exclusive: the requests in flight, which
+	 * hold it shared from before they read the binding, commit first; the
+	 * statements below see what they marked (each takes a new snapshot)
+	 */
+	PERFORM alipayplus._lock_binding();
 	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
 	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
 		RETURN;

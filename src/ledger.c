@@ -49,6 +49,8 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -70,6 +72,7 @@ PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
 PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
 PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
 PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+PG_FUNCTION_INFO_V1(alipayplus_lock_binding);
 
 /*
  * The transaction-level advisory locks that serialise the paths that can
@@ -78,6 +81,14 @@ PG_FUNCTION_INFO_V1(alipayplus_outer_user);
  */
 #define APS_ID_LOCK_SPACE	0x41505343
 #define APS_ID_LOCK_BUCKETS	256
+
+/*
+ * The binding lock (see lock_binding()): an advisory lock tag of the
+ * database, "APSC", "BIND" and field4 = 4, which no SQL advisory lock
+ * function can produce (they use 1 and 2)
+ */
+#define APS_BINDING_LOCK_KEY	0x42494e44
+#define APS_BINDING_LOCK_FIELD4	4
 
 /* The statements, in the order the rules use them */
 enum
@@ -798,6 +809,49 @@ lock_ids(const char *a, const char *b, bool exclusive)
 }
 
 /*
+ * Take the binding lock for the rest of the transaction: shared by every
+ * path that may move a bound order to the cancelling value
+ * (mark_cancelling), before it reads the binding; exclusive by
+ * alipayplus_bind_orders before it looks for orders a new binding would
+ * strand.  So a new binding waits for the requests in flight to commit,
+ * and then counts the orders they marked; a request waits for a new
+ * binding to commit, and then marks an order of the table now bound.
+ * Requests share the lock and never wait for each other; a heavyweight
+ * lock in the shared lock table rather than a row lock on
+ * alipayplus.order_binding, which would dirty that row (and create
+ * MultiXacts) on every request.  A request reads the binding on the
+ * latest committed data (also under REPEATABLE READ); a new binding
+ * counts orders on fresh snapshots, so it is refused under REPEATABLE
+ * READ and SERIALIZABLE, where its snapshot could miss them.
+ */
+static void
+lock_binding(bool exclusive)
+{
+	LOCKTAG		tag;
+
+	if (exclusive && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("alipayplus_bind_orders must run at the READ COMMITTED isolation level"),
+				 errdetail("Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction's snapshot, and strand them."),
+				 errhint("Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.")));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, APS_ID_LOCK_SPACE,
+						 APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+}
+
+/*
+ * alipayplus._lock_binding(): the binding lock, exclusive, for
+ * alipayplus_bind_orders (see lock_binding())
+ */
+Datum
+alipayplus_lock_binding(PG_FUNCTION_ARGS)
+{
+	lock_binding(true);
+	PG_RETURN_VOID();
+}
+
+/*
  * Run statement q (a look-up) on the latest committed data rather than the
  * transaction's snapshot: under REPEATABLE READ, what a transaction that
  * held the same id lock committed must be seen too.  Returns the number of
@@ -845,9 +899,11 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	aps_check_id_pair(payment_id, request_id);
 	prepare_plans();
 
+	/* before the binding is read: a new binding must count what we mark */
+	lock_binding(false);
 	v[0] = text_or_null(payment_id, n, 0);
 	v[1] = text_or_null(request_id, n, 1);
-	run(Q_PRELUDE, v, n);
+	run_latest(Q_PRELUDE, v, n);
 	{
 		MemoryContext old = MemoryContextSwitchTo(mcxt);
 
