@@ -583,6 +583,12 @@ BEGIN
 			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
 		RETURN;
 	END IF;
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+			MESSAGE = 'alipayplus_bind_orders must replace a binding at the READ COMMITTED isolation level',
+			DETAIL = 'Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction''s snapshot, and strand them.',
+			HINT = 'Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.';
+	END IF;
 	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
 		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
 			   b.request_id_column, b.orders, b.status_column),

@@ -821,20 +821,15 @@ lock_ids(const char *a, const char *b, bool exclusive)
  * alipayplus.order_binding, which would dirty that row (and create
  * MultiXacts) on every request.  A request reads the binding on the
  * latest committed data (also under REPEATABLE READ); a new binding
- * counts orders on fresh snapshots, so it is refused under REPEATABLE
- * READ and SERIALIZABLE, where its snapshot could miss them.
+ * counts orders on fresh snapshots, so it refuses to replace a binding
+ * under REPEATABLE READ and SERIALIZABLE, where its snapshot could miss
+ * them (alipayplus._refuse_stranding_rebind).
  */
 static void
 lock_binding(bool exclusive)
 {
 	LOCKTAG		tag;
 
-	if (exclusive && IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("alipayplus_bind_orders must run at the READ COMMITTED isolation level"),
-				 errdetail("Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction's snapshot, and strand them."),
-				 errhint("Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.")));
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, APS_ID_LOCK_SPACE,
 						 APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4);
 	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
