@@ -533,6 +533,59 @@ END;
 $$;
 REVOKE ALL ON FUNCTION alipayplus._orders_with_payment_id(text) FROM PUBLIC;
 
+/*
+ * The orders of the bound table at the cancelling value that no
+ * cancellation in progress will reach: no ledger row that knows the
+ * order's request id (or its payment id and no request id) is CANCELLING
+ * or flagged.  alipayplus.attention lists them, so that an order stranded
+ * by whatever cause (a binding moved on purpose back to an old table, ids
+ * corrected by hand, a flag closed without fixing the order) is seen.
+ * Read as the table's owner.
+ */
+CREATE FUNCTION alipayplus._stranded_orders(OUT request_id text, OUT payment_id text,
+	OUT cancellation_id bigint, OUT state text)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_flagged boolean;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('SELECT %I::pg_catalog.text, %s FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column,
+			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
+			   b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column])
+	LOOP
+		request_id := alipayplus._clean_id(r[1]);
+		payment_id := alipayplus._clean_id(r[2]);
+		cancellation_id := NULL;
+		state := NULL;
+		v_flagged := false;
+		SELECT c.cancellation_id, c.state, c.needs_attention
+		INTO cancellation_id, state, v_flagged
+		FROM alipayplus.cancellations c
+		WHERE c.payment_request_id = _stranded_orders.request_id
+			OR (c.payment_request_id IS NULL
+				AND c.payment_id = _stranded_orders.payment_id)
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		LIMIT 1;
+		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END;
+$$;
+REVOKE ALL ON FUNCTION alipayplus._stranded_orders() FROM PUBLIC;
+
 /* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
 
 /* The binding lock, exclusive (src/ledger.c, lock_binding()) */
@@ -938,7 +991,17 @@ WHERE c.needs_attention
 	OR (c.state = 'CANCELLING'
 		AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at)
 		AND (c.deadline <= pg_catalog.now() OR c.unanswered_streak >= 3
-			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'));
+			 OR c.next_attempt_at < pg_catalog.now() - interval '10 minutes'))
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
 

@@ -78,3 +78,22 @@ SELECT left(errcheck($$SELECT * FROM alipayplus_cancel_payment(payment_id => 'N/
 SELECT left(errcheck($$SELECT * FROM alipayplus_request_cancel(payment_id => 'N/A')$$), 90) AS refused;
 SELECT count(*) AS requests FROM gw_log();
 SELECT count(*) AS ledger_rows FROM alipayplus.cancellations WHERE sent_id = 'N/A';
+
+-- 5. An order at the cancelling value that no cancellation in progress
+-- will reach is listed in alipayplus.attention, whatever stranded it (here
+-- a superuser who set it by hand with the guard off), until it is settled.
+SELECT alipayplus_bind_orders('ti_orders', 'rid', 'st', 'CANCELLED', 'CANCELLING',
+	payment_id_column => 'pid');
+INSERT INTO ti_orders (rid, pid) VALUES ('ti-S', 'P-S');
+SET session_replication_role = replica;
+UPDATE ti_orders SET st = 'CANCELLING' WHERE rid IN ('ti-S', 'ti-A');
+RESET session_replication_role;
+SELECT cancellation_id IS NOT NULL AS has_row, sent_id, payment_request_id, payment_id, state, reason
+FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-A') ORDER BY payment_request_id;
+-- the orders whose cancellations are in progress are not listed
+SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id = 'ti-X';
+-- requesting again settles both: ti-A's row is CANCELLED, ti-S is queued
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-A');
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-S');
+SELECT rid, st FROM ti_orders WHERE rid IN ('ti-S', 'ti-A') ORDER BY rid;
+SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-A');
