@@ -80,20 +80,33 @@ SELECT count(*) AS requests FROM gw_log();
 SELECT count(*) AS ledger_rows FROM alipayplus.cancellations WHERE sent_id = 'N/A';
 
 -- 5. An order at the cancelling value that no cancellation in progress
--- will reach is listed in alipayplus.attention, whatever stranded it (here
--- the table's owner, with the guard disabled), until it is settled.
+-- will reach is listed in alipayplus.attention, whatever stranded it, until
+-- it is settled: here the owner's trigger refused the verified S, and a
+-- person closed the flag without fixing the order.
 CREATE TABLE ti_orders3 (rid text PRIMARY KEY, pid text, st text NOT NULL DEFAULT 'NEW');
 SELECT alipayplus_bind_orders('ti_orders3', 'rid', 'st', 'CANCELLED', 'CANCELLING',
 	payment_id_column => 'pid');
-INSERT INTO ti_orders3 VALUES ('ti-S', 'P-S'), ('ti-A', 'N/A'), ('ti-W', NULL);
+INSERT INTO ti_orders3 VALUES ('ti-S', 'P-S'), ('ti-W', NULL);
+CREATE FUNCTION ti_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.st = 'CANCELLED' AND current_setting('ti.refuse', true) = 'on' THEN
+		RAISE EXCEPTION 'orders are frozen today';
+	END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER ti_refuse BEFORE UPDATE ON ti_orders3 FOR EACH ROW EXECUTE FUNCTION ti_refuse();
+SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-S');
+SET ti.refuse = on;
+CALL alipayplus_run_cancellations();
+RESET ti.refuse;
+SELECT alipayplus_close_attention(cancellation_id, 'looked at it') IS NOT NULL AS closed
+FROM alipayplus.cancellations WHERE sent_id = 'ti-S';
+-- a cancellation in progress (ti-W) is not listed; ti-S is
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-W');
-ALTER TABLE ti_orders3 DISABLE TRIGGER ALL;
-UPDATE ti_orders3 SET st = 'CANCELLING' WHERE rid IN ('ti-S', 'ti-A');
-ALTER TABLE ti_orders3 ENABLE TRIGGER ALL;
-SELECT cancellation_id IS NOT NULL AS has_row, sent_id, payment_request_id, payment_id, state, reason
-FROM alipayplus.attention WHERE payment_request_id LIKE 'ti-_' ORDER BY payment_request_id;
--- requesting again settles both: ti-A's row is CANCELLED, ti-S is queued
-SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-A');
+SELECT cancellation_id IS NOT NULL AS has_row, sent_id, payment_request_id, payment_id, state,
+	regexp_replace(reason, 'row [0-9]+', 'row N') AS reason
+FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-W');
+-- requesting again settles it: its ledger row is CANCELLED
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-S');
 SELECT rid, st FROM ti_orders3 ORDER BY rid;
-SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id LIKE 'ti-_';
+SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-W');
