@@ -99,7 +99,7 @@ SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-S');
 SET ti.refuse = on;
 CALL alipayplus_run_cancellations();
 RESET ti.refuse;
-SELECT alipayplus_close_attention(cancellation_id, 'looked at it') IS NOT NULL AS closed
+SELECT (alipayplus_close_attention(cancellation_id, 'looked at it')).attention_closed_note AS closed
 FROM alipayplus.cancellations WHERE sent_id = 'ti-S';
 -- a cancellation in progress (ti-W) is not listed; ti-S is
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-W');
