@@ -540,12 +540,14 @@ REVOKE ALL ON FUNCTION alipayplus._orders_with_payment_id(text) FROM PUBLIC;
  * or flagged.  alipayplus.attention lists them, so that an order stranded
  * by whatever cause (a binding moved on purpose back to an old table, ids
  * corrected by hand, a flag closed without fixing the order) is seen.
- * Read as the table's owner.
+ * Read as the table's owner.  A view's functions run with the reader's
+ * rights: so this one is SECURITY DEFINER and callable by all, but answers
+ * only a role that may read alipayplus.attention.
  */
 CREATE FUNCTION alipayplus._stranded_orders(OUT request_id text, OUT payment_id text,
 	OUT cancellation_id bigint, OUT state text)
 RETURNS SETOF record
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -553,6 +555,10 @@ DECLARE
 	r text[];
 	v_flagged boolean;
 BEGIN
+	IF NOT pg_catalog.has_table_privilege(alipayplus._outer_user(), 'alipayplus.attention', 'SELECT') THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'permission denied for view alipayplus.attention';
+	END IF;
 	SELECT * INTO b FROM alipayplus.order_binding;
 	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
 		RETURN;
@@ -584,7 +590,6 @@ BEGIN
 	END LOOP;
 END;
 $$;
-REVOKE ALL ON FUNCTION alipayplus._stranded_orders() FROM PUBLIC;
 
 /* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
 

@@ -110,3 +110,9 @@ FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-W');
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'ti-S');
 SELECT rid, st FROM ti_orders3 ORDER BY rid;
 SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-W');
+-- the function behind it answers only a role that may read the view
+CREATE ROLE ti_nobody;
+SET ROLE ti_nobody;
+SELECT left(errcheck('SELECT * FROM alipayplus._stranded_orders()'), 60) AS refused;
+RESET ROLE;
+DROP ROLE ti_nobody;
