@@ -10,7 +10,13 @@
  *    in progress cannot be replaced by one that would strand their orders;
  *    a cancellation found by either id it knows, its verified S reaching
  *    the order by request id; NOTIFY on commit only, so that PREPARE
- *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).
+ *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).  After
+ *    review: a payment id alone (often a placeholder) never ties a request
+ *    to another request id's row, and a row keyed by payment id learns its
+ *    request id only from the one order holding it; the committing
+ *    procedures COMMIT before claiming anything; requests and
+ *    alipayplus_bind_orders serialise on a binding lock; alipayplus.attention
+ *    lists stranded orders (alipayplus._stranded_orders).
  *  - issue 17: alipayplus_note_refund and every path that gives an id a
  *    cancellation serialise on the id (a transaction-level advisory lock)
  *    and look at the latest committed data once they hold it, so a

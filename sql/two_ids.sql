@@ -112,7 +112,9 @@ SELECT rid, st FROM ti_orders3 ORDER BY rid;
 SELECT count(*) AS listed FROM alipayplus.attention WHERE payment_request_id IN ('ti-S', 'ti-W');
 -- the function behind it answers only a role that may read the view
 CREATE ROLE ti_nobody;
+GRANT USAGE ON SCHEMA alipayplus TO ti_nobody;
 SET ROLE ti_nobody;
 SELECT left(errcheck('SELECT * FROM alipayplus._stranded_orders()'), 60) AS refused;
 RESET ROLE;
+REVOKE USAGE ON SCHEMA alipayplus FROM ti_nobody;
 DROP ROLE ti_nobody;
