@@ -513,33 +513,6 @@ END;
 $$;
 
 /*
- * How many rows of the bound table hold a payment id, read as the table's
- * owner: a cancellation requested by payment id learns its request id
- * only from the one order that holds that payment id (src/ledger.c).
- */
-CREATE FUNCTION alipayplus._orders_with_payment_id(p_id text)
-RETURNS bigint
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	b alipayplus.order_binding;
-	r text[];
-BEGIN
-	SELECT * INTO b FROM alipayplus.order_binding;
-	IF NOT FOUND OR b.payment_id_column IS NULL OR p_id IS NULL THEN
-		RETURN 0;
-	END IF;
-	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
-		format('SELECT pg_catalog.count(*)::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
-			   b.orders, b.payment_id_column),
-		ARRAY[p_id], ARRAY[b.payment_id_column]) x;
-	RETURN r[1]::bigint;
-END;
-$$;
-REVOKE ALL ON FUNCTION alipayplus._orders_with_payment_id(text) FROM PUBLIC;
-
-/*
  * The orders of the bound table at the cancelling value that no
  * cancellation in progress will reach: no ledger row that knows the
  * order's request id (or its payment id and no request id) is CANCELLING

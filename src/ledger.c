@@ -194,9 +194,17 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" AND x.payment_request_id IS NOT NULL ORDER BY x.cancellation_id LIMIT 1",
 		1, {TEXTOID}
 	},
-	/* how many rows of the bound table hold a payment id */
+	/*
+	 * How many rows of the bound table hold a payment id, read as the
+	 * table's owner (with the 1.0 helper, so that this library also runs
+	 * on the SQL of earlier versions until the extension is updated)
+	 */
 	[Q_ORDERS_WITH_PAYMENT_ID] = {
-		"SELECT alipayplus._orders_with_payment_id($1)",
+		"SELECT x[1] FROM alipayplus.order_binding b,"
+		" alipayplus._order_exec(b.orders, pg_catalog.format("
+		"'SELECT pg_catalog.count(*)::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',"
+		" b.orders, b.payment_id_column), ARRAY[$1], ARRAY[b.payment_id_column]) x"
+		" WHERE b.payment_id_column IS NOT NULL",
 		1, {TEXTOID}
 	},
 	/* the ids a ledger row did not know yet, once an order names them */
@@ -1030,14 +1038,17 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		 */
 		if (c->payment_request_id == NULL && request_id != NULL && bound)
 		{
+			char	   *holders;
+
 			w[0] = CStringGetTextDatum(c->payment_id);
-			run(Q_ORDERS_WITH_PAYMENT_ID, w, " ");
-			if (strcmp(col_text(0, 1), "1") != 0)
+			holders = run(Q_ORDERS_WITH_PAYMENT_ID, w, " ") == 1 ?
+				col_text(0, 1) : "0";
+			if (strcmp(holders, "1") != 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_CARDINALITY_VIOLATION),
 						 errmsg("ledger row %lld cancels payment id %s, which %s orders hold; it cannot tell whether it is the cancellation of payment request %s",
 								(long long) c->cancellation_id, c->payment_id,
-								col_text(0, 1), request_id),
+								holders, request_id),
 						 errdetail("A cancellation requested by payment id belongs to the one order that holds that payment id. Nothing was changed."),
 						 errhint("Correct the payment ids of the bound orders so that one order holds %s, then request again.",
 								 c->payment_id)));
