@@ -11,7 +11,13 @@
  *    in progress cannot be replaced by one that would strand their orders;
  *    a cancellation found by either id it knows, its verified S reaching
  *    the order by request id; NOTIFY on commit only, so that PREPARE
- *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).
+ *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).  After
+ *    review: a payment id alone (often a placeholder) never ties a request
+ *    to another request id's row, and a row keyed by payment id learns its
+ *    request id only from the one order holding it; the committing
+ *    procedures COMMIT before claiming anything; requests and
+ *    alipayplus_bind_orders serialise on a binding lock; alipayplus.attention
+ *    lists stranded orders (alipayplus._stranded_orders).
  *  - issue 17: alipayplus_note_refund and every path that gives an id a
  *    cancellation serialise on the id (a transaction-level advisory lock)
  *    and look at the latest committed data once they hold it, so a
@@ -97,6 +103,12 @@ DECLARE
 BEGIN
 	/* before anything is claimed or sent: it must be able to commit */
 	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
@@ -159,6 +171,12 @@ DECLARE
 BEGIN
 	/* before anything is claimed or sent: it must be able to commit */
 	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
@@ -521,7 +539,72 @@ BEGIN
 END;
 $$;
 
+/*
+ * The orders of the bound table at the cancelling value that no
+ * cancellation in progress will reach: no ledger row that knows the
+ * order's request id (or its payment id and no request id) is CANCELLING
+ * or flagged.  alipayplus.attention lists them, so that an order stranded
+ * by whatever cause (a binding moved on purpose back to an old table, ids
+ * corrected by hand, a flag closed without fixing the order) is seen.
+ * Read as the table's owner.  A view's functions run with the reader's
+ * rights: so this one is SECURITY DEFINER and callable by all, but answers
+ * only a role that may read alipayplus.attention.
+ */
+CREATE FUNCTION alipayplus._stranded_orders(OUT request_id text, OUT payment_id text,
+	OUT cancellation_id bigint, OUT state text)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_flagged boolean;
+BEGIN
+	IF NOT pg_catalog.has_table_privilege(alipayplus._outer_user(), 'alipayplus.attention', 'SELECT') THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'permission denied for view alipayplus.attention';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('SELECT %I::pg_catalog.text, %s FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column,
+			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
+			   b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column])
+	LOOP
+		request_id := alipayplus._clean_id(r[1]);
+		payment_id := alipayplus._clean_id(r[2]);
+		cancellation_id := NULL;
+		state := NULL;
+		v_flagged := false;
+		SELECT c.cancellation_id, c.state, c.needs_attention
+		INTO cancellation_id, state, v_flagged
+		FROM alipayplus.cancellations c
+		WHERE c.payment_request_id = _stranded_orders.request_id
+			OR (c.payment_request_id IS NULL
+				AND c.payment_id = _stranded_orders.payment_id)
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		LIMIT 1;
+		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END;
+$$;
+
 /* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
+
+/* The binding lock, exclusive (src/ledger.c, lock_binding()) */
+CREATE FUNCTION alipayplus._lock_binding()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_lock_binding'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._lock_binding() FROM PUBLIC;
 
 /*
  * Refuse a new binding that would leave orders of the current one behind:
@@ -546,6 +629,12 @@ DECLARE
 	b alipayplus.order_binding;
 	r text[];
 BEGIN
+	/*
+	 * First the binding lock, exclusive: the requests in flight, which
+	 * hold it shared from before they read the binding, commit first; the
+	 * statements below see what they marked (each takes a new snapshot)
+	 */
+	PERFORM alipayplus._lock_binding();
 	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
 	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
 		RETURN;
@@ -557,6 +646,12 @@ BEGIN
 	   AND (b.payment_id_column IS NULL
 			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
 		RETURN;
+	END IF;
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+			MESSAGE = 'alipayplus_bind_orders must replace a binding at the READ COMMITTED isolation level',
+			DETAIL = 'Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction''s snapshot, and strand them.',
+			HINT = 'Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.';
 	END IF;
 	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
 		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
@@ -1036,7 +1131,17 @@ CROSS JOIN LATERAL (
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR l.unanswered OR l.overdue OR l.past_deadline;
+	OR l.unanswered OR l.overdue OR l.past_deadline
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
 

@@ -47,6 +47,27 @@ CALL la_wrapper_backlog();
 -- as in a pg_cron command 'CALL ...; SELECT 1')
 CALL alipayplus_run_cancellations() \; SELECT 1 AS after_the_call;
 \echo :LAST_ERROR_SQLSTATE
+-- where the first COMMIT fails although the caller looks as if it could
+-- commit: a loop over a query that is not read-only ...
+CREATE TABLE la_loop (x int);
+DO $$ DECLARE r record; BEGIN
+	FOR r IN INSERT INTO la_loop VALUES (1) RETURNING x LOOP
+		CALL alipayplus_run_cancellations();
+	END LOOP; END $$;
+\echo :LAST_ERROR_SQLSTATE
+DO $$ DECLARE r record; BEGIN
+	FOR r IN INSERT INTO la_loop VALUES (1) RETURNING x LOOP
+		CALL alipayplus_process_backlog(progress => NULL);
+	END LOOP; END $$;
+\echo :LAST_ERROR_SQLSTATE
+-- ... and a caller's deferred constraint that fails at commit
+CREATE TABLE la_parent (id int PRIMARY KEY);
+CREATE TABLE la_child (pid int REFERENCES la_parent DEFERRABLE INITIALLY DEFERRED);
+CREATE PROCEDURE la_job() LANGUAGE plpgsql
+AS $$ BEGIN INSERT INTO la_child VALUES (42); CALL alipayplus_run_cancellations(); END $$;
+CALL la_job();
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS rows_kept FROM la_loop, la_child;
 -- nothing went out, nothing was recorded
 SELECT gw_requests('toplevel-1') AS requests, c.state, c.attempt_count
 FROM alipayplus.cancellations c WHERE c.sent_id = 'toplevel-1';

@@ -49,6 +49,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -71,6 +72,7 @@ PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
 PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
 PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
 PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+PG_FUNCTION_INFO_V1(alipayplus_lock_binding);
 
 /*
  * The transaction-level locks that serialise the paths that can give an id
@@ -85,6 +87,14 @@ PG_FUNCTION_INFO_V1(alipayplus_outer_user);
 #define APS_ID_LOCK_BUCKETS	256
 #define APS_ID_LOCK_KIND	3
 
+/*
+ * The binding lock (see lock_binding()): an advisory lock tag of the
+ * database, "APSC", "BIND" and field4 = 4, which no SQL advisory lock
+ * function can produce (they use 1 and 2)
+ */
+#define APS_BINDING_LOCK_KEY	0x42494e44
+#define APS_BINDING_LOCK_FIELD4	4
+
 /* The statements, in the order the rules use them */
 enum
 {
@@ -96,6 +106,8 @@ enum
 	Q_REFUND,
 	Q_HAS_CANCELLATION,
 	Q_FIND,
+	Q_OTHER_HOLDER,
+	Q_ORDERS_WITH_PAYMENT_ID,
 	Q_COMPLETE_IDS,
 	Q_WINDOW,
 	Q_INSERT,
@@ -186,16 +198,49 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	 * One ledger row per payment, keyed by the id it sends ($1, $2), but
 	 * found by either id it knows ($3, $4): a cancellation requested by
 	 * payment id before the order stored that id is the same payment as
-	 * one requested later by the order's request id
+	 * one requested later by the order's request id.  A payment id alone
+	 * is no proof (an order often holds a placeholder such as 'N/A' until
+	 * Alipay+ answers): a row that knows a request id is found by that
+	 * request id, or by the payment id it is keyed by when no request id
+	 * is known; a row found by payment id never names another request id.
+	 * Column 2: the row found by its request id names another payment id.
 	 */
 	[Q_FIND] = {
-		"SELECT x FROM alipayplus.cancellations x"
+		"SELECT x, ($4 IS NOT NULL AND x.payment_id IS NOT NULL"
+		" AND x.payment_id OPERATOR(pg_catalog.<>) $4)"
+		" FROM alipayplus.cancellations x"
 		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) $3"
-		" OR x.payment_id OPERATOR(pg_catalog.=) $4"
+		" OR (x.payment_id OPERATOR(pg_catalog.=) $4"
+		"  AND (x.payment_request_id IS NULL"
+		"   OR ($3 IS NULL AND x.sent_field OPERATOR(pg_catalog.=) 'paymentId'"
+		"    AND x.sent_id OPERATOR(pg_catalog.=) $4)))"
 		" ORDER BY (x.sent_field OPERATOR(pg_catalog.=) $1"
 		" AND x.sent_id OPERATOR(pg_catalog.=) $2) DESC, x.cancellation_id"
 		" LIMIT 1 FOR UPDATE",
 		4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/*
+	 * With only a payment id: a row of another request id that holds it
+	 * (the same payment, or another one with the same placeholder)
+	 */
+	[Q_OTHER_HOLDER] = {
+		"SELECT x.cancellation_id, x.payment_request_id FROM alipayplus.cancellations x"
+		" WHERE x.payment_id OPERATOR(pg_catalog.=) $1"
+		" AND x.payment_request_id IS NOT NULL ORDER BY x.cancellation_id LIMIT 1",
+		1, {TEXTOID}
+	},
+	/*
+	 * How many rows of the bound table hold a payment id, read as the
+	 * table's owner (with the 1.0 helper, so that this library also runs
+	 * on the SQL of earlier versions until the extension is updated)
+	 */
+	[Q_ORDERS_WITH_PAYMENT_ID] = {
+		"SELECT x[1] FROM alipayplus.order_binding b,"
+		" alipayplus._order_exec(b.orders, pg_catalog.format("
+		"'SELECT pg_catalog.count(*)::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',"
+		" b.orders, b.payment_id_column), ARRAY[$1], ARRAY[b.payment_id_column]) x"
+		" WHERE b.payment_id_column IS NOT NULL",
+		1, {TEXTOID}
 	},
 	/* the ids a ledger row did not know yet, once an order names them */
 	[Q_COMPLETE_IDS] = {
@@ -714,6 +759,27 @@ notify_at_commit(int64 cancellation_id)
 }
 
 /*
+ * The row Q_FIND found, in *c; refused if it knows another payment id than
+ * payment_id (the row found by its request id): the two ids name two
+ * payments, and the ledger will not merge them.
+ */
+static void
+found_row(LedgerRow *c, const char *payment_id, MemoryContext mcxt)
+{
+	bool		isnull;
+
+	ledger_row_from_result(c, mcxt);
+	if (DatumGetBool(col_datum(0, 2, &isnull)) && !isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("ledger row %lld for payment request %s knows payment id %s, not %s",
+						(long long) c->cancellation_id, c->payment_request_id,
+						c->payment_id, payment_id),
+				 errdetail("A payment's two ids must agree; the ledger will not merge two payments, nor guess which id is right. Nothing was changed."),
+				 errhint("If one of them is a placeholder (such as 'N/A' or '0') or wrong, correct the order row or ask a person to check alipayplus.cancellations; see \"The two ids of a payment\" in the README.")));
+}
+
+/*
  * Create the ledger row (values v of Q_INSERT) and notify the processors,
  * or, if it exists (another transaction created it and has committed),
  * find and lock it.
@@ -730,7 +796,7 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 	if (run(Q_FIND, v, n) == 0)
 		elog(ERROR, "the ledger row for %s %s vanished",
 			 TextDatumGetCString(v[0]), TextDatumGetCString(v[1]));
-	ledger_row_from_result(c, mcxt);
+	found_row(c, n[3] == 'n' ? NULL : TextDatumGetCString(v[3]), mcxt);
 }
 
 /*
@@ -789,6 +855,44 @@ lock_ids(const char *a, const char *b, bool exclusive)
 }
 
 /*
+ * Take the binding lock for the rest of the transaction: shared by every
+ * path that may move a bound order to the cancelling value
+ * (mark_cancelling), before it reads the binding; exclusive by
+ * alipayplus_bind_orders before it looks for orders a new binding would
+ * strand.  So a new binding waits for the requests in flight to commit,
+ * and then counts the orders they marked; a request waits for a new
+ * binding to commit, and then marks an order of the table now bound.
+ * Requests share the lock and never wait for each other; a heavyweight
+ * lock in the shared lock table rather than a row lock on
+ * alipayplus.order_binding, which would dirty that row (and create
+ * MultiXacts) on every request.  A request reads the binding on the
+ * latest committed data (also under REPEATABLE READ); a new binding
+ * counts orders on fresh snapshots, so it refuses to replace a binding
+ * under REPEATABLE READ and SERIALIZABLE, where its snapshot could miss
+ * them (alipayplus._refuse_stranding_rebind).
+ */
+static void
+lock_binding(bool exclusive)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, APS_ID_LOCK_SPACE,
+						 APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+}
+
+/*
+ * alipayplus._lock_binding(): the binding lock, exclusive, for
+ * alipayplus_bind_orders (see lock_binding())
+ */
+Datum
+alipayplus_lock_binding(PG_FUNCTION_ARGS)
+{
+	lock_binding(true);
+	PG_RETURN_VOID();
+}
+
+/*
  * Run statement q (a look-up) on the latest committed data rather than the
  * transaction's snapshot: under REPEATABLE READ, what a transaction that
  * held the same id lock committed must be seen too.  Returns the number of
@@ -841,9 +945,11 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	aps_check_id_pair(payment_id, request_id);
 	prepare_plans();
 
+	/* before the binding is read: a new binding must count what we mark */
+	lock_binding(false);
 	v[0] = text_or_null(payment_id, n, 0);
 	v[1] = text_or_null(request_id, n, 1);
-	run(Q_PRELUDE, v, n);
+	run_latest(Q_PRELUDE, v, n);
 	{
 		MemoryContext old = MemoryContextSwitchTo(mcxt);
 
@@ -951,6 +1057,24 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		bool		isnull = true;
 		Datum		deadline = (Datum) 0;
 
+		/*
+		 * Only a payment id, which a row of some request id also holds:
+		 * the same payment, or another one with the same placeholder
+		 */
+		if (request_id == NULL)
+		{
+			Datum		w[1];
+
+			w[0] = CStringGetTextDatum(payment_id);
+			if (run(Q_OTHER_HOLDER, w, " ") == 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("payment id %s is also held by ledger row %s for payment request %s",
+								payment_id, col_text(0, 1), col_text(0, 2)),
+						 errdetail("A payment id alone cannot tell whether it is that payment or another one with the same id (an order often holds a placeholder until Alipay+ answers). Nothing was changed."),
+						 errhint("Cancel by the payment's payment_request_id instead.")));
+		}
+
 		/* a new row only while Alipay+ still accepts cancelPayment */
 		if (has_initiated)
 		{
@@ -977,12 +1101,35 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		create_or_find(v, n, c, mcxt);
 	}
 	else
-		ledger_row_from_result(c, mcxt);
+		found_row(c, payment_id, mcxt);
 	if ((c->payment_request_id == NULL && request_id != NULL) ||
 		(c->payment_id == NULL && payment_id != NULL))
 	{
 		Datum		w[3];
 		char		wn[3] = "   ";
+
+		/*
+		 * A row keyed by payment id learns its request id only from the
+		 * one order that holds that payment id: with several, the first
+		 * to ask would take the cancellation over for good
+		 */
+		if (c->payment_request_id == NULL && request_id != NULL && bound)
+		{
+			char	   *holders;
+
+			w[0] = CStringGetTextDatum(c->payment_id);
+			holders = run(Q_ORDERS_WITH_PAYMENT_ID, w, " ") == 1 ?
+				col_text(0, 1) : "0";
+			if (strcmp(holders, "1") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("ledger row %lld cancels payment id %s, which %s orders hold; it cannot tell whether it is the cancellation of payment request %s",
+								(long long) c->cancellation_id, c->payment_id,
+								holders, request_id),
+						 errdetail("A cancellation requested by payment id belongs to the one order that holds that payment id. Nothing was changed."),
+						 errhint("Correct the payment ids of the bound orders so that one order holds %s, then request again.",
+								 c->payment_id)));
+		}
 
 		w[0] = Int64GetDatum(c->cancellation_id);
 		w[1] = text_or_null(request_id, wn, 1);

@@ -516,9 +516,11 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
  * it: "CANCELLING", "CANCELLED", or NULL when there is none (or the
  * extension's schema is gone).  The payment is an order's request id and
  * payment id (either may be NULL); its ledger row is the one that knows
- * either, whichever id it sends (a cancellation requested by payment id
- * before the order stored that id knows the request id once an order
- * names both).  Should there be several, the one the ledger is writing for
+ * its request id, or one that knows its payment id and no request id,
+ * whichever id it sends (a cancellation requested by payment id before
+ * the order stored that id knows the request id once an order names
+ * both).  A row of another request id is another payment, whatever
+ * payment id it holds: orders often hold a placeholder such as 'N/A'.  Should there be several, the one the ledger is writing for
  * comes first, then a CANCELLED one.  *key_field and *key_id are that
  * row's key (the id it sends), for aps_ledger_write_allows().  Only for
  * the bound orders table and the tables below it: *bound is set to false
@@ -575,7 +577,8 @@ aps_ledger_state(Oid relid, const char *request_id, const char *payment_id,
 								"FROM (VALUES (1)) one (x) LEFT JOIN LATERAL ("
 								" SELECT c.state, c.sent_field, c.sent_id FROM alipayplus.cancellations c "
 								" WHERE c.payment_request_id OPERATOR(pg_catalog.=) $1 "
-								" OR c.payment_id OPERATOR(pg_catalog.=) $2 "
+								" OR (c.payment_id OPERATOR(pg_catalog.=) $2"
+								"  AND c.payment_request_id IS NULL) "
 								" ORDER BY (c.sent_field OPERATOR(pg_catalog.=) $4"
 								"  AND c.sent_id OPERATOR(pg_catalog.=) $5) DESC NULLS LAST,"
 								" c.state OPERATOR(pg_catalog.=) 'CANCELLED' DESC, c.cancellation_id"

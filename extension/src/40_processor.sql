@@ -264,6 +264,12 @@ DECLARE
 BEGIN
 	/* before anything is claimed or sent: it must be able to commit */
 	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
@@ -329,6 +335,12 @@ DECLARE
 BEGIN
 	/* before anything is claimed or sent: it must be able to commit */
 	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
 	LOOP
 		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);

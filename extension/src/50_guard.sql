@@ -296,6 +296,70 @@ CREATE EVENT TRIGGER alipayplus_guard_new_tables ON ddl_command_end
 ALTER EVENT TRIGGER alipayplus_guard_new_tables ENABLE ALWAYS;
 
 /*
+ * The orders of the bound table at the cancelling value that no
+ * cancellation in progress will reach: no ledger row that knows the
+ * order's request id (or its payment id and no request id) is CANCELLING
+ * or flagged.  alipayplus.attention lists them, so that an order stranded
+ * by whatever cause (a binding moved on purpose back to an old table, ids
+ * corrected by hand, a flag closed without fixing the order) is seen.
+ * Read as the table's owner.  A view's functions run with the reader's
+ * rights: so this one is SECURITY DEFINER and callable by all, but answers
+ * only a role that may read alipayplus.attention.
+ */
+CREATE FUNCTION alipayplus._stranded_orders(OUT request_id text, OUT payment_id text,
+	OUT cancellation_id bigint, OUT state text)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_flagged boolean;
+BEGIN
+	IF NOT pg_catalog.has_table_privilege(alipayplus._outer_user(), 'alipayplus.attention', 'SELECT') THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'permission denied for view alipayplus.attention';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('SELECT %I::pg_catalog.text, %s FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column,
+			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
+			   b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column])
+	LOOP
+		request_id := alipayplus._clean_id(r[1]);
+		payment_id := alipayplus._clean_id(r[2]);
+		cancellation_id := NULL;
+		state := NULL;
+		v_flagged := false;
+		SELECT c.cancellation_id, c.state, c.needs_attention
+		INTO cancellation_id, state, v_flagged
+		FROM alipayplus.cancellations c
+		WHERE c.payment_request_id = _stranded_orders.request_id
+			OR (c.payment_request_id IS NULL
+				AND c.payment_id = _stranded_orders.payment_id)
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		LIMIT 1;
+		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+/* The binding lock, exclusive (src/ledger.c, lock_binding()) */
+CREATE FUNCTION alipayplus._lock_binding()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_lock_binding'
+LANGUAGE C VOLATILE;
+
+/*
  * Refuse a new binding that would leave orders of the current one behind:
  * an order of the bound table that is at the cancelling value can only
  * become cancelled through the ledger, which, once another table is bound,
@@ -318,6 +382,12 @@ DECLARE
 	b alipayplus.order_binding;
 	r text[];
 BEGIN
+	/*
+	 * First the binding lock, exclusive: the requests in flight, which
+	 * hold it shared from before they read the binding, commit first; the
+	 * statements below see what they marked (each takes a new snapshot)
+	 */
+	PERFORM alipayplus._lock_binding();
 	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
 	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
 		RETURN;
@@ -329,6 +399,12 @@ BEGIN
 	   AND (b.payment_id_column IS NULL
 			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
 		RETURN;
+	END IF;
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+			MESSAGE = 'alipayplus_bind_orders must replace a binding at the READ COMMITTED isolation level',
+			DETAIL = 'Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction''s snapshot, and strand them.',
+			HINT = 'Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.';
 	END IF;
 	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
 		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',

@@ -59,7 +59,17 @@ CROSS JOIN LATERAL (
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR l.unanswered OR l.overdue OR l.past_deadline;
+	OR l.unanswered OR l.overdue OR l.past_deadline
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
 

@@ -32,4 +32,8 @@ REVOKE ALL ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) FROM
 /*
  * alipayplus_require_top_level keeps EXECUTE for PUBLIC: it reads nothing
  * and signs nothing, and the roles that run the processor call it.
+ * alipayplus._stranded_orders is callable by all, because the view
+ * alipayplus.attention calls it with its reader's rights: it answers only a
+ * role that may read that view (50_guard.sql).
  */
+GRANT EXECUTE ON FUNCTION alipayplus._stranded_orders() TO PUBLIC;
