@@ -596,6 +596,8 @@ BEGIN
 	END LOOP;
 END;
 $$;
+/* callable by all (see above), said outright: a fresh install grants it too */
+GRANT EXECUTE ON FUNCTION alipayplus._stranded_orders() TO PUBLIC;
 
 /* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
 
