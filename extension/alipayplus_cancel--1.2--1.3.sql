@@ -38,9 +38,9 @@
  *    code writes attempts, always for a ledger row it holds locked, and a
  *    ledger row can never be deleted (the guard), so no attempt can lose
  *    its row.
- *  - issue 18.6 (no SQL here): the library hides the calling session's
- *    temporary schema from the orders table owner's code instead of
- *    refusing sessions that have temporary objects (src/orders.c).
+ *  - issue 18.6 (no SQL here): the refusal (55000) of sessions that have
+ *    temporary tables or types names the pooler's reset settings in its
+ *    hint (src/orders.c).
  *  - issue 18.8: every function that sends or queues a cancellation
  *    refuses first, with 25006, in a read-only transaction or on a server
  *    in recovery (src/cancel.c, aps_refuse_read_only);
