@@ -48,17 +48,16 @@ SELECT alipayplus_bind_orders('pgt.orders', 'request_id', 'status', cancelled_va
 	cancelling_value => 'CANCELLING', pending_values => ARRAY['PENDING']);
 
 -- 1. a session with a temporary table of its own: 30 calls, each its own
--- transaction; every one refused, the table and its row still there
+-- transaction (their empty results go to /dev/null, their outcomes to
+-- pgtemp_outcomes); every one refused, the table and its row still there
 \c -
 SET ROLE regress_pgtemp_app;
 CREATE TEMP TABLE mydata (v text);
 INSERT INTO mydata VALUES ('precious');
 SELECT pg_backend_pid() AS pid, pg_my_temp_schema() AS ns \gset s1_
-\pset tuples_only on
-\pset format unaligned
+\o /dev/null
 SELECT format('SELECT public.pgtemp_try(%L)', 'pt-' || g) FROM generate_series(1, 30) g \gexec
-\pset tuples_only off
-\pset format aligned
+\o
 SELECT outcome, count(*) FROM public.pgtemp_outcomes GROUP BY outcome;
 SELECT v, pg_backend_pid() = :s1_pid AS same_backend, pg_my_temp_schema() = :s1_ns AS same_temp_schema,
 	(SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'mydata'
@@ -75,11 +74,9 @@ DELETE FROM public.pgtemp_outcomes;
 -- owner's helper function in pg_temp does not stop it, nothing crashes
 \c -
 SET ROLE regress_pgtemp_app;
-\pset tuples_only on
-\pset format unaligned
+\o /dev/null
 SELECT format('SELECT public.pgtemp_try(%L)', 'pt-' || g) FROM generate_series(31, 60) g \gexec
-\pset tuples_only off
-\pset format aligned
+\o
 SELECT outcome, count(*) FROM public.pgtemp_outcomes GROUP BY outcome;
 SELECT 1 AS still_alive;
 -- with a temporary table of its own now, the next one is refused and the

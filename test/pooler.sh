@@ -125,14 +125,22 @@ pool_state() {
 		-c "\set VERBOSITY verbose" -c "$2" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p; s/^HINT:  //p' | paste -sd'|'
 }
 
+# a_leaves_scratch SETUP WHAT COUNT: client A leaves a temporary table on the
+# one server connection (sets pid_a); client B lands on the same backend and
+# finds COUNT such tables in its session
+a_leaves_scratch() {
+	local pid_b
+	pid_a=$(pool apc_pool_app "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_backend_pid()")
+	pid_b=$(pool apc_pool_app "SELECT pg_backend_pid()")
+	expect "$1: clients A and B share one backend" "$pid_a" "$pid_b"
+	expect "$1: $2" "$3" \
+		"$(pool apc_pool_app "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()")"
+}
+
 # 1a. PgBouncer's default set-up: client A leaves a temporary table on the
 # one server connection, client B is refused clearly
 start_bouncer 0
-pid_a=$(pool apc_pool_app "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_backend_pid()")
-pid_b=$(pool apc_pool_app "SELECT pg_backend_pid()")
-expect "default set-up: clients A and B share one backend" "$pid_a" "$pid_b"
-expect "default set-up: client B's session has A's temporary table" "1" \
-	"$(pool apc_pool_app "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()")"
+a_leaves_scratch "default set-up" "client B's session has A's temporary table" 1
 refusal=$(pool_state apc_pool_app "SELECT state FROM alipayplus_request_cancel(payment_request_id => 'pool-1-$TAG')")
 expect "default set-up: client B is refused with 55000" "55000" "${refusal%%|*}"
 case "$refusal" in
@@ -160,11 +168,7 @@ expect "SET LOCAL ROLE ends with its transaction" "postgres" "$(pool postgres "S
 
 # 1b. the README's set-up: DISCARD ALL after every transaction
 start_bouncer 1
-pid_a=$(pool apc_pool_app "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_backend_pid()")
-pid_b=$(pool apc_pool_app "SELECT pg_backend_pid()")
-expect "reset set-up: clients A and B share one backend" "$pid_a" "$pid_b"
-expect "reset set-up: A's temporary table did not outlive A's transaction" "0" \
-	"$(pool apc_pool_app "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()")"
+a_leaves_scratch "reset set-up" "A's temporary table did not outlive A's transaction" 0
 expect "reset set-up: client B requests a cancellation after A" "CANCELLING" \
 	"$(pool apc_pool_app "SELECT state FROM alipayplus_request_cancel(payment_request_id => 'pool-1-$TAG')")"
 expect "reset set-up: client B runs the processor" "1|1" \
