@@ -3,7 +3,8 @@
  *	  The ledger: its internal rules (lock and move the bound order, mark a
  *	  payment CANCELLING, make and settle one attempt) and the public calls
  *	  that cancel now (alipayplus_cancel_payment) or queue the cancellation
- *	  (alipayplus_request_cancel, alipayplus_request_cancel_all).
+ *	  (alipayplus_request_cancel, alipayplus_request_cancel_all), and
+ *	  alipayplus.check_ledger, which lists attempts without their ledger row.
  */
 
 \echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
@@ -389,3 +390,28 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) IS
 	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id; only_pending skips orders no longer pending';
+
+/*
+ * What the foreign key used to promise, checked on demand (after a
+ * restore, or after a superuser worked around the guard): attempts whose
+ * ledger row is missing, or that sent another id than their ledger row
+ * sends.  None is the healthy answer.  Not for PUBLIC: it reads the ledger.
+ */
+CREATE FUNCTION alipayplus.check_ledger()
+RETURNS TABLE (attempt_id bigint, cancellation_id bigint, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT a.attempt_id, a.cancellation_id,
+		CASE WHEN c.cancellation_id IS NULL THEN 'no ledger row'
+			ELSE pg_catalog.format('sent %s %s, its ledger row sends %s %s',
+				a.sent_field, a.sent_id, c.sent_field, c.sent_id) END
+	FROM alipayplus.cancel_attempts a
+	LEFT JOIN alipayplus.cancellations c ON c.cancellation_id OPERATOR(pg_catalog.=) a.cancellation_id
+	WHERE c.cancellation_id IS NULL
+	   OR a.sent_field OPERATOR(pg_catalog.<>) c.sent_field
+	   OR a.sent_id OPERATOR(pg_catalog.<>) c.sent_id
+	ORDER BY a.attempt_id;
+END;
+COMMENT ON FUNCTION alipayplus.check_ledger() IS
+	'Attempts without their ledger row, or that sent another id than it (none when the ledger is whole)';

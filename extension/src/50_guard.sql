@@ -634,3 +634,49 @@ $$;
 CREATE TRIGGER cancellations_key_fixed BEFORE UPDATE ON alipayplus.cancellations
 	FOR EACH ROW EXECUTE FUNCTION alipayplus._cancellations_key_fixed();
 ALTER TABLE alipayplus.cancellations ENABLE ALWAYS TRIGGER cancellations_key_fixed;
+
+/*
+ * The attempts too.  With no foreign key to their ledger rows (pg_restore
+ * -j), nothing else would stop a superuser's UPDATE or DELETE from leaving
+ * attempts without their ledger row.  The ledger's code only ever
+ * inserts attempts, and a restore only inserts (COPY), so the attempts
+ * guard refuses DELETE, TRUNCATE and any UPDATE of what an attempt
+ * recorded: its ledger row, the id it sent and Alipay+'s answer.  Only
+ * attempted_at may be moved (as when testing the hourly figures).
+ */
+CREATE FUNCTION alipayplus._guard_attempts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = 'cannot truncate alipayplus.cancel_attempts: the ledger keeps every attempt',
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot delete attempt %s of alipayplus.cancel_attempts: the ledger keeps every attempt', OLD.attempt_id),
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.request_time,
+		   NEW.result_status, NEW.result_code, NEW.result_message, NEW.http_status,
+		   NEW.signature_verified, NEW.latency_ms, NEW.error_detail, NEW.acquirer_id,
+		   NEW.psp_id, NEW.caller)
+		  IS DISTINCT FROM
+		  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.request_time,
+		   OLD.result_status, OLD.result_code, OLD.result_message, OLD.http_status,
+		   OLD.signature_verified, OLD.latency_ms, OLD.error_detail, OLD.acquirer_id,
+		   OLD.psp_id, OLD.caller) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot change attempt %s of alipayplus.cancel_attempts: it records a request and its answer', OLD.attempt_id),
+			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed.';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+CREATE TRIGGER cancel_attempts_guard BEFORE UPDATE OR DELETE ON alipayplus.cancel_attempts
+	FOR EACH ROW EXECUTE FUNCTION alipayplus._guard_attempts();
+ALTER TABLE alipayplus.cancel_attempts ENABLE ALWAYS TRIGGER cancel_attempts_guard;
+CREATE TRIGGER cancel_attempts_guard_truncate BEFORE TRUNCATE ON alipayplus.cancel_attempts
+	FOR EACH STATEMENT EXECUTE FUNCTION alipayplus._guard_attempts();
+ALTER TABLE alipayplus.cancel_attempts ENABLE ALWAYS TRIGGER cancel_attempts_guard_truncate;
