@@ -15,7 +15,8 @@ OBJS = \
 EXTENSION = alipayplus_cancel
 DATA = extension/alipayplus_cancel--1.0.sql \
 	extension/alipayplus_cancel--1.0--1.1.sql \
-	extension/alipayplus_cancel--1.1--1.2.sql
+	extension/alipayplus_cancel--1.1--1.2.sql \
+	extension/alipayplus_cancel--1.2--1.3.sql
 PGFILEDESC = "alipayplus_cancel - Alipay+ cancelPayment from SQL"
 
 # pg_regress suites in sql/ and expected/, isolation specs in specs/.

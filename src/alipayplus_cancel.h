@@ -98,6 +98,7 @@ typedef struct ApsHttpExchange
 	const char *request_time;
 	const char *signature;
 	TimestampTz deadline;		/* when set, the call ends by then at the latest */
+	bool		deadline_is_statement;	/* that deadline is statement_timeout's */
 
 	/* what came back */
 	int			curl_code;		/* a CURLcode; 0 is success */
@@ -123,7 +124,14 @@ typedef struct ApsHttpExchange
 	TimestampTz started_at;
 	bool		done;
 	bool		not_sent;		/* its deadline passed before it could start */
+	int			limited_by;		/* APS_LIMIT_*: what set the call's time */
+	long		time_limit_ms;	/* and that time */
 } ApsHttpExchange;
+
+/* What limited a call's time (a timeout then is that limit's, not the gateway's) */
+#define APS_LIMIT_OWN		0	/* alipayplus.timeout_ms */
+#define APS_LIMIT_BUDGET	1	/* the run's time_budget */
+#define APS_LIMIT_STATEMENT 2	/* the caller's statement_timeout */
 
 extern void aps_http_post(ApsHttpExchange *exchange);
 extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,

@@ -26,10 +26,12 @@
 #include <time.h>
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -318,6 +320,27 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 			code = "local.response_too_large";
 		else
 			code = aps_transport_failure_code(ex->curl_code);
+		if (strcmp(code, "local.timeout") == 0 &&
+			ex->limited_by != APS_LIMIT_OWN &&
+			ex->latency_ms + 50.0 >= (double) ex->time_limit_ms)
+		{
+			/*
+			 * Cut short by the caller's own time limit, not by
+			 * alipayplus.timeout_ms: the gateway may well have answered
+			 * later, so this is not its silence.
+			 */
+			if (ex->limited_by == APS_LIMIT_STATEMENT)
+				local_verdict(r, "local.statement_timeout",
+							  "no answer yet when the caller's statement_timeout ended the call; the outcome is unknown");
+			else
+				local_verdict(r, "local.time_budget",
+							  "no answer yet when the run's time_budget ended the call; the outcome is unknown");
+			*detail = psprintf("the call was ended after %ld ms by the caller's %s, before alipayplus.timeout_ms (%d ms)",
+							   ex->time_limit_ms,
+							   ex->limited_by == APS_LIMIT_STATEMENT ? "statement_timeout" : "time_budget",
+							   aps_timeout_ms);
+			return;
+		}
 		local_verdict(r, code, "no answer from the gateway; the outcome is unknown");
 		*detail = ex->response_too_large ?
 			psprintf("response body larger than %d bytes", APS_MAX_RESPONSE_BYTES) :
@@ -576,6 +599,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	char	   *url;
 	int			max_ms;
 	TimestampTz deadline;
+	bool		deadline_is_statement = false;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -597,6 +621,23 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	/* one deadline for the whole batch, taken before any signing */
 	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
 	deadline = max_ms > 0 ? GetCurrentTimestamp() + (TimestampTz) max_ms * 1000 : 0;
+
+	/*
+	 * Under a statement_timeout, the calls end early enough to leave time
+	 * to record and apply their answers (half a second, and 5 ms an
+	 * answer) before the statement would be cancelled.
+	 */
+	if (StatementTimeout > 0)
+	{
+		TimestampTz st_deadline = GetCurrentStatementStartTimestamp() +
+			((TimestampTz) StatementTimeout - 500 - 5 * (TimestampTz) nids) * 1000;
+
+		if (deadline == 0 || st_deadline < deadline)
+		{
+			deadline = st_deadline;
+			deadline_is_statement = true;
+		}
+	}
 	key = aps_check_config();
 	url = cancel_url();
 	exs = palloc(sizeof(ApsHttpExchange *) * nids);
@@ -621,6 +662,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 							fieldstr[i])));
 		exs[i] = prepare_exchange(fieldstr[i], idstr[i], key, url);
 		exs[i]->deadline = deadline;
+		exs[i]->deadline_is_statement = deadline_is_statement;
 	}
 
 	aps_http_post_many(exs, nids, aps_max_concurrency);

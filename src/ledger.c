@@ -48,6 +48,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
@@ -75,6 +76,7 @@ enum
 	Q_INSERT,
 	Q_SET_ORDER,
 	Q_RECORD,
+	Q_COMPLETE,
 	Q_APPLY_S,
 	Q_POLICY,
 	Q_APPLY_OTHER,
@@ -88,7 +90,7 @@ typedef struct LedgerQuery
 {
 	const char *sql;			/* @extschema@ stands for the extension's schema */
 	int			nargs;
-	Oid			argtypes[14];
+	Oid			argtypes[15];
 } LedgerQuery;
 
 static const LedgerQuery queries[NUM_QUERIES] = {
@@ -151,16 +153,41 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"INSERT INTO alipayplus.cancel_attempts AS x"
 		" (cancellation_id, sent_field, sent_id, request_time, http_status,"
 		" result_status, result_code, result_message, acquirer_id, psp_id,"
-		" signature_verified, latency_ms, error_detail, caller)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+		" signature_verified, latency_ms, error_detail, caller, completed_at)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
+		" pg_catalog.clock_timestamp())"
 		" RETURNING x",
 		14, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID}
 	},
+
+	/*
+	 * An attempt put on record before its request left (claimed, "no
+	 * answer yet") is completed with what came back: the answer, or the
+	 * reason there is none.  One completed as crashed (its claim expired)
+	 * still takes a real answer that arrives after all: Alipay+'s word
+	 * wins over a guess.  $15 is the attempt.
+	 */
+	[Q_COMPLETE] = {
+		"UPDATE alipayplus.cancel_attempts x SET"
+		" request_time = coalesce($4, x.request_time), http_status = $5,"
+		" result_status = $6, result_code = $7, result_message = $8,"
+		" acquirer_id = $9, psp_id = $10, signature_verified = $11,"
+		" latency_ms = $12, error_detail = $13,"
+		" completed_at = pg_catalog.clock_timestamp()"
+		" WHERE x.attempt_id OPERATOR(pg_catalog.=) $15"
+		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_field OPERATOR(pg_catalog.=) $2 AND x.sent_id OPERATOR(pg_catalog.=) $3"
+		" AND x.result_code IN ('local.no_answer_yet', 'local.crashed')"
+		" RETURNING x",
+		15, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID, INT8OID}
+	},
 	/* S: cancelled, final */
 	[Q_APPLY_S] = {
 		"UPDATE alipayplus.cancellations x SET"
-		" state = 'CANCELLED', cancelled_at = pg_catalog.now(),"
+		" state = 'CANCELLED',"
+		" cancelled_at = coalesce(a.completed_at, a.attempted_at),"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
 		" unanswered_streak = 0,"
 		" last_result_status = a.result_status, last_result_code = a.result_code,"
@@ -226,7 +253,8 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	[Q_NOT_APPLIED] = {
 		"UPDATE alipayplus.cancellations x SET"
 		" state = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN 'CANCELLED' ELSE x.state END,"
-		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN pg_catalog.now() END,"
+		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S'"
+		"   THEN coalesce(x.cancelled_at, a.completed_at, a.attempted_at) ELSE x.cancelled_at END,"
 		" acquirer_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.acquirer_id ELSE x.acquirer_id END,"
 		" psp_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.psp_id ELSE x.psp_id END,"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
@@ -249,10 +277,13 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" RETURNING x.state, x.needs_attention, x.attention_reason",
 		3, {INT8OID, INT8OID, TEXTOID}
 	},
-	/* tells the processor that a cancel arrived while an answer was applied */
+	/*
+	 * tells the processor that a cancel arrived while an answer was
+	 * applied, and which (its message)
+	 */
 	[Q_INTERRUPTED] = {
-		"SELECT pg_catalog.set_config('alipayplus_cancel.interrupted', 'true', true)",
-		0, {0}
+		"SELECT pg_catalog.set_config('alipayplus_cancel.interrupted', $1, true)",
+		1, {TEXTOID}
 	},
 	/* an already cancelled payment answers with its own verified S */
 	[Q_STORED_S] = {
@@ -712,10 +743,11 @@ mark_cancelling(const char *payment_id, const char *request_id,
  */
 static Datum
 record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
-			   int64 *attempt_id, char **result_code, MemoryContext mcxt)
+			   int64 pending, int64 *attempt_id, char **result_code,
+			   MemoryContext mcxt)
 {
-	Datum		v[14];
-	char		n[14];
+	Datum		v[15];
+	char		n[15];
 	int			i;
 	bool		isnull;
 	MemoryContext old;
@@ -731,7 +763,18 @@ record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	}
 	v[13] = CStringGetTextDatum(caller);
 	n[13] = ' ';
-	if (run(Q_RECORD, v, n) != 1)
+	v[14] = Int64GetDatum(pending);
+	n[14] = ' ';
+	if (pending != 0)
+	{
+		/* the attempt put on record before the request left */
+		if (run(Q_COMPLETE, v, n) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("attempt %lld of ledger row %lld is not waiting for an answer",
+							(long long) pending, (long long) c->cancellation_id)));
+	}
+	else if (run(Q_RECORD, v, n) != 1)
 		elog(ERROR, "an attempt was not recorded");
 	old = MemoryContextSwitchTo(mcxt);
 	a = datumCopy(col_datum(0, 1, &isnull), false, -1);
@@ -816,6 +859,20 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 }
 
 /*
+ * The message of the interrupt that stopped this transaction's processor
+ * run while it applied an answer, or NULL
+ */
+static const char *
+run_interrupted(void)
+{
+	const char *v = GetConfigOption("alipayplus_cancel.interrupted", true, false);
+
+	if (v == NULL || v[0] == '\0' || strcmp(v, "false") == 0)
+		return NULL;
+	return v;
+}
+
+/*
  * Record an answer and apply it, in a subtransaction: if applying fails
  * (the order's trigger or CHECK refused, a query cancel or statement
  * timeout arrived), the answer is recorded anyway, the row flagged with
@@ -824,11 +881,21 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
  * statement with the error, like any error in the caller's transaction.
  * The call itself was made before, not in the subtransaction, so that an
  * interrupt during it ends the statement.
+ *
+ * pending, when not 0, is the attempt put on record before the request
+ * left (the committing processor's claim): it is completed instead of a
+ * new one being added.  A row already CANCELLED (another path cancelled
+ * it while this call was in flight) keeps its state: the answer is only
+ * recorded.  Once the run has been interrupted (a cancel or
+ * statement_timeout while an earlier answer was applied), an S is not
+ * applied to the bound order any more, whose owner's triggers may be what
+ * is slow: the ledger row becomes CANCELLED and is flagged instead, so
+ * that the run ends within the ledger's own time.
  * SPI must be connected; *out is allocated in mcxt.
  */
 static void
 settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
-	   Settled *out, MemoryContext mcxt)
+	   int64 pending, Settled *out, MemoryContext mcxt)
 {
 	ResourceOwner owner = CurrentResourceOwner;
 	const char *status = TextDatumGetCString(r->values[APS_CALL_RESULT_STATUS]);
@@ -839,8 +906,21 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	MemoryContextSwitchTo(mcxt);
 	PG_TRY();
 	{
-		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
-		out->state = apply_result(c, attempt_id, status, code, mcxt);
+		out->attempt = record_attempt(c, r, caller, pending, &attempt_id,
+									  &code, mcxt);
+		if (strcmp(c->state, "CANCELLED") == 0)
+			out->state = MemoryContextStrdup(mcxt, c->state);
+		else
+		{
+			const char *interrupted = run_interrupted();
+
+			if (interrupted != NULL && strcmp(status, "S") == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("the run was interrupted (%s) before this answer could be applied to the bound order",
+								interrupted)));
+			out->state = apply_result(c, attempt_id, status, code, mcxt);
+		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(mcxt);
 		CurrentResourceOwner = owner;
@@ -859,10 +939,20 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		MemoryContextSwitchTo(mcxt);
 		CurrentResourceOwner = owner;
 
-		/* a cancel while applying: the answer is kept and the run told to stop */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-			run(Q_INTERRUPTED, NULL, NULL);
-		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
+		/*
+		 * a cancel while applying: the answer is kept and the run told to
+		 * stop, with the cancel's own message
+		 */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+			run_interrupted() == NULL)
+		{
+			Datum		m[1];
+
+			m[0] = CStringGetTextDatum(edata->message);
+			run(Q_INTERRUPTED, m, " ");
+		}
+		out->attempt = record_attempt(c, r, caller, pending, &attempt_id,
+									  &code, mcxt);
 		why = psprintf("%s (SQLSTATE %s)", edata->message,
 					   unpack_sql_state(edata->sqlerrcode));
 		v[0] = Int64GetDatum(c->cancellation_id);
@@ -921,7 +1011,8 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
  * alipayplus._settle(c alipayplus.cancellations, r record, caller text)
  * RETURNS alipayplus.cancel_attempts: record and apply r, a row with the
  * columns of alipayplus._call_cancel (more columns are ignored), for the
- * locked ledger row c.
+ * locked ledger row c.  With a fourth argument, the attempt put on record
+ * before the request left, which the answer completes.
  */
 Datum
 alipayplus_settle(PG_FUNCTION_ARGS)
@@ -934,10 +1025,12 @@ alipayplus_settle(PG_FUNCTION_ARGS)
 	Settled		s;
 	int			i;
 	MemoryContext outer = CurrentMemoryContext;
+	int64		pending = 0;
 
-	/* declared STRICT; checked again for a definition that is not */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_NULL();
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		pending = PG_GETARG_INT64(3);
 	ch = PG_GETARG_HEAPTUPLEHEADER(0);
 	rh = PG_GETARG_HEAPTUPLEHEADER(1);
 	caller = text_to_cstring(PG_GETARG_TEXT_PP(2));
@@ -956,7 +1049,7 @@ alipayplus_settle(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-	settle(&c, &r, caller, &s, outer);
+	settle(&c, &r, caller, pending, &s, outer);
 	SPI_finish();
 	PG_RETURN_DATUM(s.attempt);
 }
@@ -1024,7 +1117,7 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 		 */
 		key = aps_private_key();
 		aps_call_one(c.sent_field, c.sent_id, key, &r);
-		settle(&c, &r, "alipayplus_cancel_payment", &s, outer);
+		settle(&c, &r, "alipayplus_cancel_payment", 0, &s, outer);
 		c.state = s.state;
 		h = DatumGetHeapTupleHeader(s.attempt);
 		values[0] = field(h, "result_status", TEXTOID, &nulls[0]);

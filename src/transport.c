@@ -159,18 +159,30 @@ response_header(CURL *easy, ApsHttpExchange *ex, const char *name)
 
 /*
  * The time a call may take: alipayplus.timeout_ms, but never longer than
- * what is left of statement_timeout (less a margin), so that a call that
- * would outlive its statement ends as local.timeout, recorded and retried
- * later, instead of cancelling the statement and taking the run with it.
+ * its batch's deadline or what is left of statement_timeout (less a
+ * margin), so that a call that would outlive its statement ends on its
+ * own, recorded and retried later, instead of cancelling the statement
+ * and taking the run with it.  ex->limited_by says which limit it was, so
+ * that a call cut short by the caller's own limit is not reported as the
+ * gateway's silence.
  */
 static long
 call_timeout_ms(ApsHttpExchange *ex)
 {
 	long		timeout_ms = aps_timeout_ms;
 
+	ex->limited_by = APS_LIMIT_OWN;
 	if (ex->deadline != 0)
-		timeout_ms = Min(timeout_ms,
-						 Max((long) ((ex->deadline - GetCurrentTimestamp()) / 1000), 1L));
+	{
+		long		left_ms = Max((long) ((ex->deadline - GetCurrentTimestamp()) / 1000), 1L);
+
+		if (left_ms < timeout_ms)
+		{
+			timeout_ms = left_ms;
+			ex->limited_by = ex->deadline_is_statement ?
+				APS_LIMIT_STATEMENT : APS_LIMIT_BUDGET;
+		}
+	}
 
 	if (StatementTimeout > 0)
 	{
@@ -179,9 +191,14 @@ call_timeout_ms(ApsHttpExchange *ex)
 
 		elapsed_ms = (long) ((GetCurrentTimestamp() -
 							  GetCurrentStatementStartTimestamp()) / 1000);
-		left_ms = (long) StatementTimeout - elapsed_ms - APS_STATEMENT_MARGIN_MS;
-		timeout_ms = Min(timeout_ms, Max(left_ms, 1L));
+		left_ms = Max((long) StatementTimeout - elapsed_ms - APS_STATEMENT_MARGIN_MS, 1L);
+		if (left_ms < timeout_ms)
+		{
+			timeout_ms = left_ms;
+			ex->limited_by = APS_LIMIT_STATEMENT;
+		}
 	}
+	ex->time_limit_ms = timeout_ms;
 	return timeout_ms;
 }
 
