@@ -4,25 +4,1387 @@
  *	  fourth step of every fresh install of 1.3).
  *
  * 1.3 changes, each in its own section below:
- * - issues 14 and 16: every request that leaves is on record before it
- *   leaves.  The committing processor (alipayplus_run_cancellations,
- *   alipayplus_process_backlog) claims a window and commits an attempt row
- *   ("no answer yet") for each call before the calls are made, makes the
- *   calls holding no lock, and completes each attempt with its answer in
- *   another short transaction; an attempt left without an answer (query
- *   cancel, statement_timeout, pg_terminate_backend, crash, an expired
- *   claim) is completed as local.interrupted / local.statement_timeout /
- *   local.crashed and counts as U.  processor_runs gets its row when a run
- *   starts; a run whose backend ended recognisably says so.  A call cut
- *   short by the caller's own statement_timeout or time_budget is no longer
- *   reported as the gateway's silence (local.statement_timeout,
- *   local.time_budget).  cancelled_at is the time the verified S arrived.
- *   Tables gain columns (no rewrite); functions that change are replaced,
- *   so no grant is lost; the one new function the procedures need is
- *   granted to whoever could already run the processor.
+ *  - issue 19: the procedures that commit refuse to run where they cannot
+ *    commit, before sending anything; time_budget has an upper bound; an
+ *    order update must change exactly one row; a binding with cancellations
+ *    in progress cannot be replaced by one that would strand their orders;
+ *    a cancellation found by either id it knows, its verified S reaching
+ *    the order by request id; NOTIFY on commit only, so that PREPARE
+ *    TRANSACTION works (src/ledger.c, src/orders.c, src/guard.c).  After
+ *    review: a payment id alone (often a placeholder) never ties a request
+ *    to another request id's row, and a row keyed by payment id learns its
+ *    request id only from the one order holding it; the committing
+ *    procedures COMMIT before claiming anything; requests and
+ *    alipayplus_bind_orders serialise on a binding lock; alipayplus.attention
+ *    lists stranded orders (alipayplus._stranded_orders).
+ *  - issue 17: alipayplus_note_refund and every path that gives an id a
+ *    cancellation serialise on the id (a transaction-level advisory lock)
+ *    and look at the latest committed data once they hold it, so a
+ *    refund and a cancellation of one id can no longer both commit when
+ *    no order row orders them (no bound table, or an id the table does
+ *    not hold).
+ *  - issue 18.1: the binding names the pending status values
+ *    (alipayplus_bind_orders(..., pending_values)), and
+ *    alipayplus_stale_orders picks only orders in one of them; it refuses
+ *    to run on a binding without them.  alipayplus_bind_orders gains the
+ *    argument at the end (the old signature is replaced: it was, and is,
+ *    for superusers only, so no grant of it could matter).
+ *  - issue 18.2: attention items can be closed
+ *    (alipayplus_close_attention(cancellation_id, note)), keeping who,
+ *    when and why in new columns of alipayplus.cancellations; a late paid
+ *    notification shows in alipayplus.attention; an exhausted
+ *    local.bad_signature points to our own key settings.
+ *  - issue 18.3: a parallel restore (pg_restore -j) restores the whole
+ *    ledger: the foreign key from alipayplus.cancel_attempts to
+ *    alipayplus.cancellations goes.  Both are extension configuration
+ *    tables, whose constraints exist before their data is loaded, and
+ *    pg_dump's archive records no order between the two tables' data, so
+ *    pg_restore -j loaded the attempts beside (or before) their ledger rows
+ *    and the key refused every one.  Only the ledger's own SECURITY DEFINER
+ *    code writes attempts, always for a ledger row it holds locked, and a
+ *    ledger row can never be deleted (the guard), so no attempt can lose
+ *    its row.
+ *  - issue 18.6 (no SQL here): the library hides the calling session's
+ *    temporary schema from the orders table owner's code instead of
+ *    refusing sessions that have temporary objects (src/orders.c).
+ *  - issue 18.8: every function that sends or queues a cancellation
+ *    refuses first, with 25006, in a read-only transaction or on a server
+ *    in recovery (src/cancel.c, aps_refuse_read_only);
+ *    alipayplus_request_cancel_all refuses as a whole instead of reporting
+ *    each id as an error.
+ *  - review of 17/18: alipayplus_request_cancel_all gains only_pending
+ *    (the sweep re-checks each order's status under its row lock and
+ *    reports not_pending, ZA005; src/ledger.c), a request of a paid order
+ *    keeps the paid notification, a verified S whose order did not follow
+ *    cannot be closed, late notifications are stamped with clock time and
+ *    an open S is not replaced by U or F, reasons arising after a close
+ *    open it again, and the id locks use a lock tag SQL cannot take.
+ *  - issues 14 and 16: every request that leaves is on record before it
+ *    leaves.  The committing processor (alipayplus_run_cancellations,
+ *    alipayplus_process_backlog) claims a window and commits an attempt row
+ *    ("no answer yet") for each call before the calls are made, makes the
+ *    calls holding no lock, and completes each attempt with its answer in
+ *    another short transaction; an attempt left without an answer (query
+ *    cancel, statement_timeout, pg_terminate_backend, crash, an expired
+ *    claim) is completed as local.interrupted / local.statement_timeout /
+ *    local.crashed and counts as U.  processor_runs gets its row when a run
+ *    starts; a run whose backend ended recognisably says so.  A call cut
+ *    short by the caller's own statement_timeout or time_budget is no longer
+ *    reported as the gateway's silence (local.statement_timeout,
+ *    local.time_budget).  cancelled_at is the time the verified S arrived.
+ *    Tables gain columns (no rewrite); functions that change are replaced,
+ *    so no grant is lost; the one new function the procedures need is
+ *    granted to whoever could already run the processor.
+ * Functions that change are replaced (alipayplus_bind_orders,
+ * alipayplus_request_cancel_all and alipayplus._mark_cancelling, which gain
+ * an argument, are dropped and created again); alipayplus.order_binding
+ * gains pending_values and alipayplus.cancellations the
+ * attention_closed_* columns (no table is rewritten).
  */
 
 \echo Use "ALTER EXTENSION alipayplus_cancel UPDATE TO '1.3'" to load this file. \quit
+
+/* ---- issue 19, item 1: the procedures that commit run only where they can commit ---- */
+
+/*
+ * Raises 25001 unless its caller can commit: see src/ledger.c.  Public:
+ * it reads nothing and signs nothing, and the roles that run the
+ * processor (often without USAGE on schema alipayplus) must be able to
+ * call it.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_require_top_level(procedure_name text)
+AS 'MODULE_PATHNAME', 'alipayplus_require_top_level'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_require_top_level(text) IS
+	'Internal: raises 25001 unless the calling procedure can commit (a CALL of its own, outside a transaction block)';
+
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_process_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_said timestamptz := pg_catalog.clock_timestamp();
+	v_left interval;
+	v_run bigint;
+	r record;
+	n integer := 0;
+	n_cancelled integer := 0;
+	n_unanswered integer := 0;
+	v_last_error text;
+	v_due bigint;
+	v_rate float8;
+	v_interrupted boolean := false;
+BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
+	LOOP
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
+		EXIT WHEN n >= max_count OR v_left <= interval '0';
+		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
+			least(max_count - n,
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
+			v_left, v_run) x;
+		v_run := r.run_id;
+		n := n + r.claimed;
+		n_cancelled := n_cancelled + r.cancelled;
+		n_unanswered := n_unanswered + r.unanswered;
+		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
+		COMMIT;
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		IF progress IS NOT NULL AND pg_catalog.clock_timestamp() - v_said >= progress THEN
+			v_said := pg_catalog.clock_timestamp();
+			v_rate := n / greatest(extract(epoch FROM v_said - v_start), 0.001);
+			IF pg_catalog.has_function_privilege('@extschema@.alipayplus_queue_depth()', 'EXECUTE') THEN
+				SELECT q.due INTO v_due FROM @extschema@.alipayplus_queue_depth() q;
+			END IF;
+			RAISE NOTICE '% done (% cancelled), % per second, % still due, about % left',
+				n, n_cancelled, round(v_rate::numeric, 1), coalesce(v_due::text, 'how many'),
+				CASE WHEN v_rate > 0 AND v_due IS NOT NULL
+					 THEN pg_catalog.make_interval(secs => round((v_due / v_rate)::numeric))::text
+					 ELSE 'unknown' END;
+		END IF;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
+	END LOOP;
+	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	IF progress IS NOT NULL THEN
+		RAISE NOTICE '% done (% cancelled) in %, processor run %',
+			n, n_cancelled, date_trunc('second', pg_catalog.clock_timestamp() - v_start), v_run;
+	END IF;
+	IF n > 0 AND n_unanswered = n THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'ZA004',
+			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
+			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
+			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
+	END IF;
+END;
+$$;
+
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_left interval;
+	v_run bigint;
+	r record;
+	n integer := 0;
+	n_unanswered integer := 0;
+	v_last_error text;
+	v_interrupted boolean := false;
+BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
+	LOOP
+		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
+		EXIT WHEN n >= max_count OR v_left <= interval '0';
+		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
+			least(max_count - n,
+				  /* one at first if the library is not loaded in this session yet */
+				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
+			v_left, v_run) x;
+		v_run := r.run_id;
+		n := n + r.claimed;
+		n_unanswered := n_unanswered + r.unanswered;
+		v_last_error := coalesce(r.last_error, v_last_error);
+		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
+		COMMIT;
+		EXIT WHEN r.claimed = 0 OR v_interrupted;
+	END LOOP;
+	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+	IF n > 0 AND n_unanswered = n THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'ZA004',
+			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
+			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
+			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
+	END IF;
+END;
+$$;
+
+/* ---- issue 19, item 6: time_budget fits the calls' millisecond limits ---- */
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
+RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
+	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
+	last_error text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_start timestamptz := pg_catalog.clock_timestamp();
+	v_done bigint[] := '{}';
+	v_window alipayplus.cancellations[];
+	v_claimed alipayplus.cancellations[];
+	v_width integer;
+	v_nothing_due boolean;
+	v_left_ms integer;
+	c alipayplus.cancellations;
+	a alipayplus.cancel_attempts;
+	r record;
+	n_claimed integer := 0;
+	n_cancelled integer := 0;
+	n_retrying integer := 0;
+	n_attention integer := 0;
+	n_unanswered integer := 0;
+	n_busy integer := 0;
+	v_stop text := 'nothing due';
+	v_claim_error text;
+	v_last_error text;
+	v_run bigint;
+	v_statement_timeout interval := current_setting('statement_timeout')::interval;
+	v_concurrency integer;
+	v_interrupted boolean := false;
+BEGIN
+	IF $1 IS NULL OR $1 < 1 THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'max_count must be at least 1';
+	END IF;
+	IF $2 IS NULL OR $2 <= interval '0' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be positive';
+	END IF;
+	/* the calls' time limits are milliseconds in an integer */
+	IF $2 > interval '24 days' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be at most 24 days',
+			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
+			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
+	END IF;
+	PERFORM alipayplus._check_config();
+	/* read only now: the line above loads the library that defines it */
+	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
+	PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'false', true);
+
+	LOOP
+		IF n_claimed >= $1 THEN
+			v_stop := 'max_count reached';
+			EXIT;
+		END IF;
+		v_left_ms := (extract(epoch FROM $2 - (pg_catalog.clock_timestamp() - v_start)) * 1000)::integer;
+		IF v_left_ms <= 0 THEN
+			v_stop := 'time budget used';
+			EXIT;
+		END IF;
+		IF v_statement_timeout > interval '0'
+		   AND pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
+			   > v_statement_timeout - interval '500 ms' THEN
+			v_stop := 'statement_timeout near';
+			EXIT;
+		END IF;
+
+		/*
+		 * Claim a window of due rows in one statement (SKIP LOCKED), then
+		 * take each one's bound order row without waiting.  A row whose
+		 * order is locked (a notification or request in progress) is left
+		 * for a later run; one whose order cannot be used is flagged.
+		 */
+		v_width := least(v_concurrency, $1 - n_claimed);
+		v_window := '{}';
+		v_claimed := ARRAY(
+			SELECT x FROM alipayplus.cancellations x
+			WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+				AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+				AND x.cancellation_id <> ALL (v_done)
+			ORDER BY x.next_attempt_at, x.cancellation_id
+			LIMIT v_width
+			FOR UPDATE SKIP LOCKED);
+		v_nothing_due := cardinality(v_claimed) < v_width;
+		FOREACH c IN ARRAY v_claimed LOOP
+			v_done := v_done || c.cancellation_id;
+			v_claim_error := NULL;
+			BEGIN
+				/* by its request id when known (issue 19, item 3) */
+				PERFORM alipayplus._lock_order(
+					CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+					coalesce(c.payment_request_id, c.sent_id), true);
+			EXCEPTION
+				WHEN lock_not_available THEN
+					n_busy := n_busy + 1;
+					CONTINUE;
+				WHEN OTHERS THEN
+					GET STACKED DIAGNOSTICS v_claim_error = MESSAGE_TEXT;
+			END;
+			IF v_claim_error IS NOT NULL THEN
+				n_claimed := n_claimed + 1;
+				UPDATE alipayplus.cancellations x SET
+					needs_attention = true, next_attempt_at = NULL,
+					attention_reason = format('the bound order cannot be used: %s; fix the order row, then run alipayplus_requeue_cancellation(%s)',
+											  v_claim_error, x.cancellation_id)
+				WHERE x.cancellation_id = c.cancellation_id;
+				n_attention := n_attention + 1;
+				CONTINUE;
+			END IF;
+			v_window := v_window || c;
+		END LOOP;
+
+		/*
+		 * Under a statement_timeout, the calls must leave time to record
+		 * and apply their answers before the statement would be cancelled.
+		 */
+		IF v_statement_timeout > interval '0' THEN
+			v_left_ms := least(v_left_ms,
+				(extract(epoch FROM v_statement_timeout
+						 - (pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())) * 1000)::integer
+				- 500 - 5 * cardinality(v_window));
+		END IF;
+		IF cardinality(v_window) > 0 THEN
+			n_claimed := n_claimed + cardinality(v_window);
+			/* call them all at once, then settle each */
+			FOR r IN
+				SELECT * FROM alipayplus._call_cancel_many(
+					ARRAY(SELECT w.sent_field FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
+					ARRAY(SELECT w.sent_id FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
+					v_left_ms)
+			LOOP
+				c := v_window[r.ord];
+				IF r.result_code = 'local.not_sent' THEN
+					/* the run's time ran out before this call started: left due */
+					n_claimed := n_claimed - 1;
+					CONTINUE;
+				END IF;
+				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
+				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
+					v_interrupted := true;
+				END IF;
+				IF alipayplus._unanswered(a.result_code) THEN
+					n_unanswered := n_unanswered + 1;
+					v_last_error := format('%s: %s', a.result_code, a.error_detail);
+				END IF;
+				SELECT * INTO c FROM alipayplus.cancellations x
+				WHERE x.cancellation_id = c.cancellation_id;
+				IF c.needs_attention THEN
+					n_attention := n_attention + 1;
+				ELSIF c.state = 'CANCELLED' THEN
+					n_cancelled := n_cancelled + 1;
+				ELSE
+					n_retrying := n_retrying + 1;
+				END IF;
+			END LOOP;
+		END IF;
+
+		IF v_interrupted THEN
+			/* a cancel or statement_timeout came while an answer was applied */
+			v_stop := 'interrupted';
+			EXIT;
+		END IF;
+		IF v_nothing_due THEN
+			v_stop := 'nothing due';
+			EXIT;
+		END IF;
+		/* a gateway that answers nothing: do not spend the run on it */
+		IF n_claimed >= 3 AND n_unanswered = n_claimed THEN
+			v_stop := 'gateway not answering';
+			EXIT;
+		END IF;
+	END LOOP;
+
+	IF $3 IS NOT NULL THEN
+		UPDATE alipayplus.processor_runs x SET
+			finished_at = pg_catalog.clock_timestamp(),
+			claimed = x.claimed + n_claimed, cancelled = x.cancelled + n_cancelled,
+			retrying = x.retrying + n_retrying, attention = x.attention + n_attention,
+			unanswered = x.unanswered + n_unanswered, busy = x.busy + n_busy,
+			stopped_because = v_stop
+		WHERE x.run_id = $3
+		RETURNING x.run_id INTO v_run;
+	END IF;
+	IF v_run IS NULL THEN
+		INSERT INTO alipayplus.processor_runs AS x
+			(started_at, finished_at, claimed, cancelled, retrying, attention,
+			 unanswered, busy, stopped_because)
+		VALUES (v_start, pg_catalog.clock_timestamp(), n_claimed, n_cancelled,
+				n_retrying, n_attention, n_unanswered, n_busy, v_stop)
+		RETURNING x.run_id INTO v_run;
+	END IF;
+
+	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
+		n_unanswered, n_busy,
+		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1),
+		v_last_error;
+END;
+$$;
+
+/* ---- issue 19, item 4: an order update changes exactly one row ---- */
+
+CREATE OR REPLACE FUNCTION alipayplus._set_order_status(p_field text, p_id text, p_status text,
+	p_ledger_field text DEFAULT NULL, p_ledger_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	key_col name;
+	r text[];
+	n integer := 0;
+	now_status text;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR p_status IS NULL OR p_id IS NULL THEN
+		RETURN;
+	END IF;
+	key_col := alipayplus._order_column(b, p_field);
+	IF key_col IS NULL THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('UPDATE %s SET %I = $1 WHERE %I OPERATOR(pg_catalog.=) $2 '
+			   'AND (%I IS NULL OR NOT %I OPERATOR(pg_catalog.=) $1) RETURNING %I::pg_catalog.text',
+			   b.orders, b.status_column, key_col, b.status_column,
+			   b.status_column, b.status_column),
+		ARRAY[p_status, p_id], ARRAY[b.status_column, key_col],
+		CASE WHEN p_status IN (b.cancelled_value, b.cancelling_value)
+			 THEN ARRAY[coalesce(p_ledger_field, p_field), coalesce(p_ledger_id, p_id), p_status] END)
+	LOOP
+		n := n + 1;
+		now_status := r[1];
+	END LOOP;
+	IF n = 0 THEN
+		/* nothing to change, or nothing changed: look */
+		FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+			format('SELECT %I::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+				   b.status_column, b.orders, key_col),
+			ARRAY[p_id], ARRAY[key_col])
+		LOOP
+			n := n + 1;
+			now_status := r[1];
+		END LOOP;
+		IF n = 0 THEN
+			RETURN;
+		END IF;
+	END IF;
+	/*
+	 * One payment, one order row: a table without a unique index on the
+	 * id (a partitioned one) may have gained a second row with the id
+	 * since the order was locked; then this update is undone with the
+	 * error, and the ledger row says why.
+	 */
+	IF n > 1 THEN
+		RAISE EXCEPTION USING ERRCODE = 'cardinality_violation',
+			MESSAGE = format('%s rows of %s have %s = %L; exactly one was to be set to %L',
+							 n, b.orders, key_col, p_id, p_status),
+			DETAIL = 'A payment must be one order row; the extension will not guess which one is meant, and changed none.',
+			HINT = format('Remove the duplicates (and add a unique constraint on %s if the table can have one), then run alipayplus_requeue_cancellation().', key_col);
+	END IF;
+	IF now_status IS DISTINCT FROM p_status THEN
+		RAISE EXCEPTION USING ERRCODE = 'triggered_data_change_violation',
+			MESSAGE = format('the order with %s = %L was not set to %L; it is %L',
+							 key_col, p_id, p_status, now_status),
+			DETAIL = 'An update of the orders table changed nothing: a trigger returned NULL, a rule or row security policy skipped the row, or a trigger rewrote the status.',
+			HINT = 'Let updates of the status column by the table''s owner through.';
+	END IF;
+END;
+$$;
+
+/* ---- issue 19, item 3: a cancellation reaches its order by request id when it knows it ---- */
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_requeue_cancellation(cancellation_id bigint)
+RETURNS alipayplus.cancellations
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	c alipayplus.cancellations;
+BEGIN
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+			MESSAGE = format('no cancellation with id %s', $1);
+	END IF;
+	/*
+	 * The order row first, then the ledger row, like every other path; by
+	 * its request id when the row knows it (a payment id the order may not
+	 * have stored yet would not find it)
+	 */
+	PERFORM alipayplus._lock_order(
+		CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+		coalesce(c.payment_request_id, c.sent_id));
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1 FOR UPDATE;
+	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
+	END IF;
+
+	IF c.state = 'CANCELLED' THEN
+		/* Alipay+ cancelled it; only the bound order has to follow */
+		SELECT * INTO b FROM alipayplus.order_binding;
+		IF FOUND THEN
+			PERFORM alipayplus._set_order_status(
+				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+				coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
+				c.sent_field, c.sent_id);
+		END IF;
+		UPDATE alipayplus.cancellations x SET
+			needs_attention = false, attention_reason = NULL
+		WHERE x.cancellation_id = $1
+		RETURNING * INTO c;
+		RETURN c;
+	END IF;
+
+	UPDATE alipayplus.cancellations x SET
+		needs_attention = false, attention_reason = NULL,
+		retry_budget_start = x.attempt_count, unanswered_streak = 0,
+		next_attempt_at = pg_catalog.now()
+	WHERE x.cancellation_id = $1
+	RETURNING * INTO c;
+	RETURN c;
+END;
+$$;
+
+/*
+ * The orders of the bound table at the cancelling value that no
+ * cancellation in progress will reach: no ledger row that knows the
+ * order's request id (or its payment id and no request id) is CANCELLING
+ * or flagged.  alipayplus.attention lists them, so that an order stranded
+ * by whatever cause (a binding moved on purpose back to an old table, ids
+ * corrected by hand, a flag closed without fixing the order) is seen.
+ * Read as the table's owner.  A view's functions run with the reader's
+ * rights: so this one is SECURITY DEFINER and callable by all, but answers
+ * only a role that may read alipayplus.attention.
+ */
+CREATE FUNCTION alipayplus._stranded_orders(OUT request_id text, OUT payment_id text,
+	OUT cancellation_id bigint, OUT state text)
+RETURNS SETOF record
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_flagged boolean;
+BEGIN
+	IF NOT pg_catalog.has_table_privilege(alipayplus._outer_user(), 'alipayplus.attention', 'SELECT') THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'permission denied for view alipayplus.attention';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('SELECT %I::pg_catalog.text, %s FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column,
+			   CASE WHEN b.payment_id_column IS NULL THEN 'NULL'
+					ELSE format('%I::pg_catalog.text', b.payment_id_column) END,
+			   b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column])
+	LOOP
+		request_id := alipayplus._clean_id(r[1]);
+		payment_id := alipayplus._clean_id(r[2]);
+		cancellation_id := NULL;
+		state := NULL;
+		v_flagged := false;
+		SELECT c.cancellation_id, c.state, c.needs_attention
+		INTO cancellation_id, state, v_flagged
+		FROM alipayplus.cancellations c
+		WHERE c.payment_request_id = _stranded_orders.request_id
+			OR (c.payment_request_id IS NULL
+				AND c.payment_id = _stranded_orders.payment_id)
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		LIMIT 1;
+		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+/* ---- issue 19, item 2: no rebinding that strands the orders of cancellations in progress ---- */
+
+/* The binding lock, exclusive (src/ledger.c, lock_binding()) */
+CREATE FUNCTION alipayplus._lock_binding()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_lock_binding'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._lock_binding() FROM PUBLIC;
+
+/*
+ * Refuse a new binding that would leave orders of the current one behind:
+ * an order of the bound table that is at the cancelling value can only
+ * become cancelled through the ledger, which, once another table is bound,
+ * would apply Alipay+'s answer to that table instead; the order would stay
+ * cancelling for good, and the guard refuses every other change.  A new
+ * binding that keeps the table, its id and status columns and the two
+ * values (adding a payment id column, changing the initiation time or the
+ * paid and failed values) strands nothing and is allowed, and so is any
+ * binding while no order is cancelling.  The orders are read as the
+ * table's owner, like every read of a user table.
+ */
+CREATE FUNCTION alipayplus._refuse_stranding_rebind(p_orders regclass,
+	p_request_id_column name, p_status_column name, p_cancelled_value text,
+	p_cancelling_value text, p_payment_id_column name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+BEGIN
+	/*
+	 * First the binding lock, exclusive: the requests in flight, which
+	 * hold it shared from before they read the binding, commit first; the
+	 * statements below see what they marked (each takes a new snapshot)
+	 */
+	PERFORM alipayplus._lock_binding();
+	SELECT * INTO b FROM alipayplus.order_binding FOR UPDATE;
+	IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = b.orders) THEN
+		RETURN;
+	END IF;
+	IF b.orders = p_orders AND b.request_id_column = p_request_id_column
+	   AND b.status_column = p_status_column
+	   AND b.cancelled_value = p_cancelled_value
+	   AND b.cancelling_value = p_cancelling_value
+	   AND (b.payment_id_column IS NULL
+			OR b.payment_id_column IS NOT DISTINCT FROM p_payment_id_column) THEN
+		RETURN;
+	END IF;
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION USING ERRCODE = 'active_sql_transaction',
+			MESSAGE = 'alipayplus_bind_orders must replace a binding at the READ COMMITTED isolation level',
+			DETAIL = 'Under REPEATABLE READ or SERIALIZABLE it could miss orders that cancel requests committed after the transaction''s snapshot, and strand them.',
+			HINT = 'Run it outside a transaction block, or in one begun with ISOLATION LEVEL READ COMMITTED.';
+	END IF;
+	SELECT x INTO r FROM alipayplus._order_exec(b.orders,
+		format('SELECT pg_catalog.count(*)::pg_catalog.text, pg_catalog.min(%I::pg_catalog.text) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',
+			   b.request_id_column, b.orders, b.status_column),
+		ARRAY[b.cancelling_value], ARRAY[b.status_column]) x;
+	IF r[1]::bigint > 0 THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cannot replace the binding of %s while %s of its orders are %L (the first is %s = %L)',
+							 b.orders, r[1], b.cancelling_value, b.request_id_column, r[2]),
+			DETAIL = 'Their cancellations are in progress or wait for a person; the ledger would apply Alipay+''s answers to the newly bound table, and these orders would stay cancelling for good.',
+			HINT = 'Let the processor finish them (CALL alipayplus_run_cancellations()) and settle what alipayplus.attention lists, then bind again.';
+	END IF;
+END;
+$$;
+REVOKE ALL ON FUNCTION alipayplus._refuse_stranding_rebind(regclass, name, name, text, text, name) FROM PUBLIC;
+
+/* ---- issue 17: a refund and a cancel request for one id serialise on it ---- */
+
+/*
+ * For alipayplus_note_refund: lock the ids (the same advisory locks the
+ * cancel paths take, src/ledger.c) and say whether either already has a
+ * cancellation, on the latest committed data.
+ */
+CREATE FUNCTION alipayplus._refund_blocked(refund_request_id text, refund_id text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'alipayplus_refund_blocked'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._refund_blocked(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_note_refund(refund_request_id text,
+	refund_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF $1 IS NULL AND $2 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'give refund_request_id or refund_id';
+	END IF;
+	IF alipayplus._refund_blocked($1, $2) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA003',
+			MESSAGE = format('%s already has a cancellation as a payment', coalesce($1, $2)),
+			HINT = 'A payment whose cancellation was requested cannot be noted as a refund; see alipayplus.cancellations.';
+	END IF;
+	INSERT INTO alipayplus.known_refunds (refund_request_id, refund_id)
+	VALUES ($1, $2) ON CONFLICT DO NOTHING;
+END;
+$$;
+
+/* ---- issue 18.1: stale orders are chosen by the bound pending values ---- */
+
+ALTER TABLE alipayplus.order_binding ADD COLUMN pending_values text[];
+
+DROP FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text);
+
+CREATE FUNCTION @extschema@.alipayplus_bind_orders(orders regclass,
+	request_id_column name, status_column name, cancelled_value text,
+	cancelling_value text, payment_id_column name DEFAULT NULL,
+	initiated_at_column name DEFAULT NULL, paid_value text DEFAULT NULL,
+	failed_value text DEFAULT NULL, initiated_at_time_zone text DEFAULT NULL,
+	pending_values text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $$
+DECLARE
+	col name;
+	val text;
+	v_kind "char";
+	v_type text;
+	v_attnum smallint;
+	v_rel regclass;
+	v_fits boolean;
+BEGIN
+	IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+		RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'only a superuser can bind an orders table',
+			DETAIL = 'Binding attaches guard triggers and changes the extension''s configuration.';
+	END IF;
+	IF $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR $4 IS NULL OR $5 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'orders, request_id_column, status_column, cancelled_value and cancelling_value are required';
+	END IF;
+	IF $4 = $5 THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'cancelled_value and cancelling_value must differ';
+	END IF;
+	SELECT c.relkind INTO v_kind FROM pg_catalog.pg_class c WHERE c.oid = $1;
+	IF v_kind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
+			MESSAGE = format('%s is not a table', $1);
+	END IF;
+	FOREACH col IN ARRAY ARRAY[$2, $3, $6, $7] LOOP
+		IF col IS NOT NULL AND alipayplus._column_type($1, col) IS NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'undefined_column',
+				MESSAGE = format('column %I does not exist in table %s', col, $1);
+		END IF;
+	END LOOP;
+
+	/* the guard compares values byte for byte: the columns must allow that */
+	FOREACH col IN ARRAY ARRAY[$2, $3, $6] LOOP
+		CONTINUE WHEN col IS NULL;
+		val := alipayplus._not_bytewise($1, col);
+		IF val IS NOT NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'datatype_mismatch',
+				MESSAGE = format('column %I of table %s has %s, whose equality is not exact', col, $1, val),
+				DETAIL = 'The guard compares stored values exactly; a looser equality would let other spellings of the values slip past it.',
+				HINT = 'Use text, varchar, char(n), an enum, an integer type or uuid with a deterministic collation.';
+		END IF;
+	END LOOP;
+
+	/*
+	 * The pending values: the statuses of orders still waiting for their
+	 * payment result, the only ones alipayplus_stale_orders picks.  A
+	 * list, none of it NULL, none of it a value with another meaning.
+	 */
+	IF $11 IS NOT NULL THEN
+		IF pg_catalog.cardinality($11) = 0 OR pg_catalog.array_position($11, NULL) IS NOT NULL THEN
+			RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+				MESSAGE = 'pending_values must list at least one status, and no NULL',
+				HINT = 'Name the statuses of orders still waiting for their payment result, e.g. pending_values => ARRAY[''PENDING''].';
+		END IF;
+		FOREACH val IN ARRAY $11 LOOP
+			IF val IN ($4, $5, $8, $9) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('the pending value %L is also the cancelled, cancelling, paid or failed value', val),
+					DETAIL = 'An order in a pending status is one still waiting for its payment result.';
+			END IF;
+		END LOOP;
+	END IF;
+
+	/* the values must be stored as given by the status column's type */
+	v_type := alipayplus._column_type($1, $3);
+	FOREACH val IN ARRAY ARRAY[$4, $5, $8, $9] OPERATOR(pg_catalog.||) coalesce($11, '{}') LOOP
+		IF val IS NOT NULL THEN
+			/* stored as the owner stores it: a domain's CHECK is the owner's code */
+			BEGIN
+				SELECT x[1] IS NOT DISTINCT FROM val INTO v_fits
+				FROM alipayplus._order_exec($1, 'SELECT $1::pg_catalog.text',
+											ARRAY[val], ARRAY[$3]) x;
+			EXCEPTION
+				WHEN invalid_text_representation OR string_data_right_truncation
+					 OR check_violation OR invalid_parameter_value THEN
+					v_fits := false;
+			END;
+			IF NOT v_fits THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('the value %L does not fit column %I of type %s', val, $3, v_type),
+					DETAIL = 'Stored in that column it would read differently, so the guard could never recognise it.',
+					HINT = 'Widen the column or use a value the type keeps as it is.';
+			END IF;
+		END IF;
+	END LOOP;
+
+	/*
+	 * One order per request id: a unique index on that column alone.  A
+	 * payment id column often holds a placeholder until Alipay+ answers,
+	 * so it is not required to be unique; duplicates of a real payment id
+	 * are refused when they are looked up.  Partitioned tables cannot
+	 * have such an index unless partitioned by the id; their duplicates
+	 * are refused when looked up, too.
+	 */
+	IF v_kind = 'r' THEN
+		FOREACH col IN ARRAY ARRAY[$2] LOOP
+			SELECT a.attnum INTO v_attnum FROM pg_catalog.pg_attribute a
+			WHERE a.attrelid = $1 AND a.attname = col;
+			IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+						   WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+							 AND i.indpred IS NULL AND i.indexprs IS NULL
+							 AND i.indnkeyatts = 1 AND i.indkey[0] = v_attnum) THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_table_definition',
+					MESSAGE = format('column %I of table %s has no unique constraint', col, $1),
+					DETAIL = 'Each payment id must identify one order row.',
+					HINT = format('ALTER TABLE %s ADD UNIQUE (%I);', $1, col);
+			END IF;
+		END LOOP;
+	END IF;
+
+	/* the cancel window must not move with the caller's TimeZone */
+	IF $7 IS NOT NULL THEN
+		v_type := (SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute a
+				   WHERE a.attrelid = $1 AND a.attname = $7);
+		IF v_type = 'timestamp with time zone' THEN
+			IF $10 IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('column %I is timestamptz: initiated_at_time_zone must be NULL', $7);
+			END IF;
+		ELSIF v_type = 'timestamp without time zone' THEN
+			IF $10 IS NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+					MESSAGE = format('column %I is a timestamp without time zone: say which zone it is in', $7),
+					DETAIL = 'Read in each caller''s TimeZone, the cancel window would move with the caller.',
+					HINT = 'Pass initiated_at_time_zone => ''UTC'' (or the zone the application writes in), or make the column timestamptz.';
+			END IF;
+			PERFORM pg_catalog.timezone($10, pg_catalog.now());
+		ELSE
+			RAISE EXCEPTION USING ERRCODE = 'datatype_mismatch',
+				MESSAGE = format('column %I is of type %s; the initiation time must be a timestamptz (or a timestamp with initiated_at_time_zone)', $7, v_type);
+		END IF;
+	ELSIF $10 IS NOT NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'initiated_at_time_zone needs initiated_at_column';
+	END IF;
+
+	/* the orders of a cancellation in progress must stay bound (issue 19) */
+	PERFORM alipayplus._refuse_stranding_rebind($1, $2, $3, $4, $5, $6);
+
+	INSERT INTO alipayplus.order_binding AS x
+		(orders, request_id_column, status_column, cancelled_value,
+		 cancelling_value, payment_id_column, initiated_at_column,
+		 initiated_at_time_zone, paid_value, failed_value, pending_values)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $9, $11)
+	ON CONFLICT (singleton) DO UPDATE SET
+		orders = excluded.orders, request_id_column = excluded.request_id_column,
+		status_column = excluded.status_column, cancelled_value = excluded.cancelled_value,
+		cancelling_value = excluded.cancelling_value,
+		payment_id_column = excluded.payment_id_column,
+		initiated_at_column = excluded.initiated_at_column,
+		initiated_at_time_zone = excluded.initiated_at_time_zone,
+		paid_value = excluded.paid_value, failed_value = excluded.failed_value,
+		pending_values = excluded.pending_values,
+		bound_at = pg_catalog.now();
+
+	/* rows of the whole tree that are already cancelling or cancelled */
+	FOR v_rel IN
+		WITH RECURSIVE tree(relid) AS (
+			SELECT $1::oid
+			UNION
+			SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+		)
+		SELECT tree.relid::regclass FROM tree
+		JOIN pg_catalog.pg_class c ON c.oid = tree.relid WHERE c.relkind = 'r'
+	LOOP
+		PERFORM alipayplus._check_existing_rows(v_rel);
+	END LOOP;
+
+	PERFORM alipayplus._attach_guards(true);
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[]) IS
+	'Make an orders table follow the ledger and attach the guard triggers (superuser); pending_values are the statuses alipayplus_stale_orders picks';
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[]) FROM PUBLIC;
+
+/*
+ * The request ids of the bound orders whose status is one of the binding's
+ * pending values (still waiting for a payment result) and which were
+ * initiated longer than older_than ago (oldest first), read as the table's
+ * owner.  Needs an initiation time column and the pending values in the
+ * binding; an order in any other status (shipped, refunded, expired, NULL)
+ * is never picked.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_stale_orders(older_than interval)
+RETURNS SETOF text
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	r text[];
+	v_initiated text;
+BEGIN
+	IF $1 IS NULL OR $1 < interval '0' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'older_than must be an interval of zero or more';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR b.initiated_at_column IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'alipayplus_stale_orders needs a bound orders table with an initiation time column',
+			HINT = 'Bind it with alipayplus_bind_orders(..., initiated_at_column => ..., pending_values => ...).';
+	END IF;
+	IF b.pending_values IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'alipayplus_stale_orders needs the pending status values in the binding',
+			DETAIL = 'Only orders in a status that means "waiting for the payment result" may be cancelled as stale; without the list, shipped, refunded or expired orders would be taken for waiting ones.',
+			HINT = 'Bind the table again with alipayplus_bind_orders(..., pending_values => ARRAY[''PENDING'']), naming your statuses of orders still waiting for their payment result.';
+	END IF;
+	v_initiated := CASE WHEN b.initiated_at_time_zone IS NULL THEN format('%I', b.initiated_at_column)
+		ELSE format('pg_catalog.timezone(%L, %I)', b.initiated_at_time_zone, b.initiated_at_column) END;
+	FOR r IN SELECT * FROM alipayplus._order_exec(b.orders,
+		format('SELECT %I::pg_catalog.text FROM %s WHERE %s OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz '
+			   'AND %I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[]) ORDER BY %s',
+			   b.request_id_column, b.orders, v_initiated, b.status_column, v_initiated),
+		ARRAY[(pg_catalog.now() - $1)::text, b.pending_values::text])
+	LOOP
+		RETURN NEXT r[1];
+	END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_stale_orders(interval) IS
+	'Request ids of bound orders in a pending status (the binding''s pending_values) initiated longer than older_than ago';
+
+/* ---- issue 18.1 (review): the sweep re-checks the status under the order row lock ---- */
+
+/*
+ * The stale-orders sweep re-checks each order's status under its row lock
+ * (src/ledger.c, mark_cancelling): an order shipped or paid between
+ * alipayplus_stale_orders and the queueing is skipped as not_pending,
+ * never marked.  Any request of an order at the paid value keeps that it
+ * was paid (late_payment_*), so alipayplus.attention shows it.
+ */
+DROP FUNCTION alipayplus._mark_cancelling(text, text, timestamptz);
+CREATE FUNCTION alipayplus._mark_cancelling(p_payment_id text, p_request_id text,
+	p_initiated_at timestamptz, p_only_pending boolean DEFAULT false)
+RETURNS alipayplus.cancellations
+AS 'MODULE_PATHNAME', 'alipayplus_mark_cancelling'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._mark_cancelling(text, text, timestamptz, boolean) FROM PUBLIC;
+
+/* its grants (to the application, say) are kept for the new signature */
+SELECT pg_catalog.set_config('alipayplus_upgrade.request_cancel_all_acl',
+	coalesce(p.proacl::text, ''), true)
+FROM pg_catalog.pg_proc p
+WHERE p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean)'::pg_catalog.regprocedure;
+DROP FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean);
+/*
+ * Request the cancellation of every payment in the list (request ids, or
+ * payment ids with by_payment_id), each in its own subtransaction: what
+ * cannot be cancelled is skipped and reported, never aborts the rest.
+ * One row per id: outcome is queued, already_requested, window_closed,
+ * refund, invalid_id, several_orders, not_pending (only_pending: the order
+ * is not, or no longer, in a pending status) or error, with the reason.
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_cancel_all(ids text[],
+	by_payment_id boolean DEFAULT false, only_pending boolean DEFAULT false)
+RETURNS TABLE (id text, outcome text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_id text;
+	v_before bigint;
+	c alipayplus.cancellations;
+	v_state text;
+	v_msg text;
+BEGIN
+	/* refused as a whole, before anything else, not reported id by id (18.8) */
+	PERFORM alipayplus._refuse_read_only();
+	IF $3 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'only_pending must be true or false';
+	END IF;
+	IF $3 AND NOT EXISTS (SELECT 1 FROM alipayplus.order_binding b
+						  WHERE b.pending_values IS NOT NULL) THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'only_pending needs a bound orders table with pending status values',
+			HINT = 'Bind it with alipayplus_bind_orders(..., pending_values => ARRAY[''PENDING'']).';
+	END IF;
+	FOREACH v_id IN ARRAY coalesce($1, '{}') LOOP
+		BEGIN
+			SELECT count(*) INTO v_before FROM alipayplus.cancellations x
+			WHERE CASE WHEN $2 THEN x.payment_id = v_id
+					   ELSE x.sent_field = 'paymentRequestId' AND x.sent_id = v_id END;
+			IF $2 THEN
+				c := alipayplus._mark_cancelling(v_id, NULL, NULL, $3);
+			ELSE
+				c := alipayplus._mark_cancelling(NULL, v_id, NULL, $3);
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE WHEN v_before > 0 THEN 'already_requested' ELSE 'queued' END,
+				format('cancellation %s, %s', c.cancellation_id, c.state);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01') THEN
+				RAISE;
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE v_state WHEN 'ZA002' THEN 'window_closed'
+							 WHEN 'ZA003' THEN 'refund'
+							 WHEN 'ZA005' THEN 'not_pending'
+							 WHEN '22023' THEN 'invalid_id'
+							 WHEN '22001' THEN 'invalid_id'
+							 WHEN '21000' THEN 'several_orders'
+							 ELSE 'error' END,
+				format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
+	END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) IS
+	'Queue many cancellations at once; what cannot be cancelled is skipped and reported, one row per id; only_pending skips orders no longer pending';
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) FROM PUBLIC;
+DO $$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee, a.is_grantable
+		FROM pg_catalog.aclexplode(nullif(pg_catalog.current_setting(
+				'alipayplus_upgrade.request_cancel_all_acl', true), '')::pg_catalog.aclitem[]) a
+		JOIN pg_catalog.pg_proc p
+			ON p.oid = '@extschema@.alipayplus_request_cancel_all(text[], boolean, boolean)'::pg_catalog.regprocedure
+		WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+	LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.alipayplus_request_cancel_all(text[], boolean, boolean) TO %s%s',
+			CASE WHEN g.grantee = 0 THEN 'PUBLIC'
+				 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END;
+$$;
+
+/* ---- issue 18.2: closable attention items, late paid notifications, key advice ---- */
+
+/* The role the caller acts as (SET ROLE), which SECURITY DEFINER hides */
+CREATE FUNCTION alipayplus._outer_user()
+RETURNS name
+AS 'MODULE_PATHNAME', 'alipayplus_outer_user'
+LANGUAGE C STABLE;
+REVOKE ALL ON FUNCTION alipayplus._outer_user() FROM PUBLIC;
+
+/*
+ * Who closed a row's attention item, when, why, and what it said.  The
+ * item leaves alipayplus.attention; something new (a new flag, a new
+ * attempt, a later paid notification) opens it again.
+ */
+ALTER TABLE alipayplus.cancellations
+	ADD COLUMN attention_closed_at timestamptz,
+	ADD COLUMN attention_closed_by name,
+	ADD COLUMN attention_closed_session_user name,
+	ADD COLUMN attention_closed_note text,
+	ADD COLUMN attention_closed_reason text,
+	ADD CONSTRAINT cancellations_attention_closed_check CHECK (
+		(attention_closed_at IS NULL) = (attention_closed_by IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_session_user IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_note IS NULL)
+		AND (attention_closed_at IS NULL) = (attention_closed_reason IS NULL));
+
+/*
+ * Closing an item closes the reasons it had at that time: each reason
+ * opens again when it arises after the close (a paid notification, the
+ * deadline passing, the row falling overdue), and a CANCELLING row's
+ * reasons with any attempt after the close; the times compared are clock
+ * times (clock_timestamp), so a notification recorded after the close is
+ * later than the close whenever its transaction began.
+ */
+CREATE OR REPLACE VIEW alipayplus.attention AS
+SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
+	c.payment_id, c.state, c.attempt_count, c.last_result_status,
+	c.last_result_code, c.last_result_message, c.last_attempt_at,
+	c.requested_at, c.deadline,
+	CASE
+		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
+		WHEN l.late_paid IS NOT NULL THEN l.late_paid
+		WHEN l.unanswered THEN
+			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
+				   c.unanswered_streak, c.last_result_code)
+		WHEN l.overdue THEN
+			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
+				   c.next_attempt_at)
+		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
+	END AS reason
+FROM alipayplus.cancellations c
+CROSS JOIN LATERAL (
+	SELECT
+		/* a paid notification after the request (or a paid order when it
+		   was requested), not yet seen by a person */
+		CASE WHEN c.late_payment_status = 'S'
+				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+				   CASE WHEN c.late_payment_code = 'order.paid' THEN
+						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
+					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
+								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
+				   c.state, c.cancellation_id)
+		END AS late_paid,
+		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
+		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
+		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.deadline > c.attention_closed_at) AS past_deadline
+) l
+WHERE c.needs_attention
+	OR l.late_paid IS NOT NULL
+	OR l.unanswered OR l.overdue OR l.past_deadline
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s;
+COMMENT ON VIEW alipayplus.attention IS
+	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+
+/*
+ * A late notification is kept with the clock time it is recorded at, and
+ * a later U or F does not replace a paid (S) one that is still open.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_apply_payment_result(payment_request_id text,
+	result_status text, result_code text DEFAULT NULL, payment_id text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+	o record;
+	c alipayplus.cancellations;
+	v_lock_field text := CASE WHEN $1 IS NOT NULL THEN 'paymentRequestId' ELSE 'paymentId' END;
+	v_lock_id text := coalesce($1, $4);
+	v_request_id text := $1;
+	v_payment_id text := $4;
+BEGIN
+	IF $1 IS NULL AND $4 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'either payment_request_id or payment_id must be given';
+	END IF;
+	IF $2 IS NULL OR $2 NOT IN ('S', 'F', 'U') THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = format('result_status must be S, F or U, not %s', coalesce(quote_literal($2), 'NULL'));
+	END IF;
+
+	/* the order row lock serializes this with a concurrent cancel request */
+	o := alipayplus._lock_order(v_lock_field, v_lock_id);
+	IF o.order_found THEN
+		v_request_id := coalesce(v_request_id, o.request_id);
+		v_payment_id := coalesce(v_payment_id, o.payment_id);
+	END IF;
+
+	/* the payment's own cancellation: by its request id, or by its payment id
+	   when that cancellation knows no other request id */
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE (x.sent_field = 'paymentRequestId' AND x.sent_id = v_request_id)
+	   OR (x.sent_field = 'paymentId' AND x.sent_id = v_payment_id
+		   AND (v_request_id IS NULL OR x.payment_request_id IS NULL
+				OR x.payment_request_id = v_request_id))
+	ORDER BY x.sent_field DESC, x.cancellation_id LIMIT 1
+	FOR UPDATE;
+	IF FOUND THEN
+		/*
+		 * Kept with the time it is recorded (not the transaction's start),
+		 * comparable with attention_closed_at.  A paid (S) one a person has
+		 * not closed yet is never replaced by a later U or F: the payment
+		 * may stand, and only the S says so.
+		 */
+		UPDATE alipayplus.cancellations x SET
+			late_payment_status = $2, late_payment_code = $3,
+			late_payment_at = pg_catalog.clock_timestamp()
+		WHERE x.cancellation_id = c.cancellation_id
+			AND NOT ($2 <> 'S' AND x.late_payment_status = 'S'
+					 AND (x.attention_closed_at IS NULL
+						  OR x.late_payment_at > x.attention_closed_at));
+		RETURN 'recorded_late';
+	END IF;
+
+	IF NOT o.order_found THEN
+		RETURN 'no_order';
+	END IF;
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF o.status IN (b.cancelled_value, b.cancelling_value) THEN
+		RETURN 'ignored_order_cancelling';
+	END IF;
+	IF $2 = 'S' AND b.paid_value IS NOT NULL THEN
+		PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.paid_value);
+		RETURN 'applied';
+	ELSIF $2 = 'F' AND b.failed_value IS NOT NULL THEN
+		PERFORM alipayplus._set_order_status(v_lock_field, v_lock_id, b.failed_value);
+		RETURN 'applied';
+	END IF;
+	RETURN 'unchanged';
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_apply_payment_result(text, text, text, text) IS
+	'Apply a payment notification or inquiryPayment result: moves a bound order only if no cancellation was requested';
+
+CREATE FUNCTION @extschema@.alipayplus_close_attention(cancellation_id bigint, note text)
+RETURNS alipayplus.cancellations
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c alipayplus.cancellations;
+	v_reason text;
+BEGIN
+	IF $1 IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'give the cancellation_id of an item of alipayplus.attention';
+	END IF;
+	IF $2 IS NULL OR pg_catalog.btrim($2) = '' THEN
+		RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+			MESSAGE = 'say why the item is closed: note must not be empty',
+			HINT = 'For example: ''refunded as R-123, ticket 456'' or ''Alipay+ support confirmed the cancellation''.';
+	END IF;
+	SELECT * INTO c FROM alipayplus.cancellations x
+	WHERE x.cancellation_id = $1 FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+			MESSAGE = format('no cancellation with id %s', $1);
+	END IF;
+	SELECT a.reason INTO v_reason FROM alipayplus.attention a
+	WHERE a.cancellation_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s has no open attention item', $1),
+			DETAIL = CASE WHEN c.attention_closed_at IS NOT NULL THEN
+				format('Its last item was closed at %s by %s: %s', c.attention_closed_at,
+					   c.attention_closed_by, c.attention_closed_note)
+				ELSE 'Nothing about it needs a person.' END,
+			HINT = 'alipayplus.attention lists the open items.';
+	END IF;
+	/*
+	 * A flagged CANCELLED row is a verified S whose bound order did not
+	 * follow: its only remedy is alipayplus_requeue_cancellation, which
+	 * needs the flag, so closing it would strand the order, unseen.  (A
+	 * closed CANCELLING row can still be requeued.)
+	 */
+	IF c.needs_attention AND c.state = 'CANCELLED' THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('cancellation %s cannot be closed: Alipay+ cancelled the payment and the bound order must follow', $1),
+			DETAIL = format('The item says: %s', c.attention_reason),
+			HINT = format('Fix what kept the order from being updated, then run alipayplus_requeue_cancellation(%s).', $1);
+	END IF;
+	UPDATE alipayplus.cancellations x SET
+		needs_attention = false, attention_reason = NULL,
+		attention_closed_at = pg_catalog.clock_timestamp(),
+		attention_closed_by = alipayplus._outer_user(),
+		attention_closed_session_user = session_user,
+		attention_closed_note = $2,
+		attention_closed_reason = v_reason
+	WHERE x.cancellation_id = $1
+	RETURNING * INTO c;
+	RETURN c;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) IS
+	'Close an open item of alipayplus.attention, keeping who, when and why; a flagged row stays out of the queue';
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_close_attention(bigint, text) FROM PUBLIC;
+
+/*
+ * A closed item of a flagged CANCELLING row leaves the row CANCELLING, not
+ * flagged and with no due time: it waits for nothing, so the queue figures
+ * count only rows with a due time.
+ */
+/* Queue depth, for the stats view and the backlog's progress: rows with a due time */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_queue_depth(OUT queued bigint, OUT due bigint,
+	OUT oldest_due timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT count(*), count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()),
+		min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now())
+	FROM alipayplus.cancellations x
+	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL
+$$;
+CREATE OR REPLACE VIEW alipayplus.stats AS
+WITH recent AS (
+	SELECT a.result_status, a.result_code, a.latency_ms
+	FROM alipayplus.cancel_attempts a
+	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
+)
+SELECT
+	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
+	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
+	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	q.queued, q.due, q.oldest_due,
+	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
+	(SELECT count(*) FROM recent) AS attempts_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
+	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
+	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
+	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL) q;
+COMMENT ON VIEW alipayplus.stats IS
+	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
+/*
+ * An exhausted local.* code is ours to fix: its built-in note (quoted in
+ * the attention reason, src/ledger.c) names the settings to check.  The
+ * built-in rows are read-only to everybody else (the trigger turns an
+ * update into a DBA row); the update changes them in place.
+ */
+ALTER TABLE alipayplus.result_policy DISABLE TRIGGER result_policy_builtin;
+UPDATE alipayplus.result_policy SET note = CASE result_code
+	WHEN 'local.bad_signature' THEN
+		'the response signature was missing in part or did not verify: check our settings alipayplus.public_key_file (it must hold Alipay+''s public key), alipayplus.response_key_version, alipayplus.private_key_file and alipayplus.client_id'
+	WHEN 'local.client_id_mismatch' THEN
+		'the response named another Client-Id: check our setting alipayplus.client_id'
+	END
+WHERE builtin AND result_code IN ('local.bad_signature', 'local.client_id_mismatch');
+ALTER TABLE alipayplus.result_policy ENABLE TRIGGER result_policy_builtin;
+
+/* ---- issue 18.3: pg_restore -j restores the whole ledger ---- */
+
+ALTER TABLE alipayplus.cancel_attempts
+	DROP CONSTRAINT cancel_attempts_cancellation_id_fkey;
+COMMENT ON COLUMN alipayplus.cancel_attempts.cancellation_id IS
+	'The ledger row (alipayplus.cancellations) the attempt was made for; kept by the ledger''s own code, not a foreign key, so that pg_restore -j can load the tables in any order';
+
+/* ---- issue 18.8: refuse in a read-only transaction or on a standby ---- */
+
+/*
+ * Raises 25006 in a read-only transaction or on a server in recovery;
+ * called first by every function that sends or queues a cancellation
+ * (the C ones call it directly).
+ */
+CREATE FUNCTION alipayplus._refuse_read_only()
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._refuse_read_only() FROM PUBLIC;
 
 /* ---- issues 14 and 16: claim, call, settle; every request on record ---- */
 
@@ -520,6 +1882,13 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
 			MESSAGE = 'time_budget must be positive';
 	END IF;
+	/* the calls' time limits are milliseconds in an integer */
+	IF $2 > interval '24 days' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be at most 24 days',
+			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
+			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
+	END IF;
 	PERFORM alipayplus._check_config();
 	/* read only now: the line above loads the library that defines it */
 	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
@@ -613,6 +1982,20 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
 			MESSAGE = 'time_budget must be positive';
 	END IF;
+	IF time_budget > interval '24 days' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = 'time_budget must be at most 24 days',
+			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
+			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
+	END IF;
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
+	/*
+	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
+	 * a loop over a query that is not read-only, lets CallContext say it
+	 * can commit, yet makes the first COMMIT fail; it must fail here
+	 */
+	COMMIT;
 	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 	SELECT x.run_id INTO v_run FROM @extschema@.alipayplus_processor_step('begin') x;
 	COMMIT;
@@ -696,6 +2079,8 @@ CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count i
 LANGUAGE plpgsql
 AS $$
 BEGIN
+	/* before anything is claimed or sent: it must be able to commit */
+	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
 	CALL @extschema@.alipayplus_process_backlog(max_count, time_budget, NULL);
 END;
 $$;

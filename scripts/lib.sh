@@ -20,7 +20,7 @@ PG_CONFIG=$PGBIN/pg_config
 PGPORT_RIG=${ALIPAYPLUS_PGPORT:-54329}
 PY=/usr/bin/python3
 CLIENT_ID=SANDBOX_5X00000000000000
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography"
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-cron libcurl4-openssl-dev libssl-dev pkg-config make gcc openssl python3 python3-cryptography pgbouncer libipc-run-perl"
 
 export PGHOST=$RIG PGPORT=$PGPORT_RIG PGUSER=postgres PGDATABASE=postgres
 
@@ -184,6 +184,8 @@ unix_socket_directories = '$RIG'
 shared_preload_libraries = 'pg_cron,alipayplus_cancel'
 cron.database_name = 'postgres'
 max_connections = 50
+# PREPARE TRANSACTION after a cancellation (sql/twophase.sql)
+max_prepared_transactions = 10
 fsync = off
 log_line_prefix = '%m [%p] %q%u@%d '
 apc_rig.dir = '$RIG'

@@ -4,7 +4,10 @@
 # built) into dist/, check what is in it, install it, and prove that the
 # installed files work: CREATE EXTENSION and one signed cancelPayment call
 # against the rig's fake Alipay+ gateway (scripts/lib.sh), in a throwaway
-# cluster of its own.
+# cluster of its own.  Its keys, gateway and cluster live in a folder of
+# their own ($ALIPAYPLUS_PKG_RIG, default /tmp/alipayplus_pkg), never in the
+# rig of scripts/demo.sh and scripts/test.sh, so a demo left running goes on
+# running (checked at the end).
 #
 # Runs as root on Debian 12 from a clean clone; installs what is missing with
 # apt-get.  The build happens in a temporary copy of the working tree (its
@@ -12,12 +15,13 @@
 # package stays installed afterwards.  Exits non-zero on any failure.
 #
 #   ALIPAYPLUS_PKG_PGPORT   port of the check cluster (default 54341)
+#   ALIPAYPLUS_PKG_RIG      folder of the check's keys, gateway and cluster
+#                           (default /tmp/alipayplus_pkg; wiped at each run)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 START=$SECONDS
 PKG_PGPORT=${ALIPAYPLUS_PKG_PGPORT:-54341}
-PKGDATA=$RIG/pkgdata
 DIST=$REPO/dist
 PGMAJOR=15
 PKGNAME=postgresql-$PGMAJOR-alipayplus-cancel
@@ -31,6 +35,39 @@ PACKAGES="$PACKAGES build-essential dpkg-dev debhelper postgresql-server-dev-all
 passed=0
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
 fail() { echo "not ok - $*" >&2; exit 1; }
+
+# The rig of scripts/demo.sh and scripts/test.sh is not this script's: a
+# demo may be running there.  What it looks like now (the folder, its
+# cluster's data directory, its postmaster and gateway: each process by pid
+# and start time, so that a pid used again later does not count), to be
+# compared at the end.
+DEMO_RIG=$RIG
+demo_rig_state() {
+	local f pid start
+	[ -d "$DEMO_RIG" ] || { echo "$DEMO_RIG absent"; return; }
+	echo "$DEMO_RIG inode $(stat -c %i "$DEMO_RIG")"
+	[ -d "$DEMO_RIG/pgdata" ] && echo "pgdata inode $(stat -c %i "$DEMO_RIG/pgdata")"
+	for f in pgdata/postmaster.pid gateway.pid; do
+		[ -f "$DEMO_RIG/$f" ] || continue
+		pid=$(head -n 1 "$DEMO_RIG/$f")
+		start=$(awk '{ print $22 }' "/proc/$pid/stat" 2>/dev/null || true)
+		if [ -n "${DEMO_RIG_BEFORE+set}" ] && grep -qxF "$f: $pid, no process" <<<"$DEMO_RIG_BEFORE"; then
+			start=		# not running before: a process with that pid now is another's
+		fi
+		if [ -n "$start" ]; then
+			echo "$f: $pid, process started at $start"
+		else
+			echo "$f: $pid, no process"
+		fi
+	done
+}
+DEMO_RIG_BEFORE=$(demo_rig_state)
+# this script's own folder: the rig's functions (scripts/lib.sh) work in $RIG
+RIG=${ALIPAYPLUS_PKG_RIG:-/tmp/alipayplus_pkg}
+[ "$(realpath -m "$RIG")" != "$(realpath -m "$DEMO_RIG")" ] ||
+	fail "ALIPAYPLUS_PKG_RIG must not be the demo's rig ($DEMO_RIG)"
+export PGHOST=$RIG
+PKGDATA=$RIG/pkgdata
 
 [ "$(id -u)" = 0 ] || fail "run as root (it installs packages and switches to the postgres user)"
 
@@ -137,8 +174,9 @@ changed=$(dpkg -V "$PKGNAME" || true)
 ok "$PKGNAME $VERSION installed, dpkg -V clean"
 
 # ---------------------------------------------------------------- check
-# The rig's pieces, as rig_up does them, but no rig_build (it would make
-# install over the package's files) and a cluster of our own.
+# The rig's pieces, as rig_up does them, but in this script's own folder, no
+# rig_build (it would make install over the package's files) and a cluster
+# of our own.  Only what an earlier run of this script left is stopped.
 if [ -f "$PKGDATA/postmaster.pid" ]; then
 	as_postgres "$PGBIN"/pg_ctl -D "$PKGDATA" -m immediate stop >/dev/null 2>&1 || true
 fi
@@ -192,6 +230,15 @@ verified=$(pq pkgcheck "SELECT bool_and(signature_verified) FROM alipayplus.canc
 grep -F "\"id\": \"$id\"" "$RIG/gateway.jsonl" | grep -qF '"signature_valid": true' ||
 	fail "the gateway did not log a validly signed request for $id"
 ok "signed cancelPayment: $status $code, state $state, both signatures verified"
+
+say "the demo's rig in $DEMO_RIG is as it was"
+demo_after=$(demo_rig_state)
+if [ "$demo_after" != "$DEMO_RIG_BEFORE" ]; then
+	printf 'before:\n%s\nafter:\n%s\n' "$DEMO_RIG_BEFORE" "$demo_after" >&2
+	fail "package.sh changed the rig in $DEMO_RIG, which a demo or test run may be using"
+fi
+echo "$DEMO_RIG_BEFORE"
+ok "the rig in $DEMO_RIG untouched"
 
 say "stopping the cluster and the gateway"
 as_postgres "$PGBIN"/pg_ctl -D "$PKGDATA" -m fast stop >/dev/null

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test.sh: set up the rig (see scripts/lib.sh) and run the whole
 # test suite: the fake gateway's self-test, the pg_regress and isolation
-# suites (make installcheck), and the shell tests under test/*.sh that need
-# to kill, cancel or restart things.  Exits non-zero on any failure.
+# suites (make installcheck), the shell tests under test/*.sh that need
+# to kill, cancel or restart things, and the TAP tests under test/tap/t/
+# that need clusters of their own (scripts/tap.sh).  Exits non-zero on any failure.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 rig_up
@@ -37,6 +38,10 @@ run "pg_regress and isolation suites" installcheck
 for t in "$REPO"/test/*.sh; do
 	[ -e "$t" ] || continue
 	run "$(basename "$t")" bash "$t"
+done
+for t in "$REPO"/test/tap/t/*.pl; do
+	[ -e "$t" ] || continue
+	run "tap/$(basename "$t")" bash "$REPO/scripts/tap.sh" "$t"
 done
 
 rig_stop

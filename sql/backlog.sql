@@ -88,7 +88,8 @@ SET alipayplus.max_concurrency = 16;
 CREATE TABLE bl_orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING',
 	created_at timestamptz NOT NULL DEFAULT now());
 SELECT alipayplus_bind_orders('bl_orders', 'req', 'st', 'CANCELLED', 'CANCELLING',
-	initiated_at_column => 'created_at', paid_value => 'PAID', failed_value => 'FAILED');
+	initiated_at_column => 'created_at', paid_value => 'PAID', failed_value => 'FAILED',
+	pending_values => ARRAY['PENDING']);
 -- The orders' times do not depend on the time of day: the open ones were
 -- initiated at the start of Alipay+'s day (UTC+8), which keeps them in
 -- their cancel window until 00:15 tomorrow, and "stale" means older than

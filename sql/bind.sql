@@ -12,6 +12,10 @@ CREATE TABLE "Odd Schema"."Order""s" (
 	"When" timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO "Odd Schema"."Order""s" ("Req Id") VALUES ('odd-1'), ('odd-2');
+-- shop_orders still has orders cancelling (flagged by earlier suites): a
+-- new binding would strand them and is refused (sql/lost_answers.sql); this
+-- suite moves the binding on purpose, so a superuser deletes it first
+DELETE FROM alipayplus.order_binding;
 SELECT alipayplus_bind_orders('"Odd Schema"."Order""s"', 'Req Id', 'St;atus',
 	'CANCEL''D', 'CANCEL''ING', initiated_at_column => 'When', paid_value => 'PA''ID');
 SELECT orders, request_id_column, status_column, cancelled_value, cancelling_value

@@ -22,6 +22,7 @@ struct curl_slist;
 #define ERRCODE_APS_CANCELLED_STATE_VIOLATION	MAKE_SQLSTATE('Z','A','0','0','1')
 #define ERRCODE_APS_WINDOW_CLOSED				MAKE_SQLSTATE('Z','A','0','0','2')
 #define ERRCODE_APS_IS_A_REFUND					MAKE_SQLSTATE('Z','A','0','0','3')
+#define ERRCODE_APS_NOT_PENDING					MAKE_SQLSTATE('Z','A','0','0','5')
 
 /* The largest response body we accept from the gateway */
 #define APS_MAX_RESPONSE_BYTES	(1024 * 1024)
@@ -170,14 +171,20 @@ typedef struct ApsCallColumn
 
 extern const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS];
 extern void aps_check_id_pair(const char *payment_id, const char *request_id);
+extern void aps_refuse_read_only(void);
 extern EVP_PKEY *aps_check_config(void);
+extern void aps_warn_durability(void);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 						 ApsCallResult *result);
+
+/* guard.c */
+extern void aps_guard_init(void);
 
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,
 									const char *status);
-extern char *aps_ledger_state(Oid relid, const char *field, const char *id,
-							  bool *bound);
+extern char *aps_ledger_state(Oid relid, const char *request_id,
+							  const char *payment_id, bool *bound,
+							  char **key_field, char **key_id);
 
 #endif							/* ALIPAYPLUS_CANCEL_H */

@@ -27,11 +27,13 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "storage/proc.h"
+#include "replication/syncrep.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -45,6 +47,7 @@ PG_FUNCTION_INFO_V1(alipayplus_id_problem);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
+PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only);
 
 /* The columns of alipayplus._call_cancel's result, in order */
 const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
@@ -169,13 +172,82 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 }
 
 /*
- * Check that everything a call needs is configured and the keys load;
- * raise the error a user must fix otherwise.  Returns the private key.
+ * Refuse, before anything else, to send or queue a cancellation from a
+ * transaction that cannot write: a server in recovery (a hot standby) or a
+ * read-only transaction.  A call sent from there could never be recorded,
+ * so Alipay+ might cancel a payment that the ledger does not know of.
+ * Every path that sends or queues a request calls this first; it does not
+ * rely on the first write or row lock failing.
+ */
+void
+aps_refuse_read_only(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errdetail("The server is a standby (in recovery): the ledger cannot be written here."),
+				 errhint("Run on the primary.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errhint("Run it in a read-write transaction.")));
+}
+
+/* alipayplus._refuse_read_only(): see aps_refuse_read_only() */
+Datum
+alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
+{
+	aps_refuse_read_only();
+	PG_RETURN_VOID();
+}
+
+/*
+ * aps_warn_durability(): once per session, a WARNING when this session's
+ * commits may be lost although they were acknowledged (synchronous_commit
+ * off, or local while synchronous standbys are configured).  A lost commit puts a CANCELLED
+ * row back to CANCELLING (sent again, with the same id) or forgets a
+ * queued request altogether.  Cancellations go on: refusing them could
+ * let payments run past their cancel window.
+ */
+void
+aps_warn_durability(void)
+{
+	static bool warned = false;
+
+	if (warned)
+		return;
+	if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("synchronous_commit is off: cancellations this session commits can be lost in a crash after they were reported"),
+				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errhint("Run alipayplus_cancel with synchronous_commit = on (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
+	else if (synchronous_commit == SYNCHRONOUS_COMMIT_LOCAL_FLUSH &&
+			 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0')
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("synchronous_commit is local although synchronous_standby_names is set: cancellations this session commits can be lost at a failover"),
+				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errhint("Run alipayplus_cancel with synchronous_commit = on or remote_apply (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
+	else
+		return;
+	warned = true;
+}
+
+/*
+ * Check that this transaction may write (aps_refuse_read_only), that
+ * everything a call needs is configured and that the keys load; raise the
+ * error a user must fix otherwise.  Returns the private key.
  */
 EVP_PKEY *
 aps_check_config(void)
 {
 	EVP_PKEY   *key;
+
+	aps_refuse_read_only();
+	aps_warn_durability();
 
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);
 	aps_require_setting("alipayplus.client_id", aps_client_id);

@@ -22,6 +22,22 @@
  *	  only when that cancellation is CANCELLED (a verified S).
  *	  payment_id_column may be '' when the binding has none.
  *
+ * Logical replication: a change that a logical replication apply or
+ * table synchronization worker applies itself (not one made by a trigger
+ * or other code running inside that worker) brings the publisher's order
+ * state, which the publisher's own guard and ledger already checked.  The
+ * rules that need this database's ledger (no order born cancelling or
+ * cancelled; a cancel state entered only by the ledger's own write) do not
+ * apply to it, since the subscriber's ledger does not hold the publisher's
+ * cancellations; every other rule does (a cancelled row stays cancelled, a
+ * cancelling one only becomes cancelled, neither is deleted, their ids are
+ * fixed), so a replicated change can never undo a cancellation.  Telling
+ * the worker's own changes from nested ones needs the executor nesting
+ * that the hooks below count from the start of the process: only when the
+ * library is in shared_preload_libraries.  A BEFORE row trigger that fires
+ * in the worker (ENABLE ALWAYS or REPLICA) could change the row on its way
+ * in, so with one on the table nothing replicated enters a cancel state.
+ *
  * Values are compared as the column's type stores them: each trigger
  * argument is read with the type's input function and the column's type
  * modifier (so 'CANCELLED' matches a padded char(12) value) and compared
@@ -37,10 +53,15 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "replication/logicalworker.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
@@ -52,6 +73,136 @@
 
 PG_FUNCTION_INFO_V1(alipayplus_guard_cancelled);
 PG_FUNCTION_INFO_V1(alipayplus_guard_order);
+
+/*
+ * How deep this process is inside the executor or a utility command (as
+ * pg_stat_statements counts it), and whether that count is known: the
+ * hooks are installed only when the library is preloaded, so that they
+ * count from the start.
+ */
+static int	exec_nesting = 0;
+static bool exec_nesting_known = false;
+static ExecutorRun_hook_type prev_ExecutorRun = NULL;
+static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+static void
+guard_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction,
+				  uint64 count, bool execute_once)
+{
+	exec_nesting++;
+	PG_TRY();
+	{
+		if (prev_ExecutorRun)
+			prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		exec_nesting--;
+	}
+	PG_END_TRY();
+}
+
+static void
+guard_ExecutorFinish(QueryDesc *queryDesc)
+{
+	exec_nesting++;
+	PG_TRY();
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		exec_nesting--;
+	}
+	PG_END_TRY();
+}
+
+static void
+guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+					 bool readOnlyTree, ProcessUtilityContext context,
+					 ParamListInfo params, QueryEnvironment *queryEnv,
+					 DestReceiver *dest, QueryCompletion *qc)
+{
+	exec_nesting++;
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		exec_nesting--;
+	}
+	PG_END_TRY();
+}
+
+/* From _PG_init(): count the executor nesting if loaded at start-up */
+void
+aps_guard_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_ExecutorRun = ExecutorRun_hook;
+	ExecutorRun_hook = guard_ExecutorRun;
+	prev_ExecutorFinish = ExecutorFinish_hook;
+	ExecutorFinish_hook = guard_ExecutorFinish;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = guard_ProcessUtility;
+	exec_nesting_known = true;
+}
+
+/*
+ * Whether the row change being checked is one a logical replication worker
+ * applies itself (see the header).  In such a worker, raises an error when
+ * that cannot be told, or when a BEFORE row trigger that fires there could
+ * have changed the row on its way in, rather than stalling without a
+ * reason or taking that trigger's word for a cancellation.
+ */
+static bool
+replicated_change(Trigger *trigger, Relation rel)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+
+	if (!IsLogicalWorker())
+		return false;
+	if (!exec_nesting_known)
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+				 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
+						trigger->tgname, RelationGetRelationName(rel)),
+				 errdetail("alipayplus_cancel is not in shared_preload_libraries of this server, so the guard cannot tell the replication worker's own changes from those of other code running in it."),
+				 errhint("Add alipayplus_cancel to shared_preload_libraries on the subscriber and restart it; the subscription then resumes.")));
+	if (exec_nesting != 0)
+		return false;
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (TRIGGER_FOR_ROW(t->tgtype) && TRIGGER_FOR_BEFORE(t->tgtype) &&
+			(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)) &&
+			(t->tgenabled == TRIGGER_FIRES_ALWAYS ||
+			 t->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+					 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
+							trigger->tgname, RelationGetRelationName(rel)),
+					 errdetail("Trigger \"%s\" fires before it in the replication worker and could have changed the row that was replicated.",
+							   t->tgname),
+					 errhint("Let that trigger fire only for local changes on the subscriber (ALTER TABLE ... ENABLE TRIGGER %s); the subscription then resumes.",
+							 quote_identifier(t->tgname))));
+	}
+	return true;
+}
 
 /* One column the guard looks at, and the type functions it needs */
 typedef struct GuardColumn
@@ -168,15 +319,15 @@ ledger_text(GuardColumn *col, Datum v)
 }
 
 /*
- * The ledger key of an order row: its request id if it has a non-blank
- * one, else its payment id.  Returns false when it has neither.
+ * The ids of an order row: its request id and its payment id, each NULL
+ * when absent, empty or blank.  Returns false when it has neither.
  */
 static bool
-order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
-		  GuardColumn *pid, const char **field, char **id)
+order_ids(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
+		  GuardColumn *pid, char **request_id, char **payment_id)
 {
 	GuardColumn *cols[2] = {rid, pid};
-	const char *fields[2] = {"paymentRequestId", "paymentId"};
+	char	  **out[2] = {request_id, payment_id};
 
 	for (int i = 0; i < 2; i++)
 	{
@@ -185,6 +336,7 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		char	   *s;
 		const char *p;
 
+		*out[i] = NULL;
 		if (cols[i] == NULL)
 			continue;
 		v = heap_getattr(tuple, cols[i]->attnum, tupdesc, &isnull);
@@ -193,13 +345,10 @@ order_key(HeapTuple tuple, TupleDesc tupdesc, GuardColumn *rid,
 		s = ledger_text(cols[i], v);
 		for (p = s; *p && isspace((unsigned char) *p); p++)
 			;
-		if (*p == '\0')
-			continue;
-		*field = fields[i];
-		*id = s;
-		return true;
+		if (*p != '\0')
+			*out[i] = s;
 	}
-	return false;
+	return *request_id != NULL || *payment_id != NULL;
 }
 
 static Datum
@@ -342,8 +491,10 @@ guard(FunctionCallInfo fcinfo, bool bound)
 
 	if (bound)
 	{
-		const char *field;
-		char	   *id;
+		char	   *request_id;
+		char	   *payment_id;
+		char	   *key_field = NULL;
+		char	   *key_id = NULL;
 
 		/* the ids of a payment being cancelled are fixed */
 		if (oldtuple != NULL && (old_cancelled || old_cancelling))
@@ -372,6 +523,16 @@ guard(FunctionCallInfo fcinfo, bool bound)
 			}
 		}
 
+		/*
+		 * the publisher's guard and ledger already judged a replicated
+		 * change into a cancel state; this ledger knows nothing of it
+		 */
+		if (((oldtuple == NULL && (new_cancelled || new_cancelling)) ||
+			 (new_cancelled && !old_cancelled) ||
+			 (new_cancelling && !old_cancelling && !old_cancelled)) &&
+			replicated_change(trigger, rel))
+			return PointerGetDatum(newtuple);
+
 		/* no order is born cancelling or cancelled */
 		if (oldtuple == NULL && (new_cancelled || new_cancelling))
 			ereport(ERROR,
@@ -391,11 +552,12 @@ guard(FunctionCallInfo fcinfo, bool bound)
 
 			bool		has_key;
 
-			has_key = order_key(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
-								&field, &id);
+			has_key = order_ids(newtuple, tupdesc, &rid, has_pid ? &pid : NULL,
+								&request_id, &payment_id);
 			if (has_key)
-				state = aps_ledger_state(RelationGetRelid(rel), field, id,
-										 &in_tree);
+				state = aps_ledger_state(RelationGetRelid(rel), request_id,
+										 payment_id, &in_tree, &key_field,
+										 &key_id);
 			if (!in_tree)
 				ereport(ERROR,
 						(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
@@ -424,8 +586,9 @@ guard(FunctionCallInfo fcinfo, bool bound)
 								 args[2])));
 
 			/* only the ledger's own write for this very payment */
-			if (!has_key ||
-				!aps_ledger_write_allows(field, id, ledger_text(&status, newval)))
+			if (key_field == NULL ||
+				!aps_ledger_write_allows(key_field, key_id,
+										 ledger_text(&status, newval)))
 				ereport(ERROR,
 						(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
 						 errmsg("cannot set %s of row %s of table \"%s\" to \"%s\": only the cancellation ledger sets it",

@@ -12,7 +12,8 @@
  * so a call pays for executing them and nothing else; the C around them
  * only decides which statement runs, in the order the rules say:
  *
- *	mark:	validate the ids; lock the bound order (if a table is bound);
+ *	mark:	validate the ids; lock the bound order (if a table is bound),
+ *			then the ids against a concurrent alipayplus_note_refund;
  *			refuse refunds; find the ledger row by the one id it sends, or
  *			create it if the payment is still in its cancel window; move
  *			the bound order to the cancelling (or cancelled) value.
@@ -41,17 +42,23 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -63,6 +70,31 @@
 PG_FUNCTION_INFO_V1(alipayplus_mark_cancelling);
 PG_FUNCTION_INFO_V1(alipayplus_settle);
 PG_FUNCTION_INFO_V1(alipayplus_cancel_payment);
+PG_FUNCTION_INFO_V1(alipayplus_require_top_level);
+PG_FUNCTION_INFO_V1(alipayplus_refund_blocked);
+PG_FUNCTION_INFO_V1(alipayplus_outer_user);
+PG_FUNCTION_INFO_V1(alipayplus_lock_binding);
+
+/*
+ * The transaction-level locks that serialise the paths that can give an id
+ * a cancellation or note it as a refund (see lock_ids()): advisory lock
+ * tags [database, "APSC", the id's bucket, APS_ID_LOCK_KIND].  SQL's
+ * advisory-lock functions (pg_advisory_lock and the rest, src/backend/
+ * utils/adt/lockfuncs.c) only ever build tags whose fourth field is 1
+ * (one bigint key) or 2 (two int keys), so no role can take or hold these
+ * locks from SQL.
+ */
+#define APS_ID_LOCK_SPACE	0x41505343
+#define APS_ID_LOCK_BUCKETS	256
+#define APS_ID_LOCK_KIND	3
+
+/*
+ * The binding lock (see lock_binding()): an advisory lock tag of the
+ * database, "APSC", "BIND" and field4 = 4, which no SQL advisory lock
+ * function can produce (they use 1 and 2)
+ */
+#define APS_BINDING_LOCK_KEY	0x42494e44
+#define APS_BINDING_LOCK_FIELD4	4
 
 /* The statements, in the order the rules use them */
 enum
@@ -70,8 +102,14 @@ enum
 	Q_PRELUDE,
 	Q_BINDING,
 	Q_LOCK_ORDER,
+	Q_ORDER_KIND,
+	Q_NOTE_PAID,
 	Q_REFUND,
+	Q_HAS_CANCELLATION,
 	Q_FIND,
+	Q_OTHER_HOLDER,
+	Q_ORDERS_WITH_PAYMENT_ID,
+	Q_COMPLETE_IDS,
 	Q_WINDOW,
 	Q_INSERT,
 	Q_SET_ORDER,
@@ -116,6 +154,34 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" FROM alipayplus._lock_order($1, $2) o",
 		2, {TEXTOID, TEXTOID}
 	},
+	/*
+	 * Whether the binding names its pending values, whether the order's
+	 * status ($1, read under the order row lock) is one of them, and
+	 * whether it is the paid value.  Read through to_jsonb: a 1.2 ledger
+	 * not yet updated (ALTER EXTENSION) has no pending_values column.
+	 */
+	[Q_ORDER_KIND] = {
+		"SELECT COALESCE(pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array', false),"
+		" COALESCE($1 OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
+		"   CASE WHEN pg_catalog.jsonb_typeof(j.pv) OPERATOR(pg_catalog.=) 'array' THEN j.pv END))), false),"
+		" COALESCE($1 OPERATOR(pg_catalog.=) b.paid_value, false)"
+		" FROM alipayplus.order_binding b,"
+		" LATERAL (SELECT pg_catalog.to_jsonb(b) OPERATOR(pg_catalog.->) 'pending_values') j (pv)",
+		1, {TEXTOID}
+	},
+	/*
+	 * The order was paid when its cancellation was requested: kept as a
+	 * paid notification of the row, so that alipayplus.attention shows it
+	 * (an unhandled one is never replaced)
+	 */
+	[Q_NOTE_PAID] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" late_payment_status = 'S', late_payment_code = 'order.paid',"
+		" late_payment_at = pg_catalog.clock_timestamp()"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND x.late_payment_status IS DISTINCT FROM 'S' RETURNING x",
+		1, {INT8OID}
+	},
 	/* refunds cannot be cancelled */
 	[Q_REFUND] = {
 		"SELECT 1 FROM alipayplus.known_refunds r"
@@ -123,12 +189,68 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" OR r.refund_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
 	},
-	/* one ledger row per payment, keyed by the id it sends */
-	[Q_FIND] = {
-		"SELECT x FROM alipayplus.cancellations x"
-		" WHERE x.sent_field OPERATOR(pg_catalog.=) $1"
-		" AND x.sent_id OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+	/* whether an id to be noted as a refund already has a cancellation */
+	[Q_HAS_CANCELLATION] = {
+		"SELECT 1 FROM alipayplus.cancellations x"
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2])"
+		" OR x.payment_id OPERATOR(pg_catalog.=) ANY (ARRAY[$1, $2]) LIMIT 1",
 		2, {TEXTOID, TEXTOID}
+	},
+	/*
+	 * One ledger row per payment, keyed by the id it sends ($1, $2), but
+	 * found by either id it knows ($3, $4): a cancellation requested by
+	 * payment id before the order stored that id is the same payment as
+	 * one requested later by the order's request id.  A payment id alone
+	 * is no proof (an order often holds a placeholder such as 'N/A' until
+	 * Alipay+ answers): a row that knows a request id is found by that
+	 * request id, or by the payment id it is keyed by when no request id
+	 * is known; a row found by payment id never names another request id.
+	 * Column 2: the row found by its request id names another payment id.
+	 */
+	[Q_FIND] = {
+		"SELECT x, ($4 IS NOT NULL AND x.payment_id IS NOT NULL"
+		" AND x.payment_id OPERATOR(pg_catalog.<>) $4)"
+		" FROM alipayplus.cancellations x"
+		" WHERE x.payment_request_id OPERATOR(pg_catalog.=) $3"
+		" OR (x.payment_id OPERATOR(pg_catalog.=) $4"
+		"  AND (x.payment_request_id IS NULL"
+		"   OR ($3 IS NULL AND x.sent_field OPERATOR(pg_catalog.=) 'paymentId'"
+		"    AND x.sent_id OPERATOR(pg_catalog.=) $4)))"
+		" ORDER BY (x.sent_field OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_id OPERATOR(pg_catalog.=) $2) DESC, x.cancellation_id"
+		" LIMIT 1 FOR UPDATE",
+		4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	},
+	/*
+	 * With only a payment id: a row of another request id that holds it
+	 * (the same payment, or another one with the same placeholder)
+	 */
+	[Q_OTHER_HOLDER] = {
+		"SELECT x.cancellation_id, x.payment_request_id FROM alipayplus.cancellations x"
+		" WHERE x.payment_id OPERATOR(pg_catalog.=) $1"
+		" AND x.payment_request_id IS NOT NULL ORDER BY x.cancellation_id LIMIT 1",
+		1, {TEXTOID}
+	},
+	/*
+	 * How many rows of the bound table hold a payment id, read as the
+	 * table's owner (with the 1.0 helper, so that this library also runs
+	 * on the SQL of earlier versions until the extension is updated)
+	 */
+	[Q_ORDERS_WITH_PAYMENT_ID] = {
+		"SELECT x[1] FROM alipayplus.order_binding b,"
+		" alipayplus._order_exec(b.orders, pg_catalog.format("
+		"'SELECT pg_catalog.count(*)::pg_catalog.text FROM %s WHERE %I OPERATOR(pg_catalog.=) $1',"
+		" b.orders, b.payment_id_column), ARRAY[$1], ARRAY[b.payment_id_column]) x"
+		" WHERE b.payment_id_column IS NOT NULL",
+		1, {TEXTOID}
+	},
+	/* the ids a ledger row did not know yet, once an order names them */
+	[Q_COMPLETE_IDS] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" payment_request_id = COALESCE(x.payment_request_id, $2),"
+		" payment_id = COALESCE(x.payment_id, $3)"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1 RETURNING x",
+		3, {INT8OID, TEXTOID, TEXTOID}
 	},
 	/* a new row only while Alipay+ still accepts cancelPayment */
 	[Q_WINDOW] = {
@@ -229,6 +351,12 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"     pg_catalog.format('%s %s from Alipay+, a code the result policy does not know:"
 		" Alipay+ refused the cancellation and a person must decide (see last_result_message;"
 		" connect_support@service.alipay.com)', a.result_status, a.result_code)"
+		"   WHEN $5 OPERATOR(pg_catalog.>=) $6"
+		"     AND a.result_code LIKE 'local.%' THEN"
+		"     pg_catalog.format('no usable answer after %s attempts (last: %s %s%s); the cause"
+		" is on our side or on the way to Alipay+, not a refusal by Alipay+: fix it, then run"
+		" alipayplus_requeue_cancellation(%s)', $5, a.result_status, a.result_code,"
+		"     ': ' OPERATOR(pg_catalog.||) $4, x.cancellation_id)"
 		"   WHEN $5 OPERATOR(pg_catalog.>=) $6 THEN"
 		"     pg_catalog.format('no result after %s attempts (last: %s %s); contact Alipay+"
 		" support at connect_support@service.alipay.com', $5, a.result_status, a.result_code)"
@@ -307,6 +435,8 @@ typedef struct LedgerRow
 	int64		cancellation_id;
 	char	   *sent_field;
 	char	   *sent_id;
+	char	   *payment_request_id;	/* both ids, as far as the row knows them */
+	char	   *payment_id;
 	char	   *state;
 	int32		attempt_count;
 	int32		retry_budget_start;
@@ -517,6 +647,8 @@ ledger_row_fields(LedgerRow *c, HeapTupleHeader h)
 	c->cancellation_id = DatumGetInt64(field_not_null(h, "cancellation_id", INT8OID));
 	c->sent_field = field_text(h, "sent_field");
 	c->sent_id = field_text(h, "sent_id");
+	c->payment_request_id = field_text(h, "payment_request_id");
+	c->payment_id = field_text(h, "payment_id");
 	c->state = field_text(h, "state");
 	c->attempt_count = DatumGetInt32(field_not_null(h, "attempt_count", INT4OID));
 	c->retry_budget_start = DatumGetInt32(field_not_null(h, "retry_budget_start", INT4OID));
@@ -576,6 +708,109 @@ set_order_status(const char *field, const char *id, const char *status,
 }
 
 /*
+ * NOTIFY alipayplus_cancellations, sent for each ledger row created, is
+ * queued only when the transaction commits (an XACT_EVENT_PRE_COMMIT
+ * callback, which runs before PostgreSQL moves the queued notifications
+ * out): a transaction that did NOTIFY cannot be prepared, and PREPARE
+ * TRANSACTION after alipayplus_cancel_payment() or
+ * alipayplus_request_cancel() must work, or the call's verified answer
+ * would be lost with the transaction.  A prepared transaction sends no
+ * notification (COMMIT PREPARED cannot send one); the processor finds the
+ * row anyway.  The ids live in TopTransactionContext, each with the
+ * subtransaction level that created its row, so that the ids of a
+ * rolled-back subtransaction are forgotten.
+ */
+typedef struct PendingNotify
+{
+	int64		cancellation_id;
+	int			level;
+} PendingNotify;
+
+static List *pending_notifies = NIL;
+static bool notify_callbacks = false;
+
+static void
+notify_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_PRE_COMMIT)
+	{
+		foreach(lc, pending_notifies)
+		{
+			PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+			Async_Notify("alipayplus_cancellations",
+						 psprintf(INT64_FORMAT, p->cancellation_id));
+		}
+	}
+	/* every other event ends the transaction or prepares it: nothing to send */
+	if (event != XACT_EVENT_PARALLEL_PRE_COMMIT)
+		pending_notifies = NIL;
+}
+
+static void
+notify_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	foreach(lc, pending_notifies)
+	{
+		PendingNotify *p = (PendingNotify *) lfirst(lc);
+
+		if (p->level < level)
+			continue;
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			pending_notifies = foreach_delete_current(pending_notifies, lc);
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			p->level = level - 1;
+	}
+}
+
+static void
+notify_at_commit(int64 cancellation_id)
+{
+	MemoryContext old;
+	PendingNotify *p;
+
+	if (!notify_callbacks)
+	{
+		RegisterXactCallback(notify_xact_callback, NULL);
+		RegisterSubXactCallback(notify_subxact_callback, NULL);
+		notify_callbacks = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(PendingNotify));
+	p->cancellation_id = cancellation_id;
+	p->level = GetCurrentTransactionNestLevel();
+	pending_notifies = lappend(pending_notifies, p);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The row Q_FIND found, in *c; refused if it knows another payment id than
+ * payment_id (the row found by its request id): the two ids name two
+ * payments, and the ledger will not merge them.
+ */
+static void
+found_row(LedgerRow *c, const char *payment_id, MemoryContext mcxt)
+{
+	bool		isnull;
+
+	ledger_row_from_result(c, mcxt);
+	if (DatumGetBool(col_datum(0, 2, &isnull)) && !isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_CARDINALITY_VIOLATION),
+				 errmsg("ledger row %lld for payment request %s knows payment id %s, not %s",
+						(long long) c->cancellation_id, c->payment_request_id,
+						c->payment_id, payment_id),
+				 errdetail("A payment's two ids must agree; the ledger will not merge two payments, nor guess which id is right. Nothing was changed."),
+				 errhint("If one of them is a placeholder (such as 'N/A' or '0') or wrong, correct the order row or ask a person to check alipayplus.cancellations; see \"The two ids of a payment\" in the README.")));
+}
+
+/*
  * Create the ledger row (values v of Q_INSERT) and notify the processors,
  * or, if it exists (another transaction created it and has committed),
  * find and lock it.
@@ -586,14 +821,125 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 	if (run(Q_INSERT, v, n) == 1)
 	{
 		ledger_row_from_result(c, mcxt);
-		Async_Notify("alipayplus_cancellations",
-					 psprintf(INT64_FORMAT, c->cancellation_id));
+		notify_at_commit(c->cancellation_id);
 		return;
 	}
 	if (run(Q_FIND, v, n) == 0)
 		elog(ERROR, "the ledger row for %s %s vanished",
 			 TextDatumGetCString(v[0]), TextDatumGetCString(v[1]));
-	ledger_row_from_result(c, mcxt);
+	found_row(c, n[3] == 'n' ? NULL : TextDatumGetCString(v[3]), mcxt);
+}
+
+/*
+ * Serialise on ids a and b (either may be NULL) with a transaction-level
+ * advisory lock on the bucket of each (a hash of the id modulo
+ * APS_ID_LOCK_BUCKETS), taken in bucket order.  Every path that gives an id
+ * a cancellation (mark_cancelling) takes them shared, and
+ * alipayplus_note_refund exclusive, before looking at the other kind: so a
+ * refund and a cancel request for one id never run at once, and whichever
+ * comes second waits until the first ends and then sees what it did, while
+ * cancel requests never wait for each other.  Buckets rather than one lock
+ * per id keep a transaction that queues thousands of ids
+ * (alipayplus_request_cancel_all) within the shared lock table; the price
+ * is that a refund may wait for a cancel request of another id in its
+ * bucket.
+ */
+static void
+lock_ids(const char *a, const char *b, bool exclusive)
+{
+	int32		keys[2];
+	int			n = 0;
+	int			i;
+
+	if (a != NULL)
+		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) %
+			APS_ID_LOCK_BUCKETS;
+	if (b != NULL)
+	{
+		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) %
+			APS_ID_LOCK_BUCKETS;
+
+		if (n == 0 || k != keys[0])
+			keys[n++] = k;
+	}
+	if (n == 2 && keys[1] < keys[0])
+	{
+		int32		t = keys[0];
+
+		keys[0] = keys[1];
+		keys[1] = t;
+	}
+	for (i = 0; i < n; i++)
+	{
+		LOCKTAG		tag;
+
+		/*
+		 * Transaction-level (sessionLock false): owned by the current resource
+		 * owner, released at the end of the transaction, or at the abort of
+		 * the subtransaction that took it, like pg_advisory_xact_lock.
+		 */
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) APS_ID_LOCK_SPACE,
+							 (uint32) keys[i], APS_ID_LOCK_KIND);
+		(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
+						   false, false);
+	}
+}
+
+/*
+ * Take the binding lock for the rest of the transaction: shared by every
+ * path that may move a bound order to the cancelling value
+ * (mark_cancelling), before it reads the binding; exclusive by
+ * alipayplus_bind_orders before it looks for orders a new binding would
+ * strand.  So a new binding waits for the requests in flight to commit,
+ * and then counts the orders they marked; a request waits for a new
+ * binding to commit, and then marks an order of the table now bound.
+ * Requests share the lock and never wait for each other; a heavyweight
+ * lock in the shared lock table rather than a row lock on
+ * alipayplus.order_binding, which would dirty that row (and create
+ * MultiXacts) on every request.  A request reads the binding on the
+ * latest committed data (also under REPEATABLE READ); a new binding
+ * counts orders on fresh snapshots, so it refuses to replace a binding
+ * under REPEATABLE READ and SERIALIZABLE, where its snapshot could miss
+ * them (alipayplus._refuse_stranding_rebind).
+ */
+static void
+lock_binding(bool exclusive)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, APS_ID_LOCK_SPACE,
+						 APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+}
+
+/*
+ * alipayplus._lock_binding(): the binding lock, exclusive, for
+ * alipayplus_bind_orders (see lock_binding())
+ */
+Datum
+alipayplus_lock_binding(PG_FUNCTION_ARGS)
+{
+	lock_binding(true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Run statement q (a look-up) on the latest committed data rather than the
+ * transaction's snapshot: under REPEATABLE READ, what a transaction that
+ * held the same id lock committed must be seen too.  Returns the number of
+ * rows.
+ */
+static uint64
+run_latest(int q, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_snapshot(plans[q], values, nulls,
+										  GetLatestSnapshot(), InvalidSnapshot,
+										  false, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "ledger statement %d failed: %s", q,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
 }
 
 /*
@@ -601,13 +947,17 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
  * the ledger row if needed; *c is the row, locked.  The row is keyed by
  * the one id it sends: the request id when known (given, or read from the
  * bound order), else the payment id.  Refuses refunds and payments past
- * their cancel deadline before changing anything.  SPI must be connected;
- * *c is allocated in mcxt.
+ * their cancel deadline before changing anything, and with only_pending an
+ * order that is not (or no longer) in one of the binding's pending values,
+ * checked under the order row lock.  An order at the paid value is marked
+ * all the same (an explicit request), but the row keeps that it was paid
+ * (late_payment_*, shown in alipayplus.attention).  SPI must be
+ * connected; *c is allocated in mcxt.
  */
 static void
 mark_cancelling(const char *payment_id, const char *request_id,
-				bool has_initiated, TimestampTz initiated, LedgerRow *c,
-				MemoryContext mcxt)
+				bool has_initiated, TimestampTz initiated, bool only_pending,
+				LedgerRow *c, MemoryContext mcxt)
 {
 	const char *lock_field = request_id ? "paymentRequestId" : "paymentId";
 	const char *lock_id = request_id ? request_id : payment_id;
@@ -617,6 +967,7 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	bool		refund;
 	bool		order_found = false;
 	char	   *order_status = NULL;
+	bool		order_paid = false;
 	const char *field;
 	const char *id;
 	Datum		v[6];
@@ -625,9 +976,11 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	aps_check_id_pair(payment_id, request_id);
 	prepare_plans();
 
+	/* before the binding is read: a new binding must count what we mark */
+	lock_binding(false);
 	v[0] = text_or_null(payment_id, n, 0);
 	v[1] = text_or_null(request_id, n, 1);
-	run(Q_PRELUDE, v, n);
+	run_latest(Q_PRELUDE, v, n);
 	{
 		MemoryContext old = MemoryContextSwitchTo(mcxt);
 
@@ -666,17 +1019,55 @@ mark_cancelling(const char *payment_id, const char *request_id,
 			order_status = col_text(0, 5);
 			MemoryContextSwitchTo(old);
 		}
-		/*
-		 * Again now that the order row is locked: a refund recorded while
-		 * we waited for it (the lock orders the two), or the other id the
-		 * order named, may be a refund.
-		 */
-		if (!refund)
-		{
-			v[0] = text_or_null(payment_id, n, 0);
-			v[1] = text_or_null(request_id, n, 1);
-			refund = run(Q_REFUND, v, n) > 0;
-		}
+	}
+
+	/*
+	 * The order's status as it is now, under its row lock: a status that
+	 * changed since the caller picked the order (shipped, or paid by a
+	 * notification) is seen here and cannot change before we commit.
+	 */
+	if (order_found)
+	{
+		bool		has_pending;
+
+		v[0] = text_or_null(order_status, n, 0);
+		if (run(Q_ORDER_KIND, v, n) != 1)
+			elog(ERROR, "the order binding vanished");
+		has_pending = strcmp(col_text(0, 1), "t") == 0;
+		order_paid = strcmp(col_text(0, 3), "t") == 0;
+		if (only_pending && !has_pending)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("only_pending needs the pending status values in the binding"),
+					 errhint("Bind the table again with alipayplus_bind_orders(..., pending_values => ARRAY['PENDING']).")));
+		if (only_pending && strcmp(col_text(0, 2), "t") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_APS_NOT_PENDING),
+					 errmsg("order %s is no longer pending: its status is %s",
+							lock_id, order_status ? order_status : "NULL"),
+					 errdetail("Only orders in one of the binding's pending_values are cancelled when only_pending is true."),
+					 errhint("Nothing was changed; the order keeps its status.")));
+	}
+	else if (only_pending)
+		ereport(ERROR,
+				(errcode(ERRCODE_APS_NOT_PENDING),
+				 errmsg("%s has no bound order, so it is not pending", lock_id),
+				 errdetail("Only orders in one of the binding's pending_values are cancelled when only_pending is true."),
+				 errhint("Nothing was changed.")));
+
+	/*
+	 * Again once the ids are locked (after the order row, which comes
+	 * first in every path): a refund noted while we waited for the order
+	 * row or the id lock, or the other id the order named, may be a
+	 * refund; on the latest data, which a REPEATABLE READ snapshot taken
+	 * earlier would not show.
+	 */
+	lock_ids(payment_id, request_id, false);
+	if (!refund)
+	{
+		v[0] = text_or_null(payment_id, n, 0);
+		v[1] = text_or_null(request_id, n, 1);
+		refund = run_latest(Q_REFUND, v, n) > 0;
 	}
 	if (refund)
 		ereport(ERROR,
@@ -696,6 +1087,24 @@ mark_cancelling(const char *payment_id, const char *request_id,
 	{
 		bool		isnull = true;
 		Datum		deadline = (Datum) 0;
+
+		/*
+		 * Only a payment id, which a row of some request id also holds:
+		 * the same payment, or another one with the same placeholder
+		 */
+		if (request_id == NULL)
+		{
+			Datum		w[1];
+
+			w[0] = CStringGetTextDatum(payment_id);
+			if (run(Q_OTHER_HOLDER, w, " ") == 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("payment id %s is also held by ledger row %s for payment request %s",
+								payment_id, col_text(0, 1), col_text(0, 2)),
+						 errdetail("A payment id alone cannot tell whether it is that payment or another one with the same id (an order often holds a placeholder until Alipay+ answers). Nothing was changed."),
+						 errhint("Cancel by the payment's payment_request_id instead.")));
+		}
 
 		/* a new row only while Alipay+ still accepts cancelPayment */
 		if (has_initiated)
@@ -723,7 +1132,54 @@ mark_cancelling(const char *payment_id, const char *request_id,
 		create_or_find(v, n, c, mcxt);
 	}
 	else
+		found_row(c, payment_id, mcxt);
+	if ((c->payment_request_id == NULL && request_id != NULL) ||
+		(c->payment_id == NULL && payment_id != NULL))
+	{
+		Datum		w[3];
+		char		wn[3] = "   ";
+
+		/*
+		 * A row keyed by payment id learns its request id only from the
+		 * one order that holds that payment id: with several, the first
+		 * to ask would take the cancellation over for good
+		 */
+		if (c->payment_request_id == NULL && request_id != NULL && bound)
+		{
+			char	   *holders;
+
+			w[0] = CStringGetTextDatum(c->payment_id);
+			holders = run(Q_ORDERS_WITH_PAYMENT_ID, w, " ") == 1 ?
+				col_text(0, 1) : "0";
+			if (strcmp(holders, "1") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("ledger row %lld cancels payment id %s, which %s orders hold; it cannot tell whether it is the cancellation of payment request %s",
+								(long long) c->cancellation_id, c->payment_id,
+								holders, request_id),
+						 errdetail("A cancellation requested by payment id belongs to the one order that holds that payment id. Nothing was changed."),
+						 errhint("Correct the payment ids of the bound orders so that one order holds %s, then request again.",
+								 c->payment_id)));
+		}
+
+		w[0] = Int64GetDatum(c->cancellation_id);
+		w[1] = text_or_null(request_id, wn, 1);
+		w[2] = text_or_null(payment_id, wn, 2);
+		if (run(Q_COMPLETE_IDS, w, wn) != 1)
+			elog(ERROR, "ledger row %lld was not updated with its ids",
+				 (long long) c->cancellation_id);
 		ledger_row_from_result(c, mcxt);
+	}
+
+	if (order_paid && strcmp(c->state, "CANCELLED") != 0)
+	{
+		Datum		w[1];
+
+		/* the paid value is about to be overwritten: keep that it was paid */
+		w[0] = Int64GetDatum(c->cancellation_id);
+		if (run(Q_NOTE_PAID, w, " ") == 1)
+			ledger_row_from_result(c, mcxt);
+	}
 
 	if (order_found)
 	{
@@ -818,7 +1274,14 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		MemoryContextSwitchTo(old);
 		if (!c->binding_known)
 			bound = binding(&cancelling, &cancelled, mcxt);
-		if (bound)
+		/*
+		 * The order by its request id when the row knows it: the order may
+		 * not have stored the payment id the row sends yet
+		 */
+		if (bound && c->payment_request_id != NULL)
+			set_order_status("paymentRequestId", c->payment_request_id,
+							 cancelled, c->sent_field, c->sent_id);
+		else if (bound)
 			set_order_status(c->sent_field, c->sent_id, cancelled, NULL, NULL);
 		return state;
 	}
@@ -989,8 +1452,8 @@ arg_text(FunctionCallInfo fcinfo, int i)
 }
 
 /*
- * alipayplus._mark_cancelling(payment_id, payment_request_id, initiated_at)
- * RETURNS alipayplus.cancellations: see mark_cancelling().
+ * alipayplus._mark_cancelling(payment_id, payment_request_id, initiated_at
+ * [, only_pending]) RETURNS alipayplus.cancellations: see mark_cancelling().
  */
 Datum
 alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
@@ -998,11 +1461,16 @@ alipayplus_mark_cancelling(PG_FUNCTION_ARGS)
 	MemoryContext outer = CurrentMemoryContext;
 	LedgerRow	c;
 
+	aps_refuse_read_only();
+	/* a queued request lost with its commit would never be sent */
+	aps_warn_durability();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	mark_cancelling(arg_text(fcinfo, 0), arg_text(fcinfo, 1),
 					!PG_ARGISNULL(2),
-					PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), &c, outer);
+					PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2),
+					PG_NARGS() > 3 && !PG_ARGISNULL(3) && PG_GETARG_BOOL(3),
+					&c, outer);
 	SPI_finish();
 	PG_RETURN_DATUM(c.row);
 }
@@ -1078,12 +1546,15 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	memset(nulls, 0, sizeof(nulls));
 	outer = CurrentMemoryContext;
 
-	/* configuration problems are reported before anything is marked */
+	/*
+	 * a read-only transaction, then configuration problems, are reported
+	 * before anything is marked
+	 */
 	key = aps_check_config();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	mark_cancelling(payment_id, request_id, false, 0, &c, outer);
+	mark_cancelling(payment_id, request_id, false, 0, false, &c, outer);
 
 	if (strcmp(c.state, "CANCELLED") == 0)
 	{
@@ -1134,4 +1605,72 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * CALL alipayplus_require_top_level(procedure): for the procedures that
+ * commit as they go (alipayplus_run_cancellations,
+ * alipayplus_process_backlog), called first, before anything is claimed or
+ * sent.  Raises 25001 unless the caller may commit: a CALL as a statement
+ * of its own, outside a transaction block, from no function, and from no
+ * procedure with SET or SECURITY DEFINER.  Otherwise the first COMMIT
+ * would fail after a window of calls had been answered, and the answers
+ * would be rolled back with it.  PL/pgSQL passes its own atomicity on to
+ * the procedures it calls, so the CallContext this procedure gets says
+ * whether its caller can commit.
+ */
+Datum
+alipayplus_require_top_level(PG_FUNCTION_ARGS)
+{
+	const char *name = PG_ARGISNULL(0) ? "this procedure" :
+		text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
+		castNode(CallContext, fcinfo->context)->atomic)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s must be called as a top-level statement by itself", name),
+				 errdetail("It commits after each window of calls, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
+				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
+						 name)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus._refund_blocked(refund_request_id, refund_id) RETURNS boolean:
+ * for alipayplus_note_refund, which must call it before it notes the ids:
+ * takes the id locks exclusive (see lock_ids()) and says whether either id
+ * already has a cancellation, on the latest committed data.
+ */
+Datum
+alipayplus_refund_blocked(PG_FUNCTION_ARGS)
+{
+	char	   *refund_request_id = arg_text(fcinfo, 0);
+	char	   *refund_id = arg_text(fcinfo, 1);
+	Datum		v[2];
+	char		n[2];
+	bool		blocked;
+
+	lock_ids(refund_request_id, refund_id, true);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	v[0] = text_or_null(refund_request_id, n, 0);
+	v[1] = text_or_null(refund_id, n, 1);
+	blocked = run_latest(Q_HAS_CANCELLATION, v, n) > 0;
+	SPI_finish();
+	PG_RETURN_BOOL(blocked);
+}
+
+/*
+ * alipayplus._outer_user() RETURNS name: the role the caller acts as (its
+ * SET ROLE, else its login role), which a SECURITY DEFINER function's
+ * current_user hides.
+ */
+Datum
+alipayplus_outer_user(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(DirectFunctionCall1(namein,
+										CStringGetDatum(GetUserNameFromId(GetOuterUserId(),
+																		  false))));
 }

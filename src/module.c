@@ -4,7 +4,9 @@
  *	  Loading of the alipayplus_cancel library: settings and libcurl.
  *
  * The library needs no shared_preload_libraries entry; it is loaded by
- * the first call of one of its functions in a session.
+ * the first call of one of its functions in a session.  Preloaded, it also
+ * counts the executor nesting for the guard (guard.c), which a logical
+ * replication subscriber needs.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,6 +28,7 @@ _PG_init(void)
 	CURLcode	rc;
 
 	aps_define_settings();
+	aps_guard_init();
 
 	/* libcurl's global set-up is not thread-safe; do it once, here */
 	rc = curl_global_init(CURL_GLOBAL_ALL);

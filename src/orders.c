@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -37,6 +38,8 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
@@ -153,11 +156,49 @@ without_pg_temp(const char *path)
  * The calling session's temporary tables, views and types would be found
  * by the owner's code through any unqualified name its own search_path
  * does not resolve (pg_temp can be put last, never left out), and a
- * trigger on such a table would run as the owner.  So the owner's code
- * runs only from sessions that have none.
+ * trigger on such a table would run as the owner.  So while the owner's
+ * code runs, the session's temporary schema is hidden: name look-ups (the
+ * search_path, and "pg_temp." itself) do not see it, as in a session that
+ * has never made a temporary object.  Under a connection pooler, temporary
+ * objects that one client left on a server connection then neither reach
+ * the owner's code nor stop another client's cancellations.
+ *
+ * The only way to hide it is the one PostgreSQL uses to hand the temporary
+ * schema to parallel workers (SetTempNamespaceState).  It is shown again
+ * when the owner's query ends, and by the (sub)transaction abort that an
+ * error in it leads to.  A relation cache entry of a temporary relation
+ * built while it was hidden takes it for another session's (the owner's
+ * code reached it by its pg_temp_N name, or a cache reset rebuilt an open
+ * one), so each one is invalidated once the schema is shown again.
+ *
+ * In a build with assertions, SetTempNamespaceState() insists on being
+ * used for a parallel worker only; there the ledger refuses, as before
+ * 1.3, to touch the orders table from a session with temporary objects.
  */
+static bool temp_hidden = false;
+static Oid	hidden_temp_ns = InvalidOid;
+static Oid	hidden_temp_toast_ns = InvalidOid;
+static List *hidden_temp_rels = NIL;	/* their OIDs, in TopMemoryContext */
+
 static void
-refuse_temp_objects(void)
+show_temp_namespace(void)
+{
+	List	   *rels = hidden_temp_rels;
+	ListCell   *lc;
+
+	if (!temp_hidden)
+		return;
+	temp_hidden = false;
+	hidden_temp_rels = NIL;
+	SetTempNamespaceState(hidden_temp_ns, hidden_temp_toast_ns);
+	foreach(lc, rels)
+		RelationCacheInvalidateEntry(lfirst_oid(lc));
+	list_free(rels);
+}
+
+#ifdef USE_ASSERT_CHECKING
+static bool
+hide_temp_namespace(void)
 {
 	int			ret;
 	bool		isnull;
@@ -176,7 +217,85 @@ refuse_temp_objects(void)
 				 errmsg("cannot work on the orders table from a session that has temporary tables or types"),
 				 errdetail("The table owner's triggers and constraints run as the owner, and could otherwise reach this session's temporary objects."),
 				 errhint("Drop the temporary objects (DISCARD TEMP), or call from another session.")));
+	return false;
 }
+#else
+
+static SubTransactionId hidden_subid = InvalidSubTransactionId;
+static bool hide_callbacks_registered = false;
+
+static void
+hide_xact_callback(XactEvent event, void *arg)
+{
+	show_temp_namespace();
+}
+
+static void
+hide_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	/* the subtransaction the schema was hidden in, or an outer one */
+	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid <= hidden_subid)
+		show_temp_namespace();
+}
+
+/*
+ * Hide the session's temporary schema, if it has one and it is not hidden
+ * already; true if this call hid it (then show_temp_namespace() must
+ * follow).  Must be called inside an SPI connection.
+ */
+static bool
+hide_temp_namespace(void)
+{
+	Oid			ns;
+	Oid			toast_ns;
+	Oid			argtypes[2] = {OIDOID, OIDOID};
+	Datum		args[2];
+	List	   *rels = NIL;
+	MemoryContext old;
+	int			ret;
+
+	if (temp_hidden)
+		return false;
+	GetTempNamespaceState(&ns, &toast_ns);
+	if (!OidIsValid(ns))
+		return false;
+
+	args[0] = ObjectIdGetDatum(ns);
+	args[1] = ObjectIdGetDatum(toast_ns);
+	ret = SPI_execute_with_args("SELECT c.oid FROM pg_catalog.pg_class c "
+								"WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 "
+								"OR c.relnamespace OPERATOR(pg_catalog.=) $2",
+								2, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not list temporary relations");
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		oid = SPI_getbinval(SPI_tuptable->vals[i],
+										SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			rels = lappend_oid(rels, DatumGetObjectId(oid));
+	}
+	MemoryContextSwitchTo(old);
+
+	if (!hide_callbacks_registered)
+	{
+		RegisterXactCallback(hide_xact_callback, NULL);
+		RegisterSubXactCallback(hide_subxact_callback, NULL);
+		hide_callbacks_registered = true;
+	}
+	hidden_temp_ns = ns;
+	hidden_temp_toast_ns = toast_ns;
+	hidden_subid = GetCurrentSubTransactionId();
+	hidden_temp_rels = rels;
+	temp_hidden = true;
+	SetTempNamespaceState(InvalidOid, InvalidOid);
+	return true;
+}
+#endif
 
 /*
  * The search_path the table owner's own sessions get in this database
@@ -250,6 +369,7 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 	int			save_nestlevel;
 	char	   *search_path;
+	bool		hid_temp;
 	int			ret;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -284,7 +404,7 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	refuse_temp_objects();
+	hid_temp = hide_temp_namespace();
 	search_path = owner_search_path(owner);
 	save_nestlevel = enter_owner_context(owner, search_path,
 										 &save_userid, &save_sec_context);
@@ -385,33 +505,47 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 	}
 
 	leave_owner_context(save_userid, save_sec_context, save_nestlevel);
+	if (hid_temp)
+		show_temp_namespace();
 	SPI_finish();
 	return (Datum) 0;
 }
 
 /*
- * The state of the ledger row for an id, as the ledger's owner sees it:
- * "CANCELLING", "CANCELLED", or NULL when there is none (or the extension's
- * schema is gone).  field is "paymentRequestId" or "paymentId".  Only for
+ * The state of the ledger row for a payment, as the ledger's owner sees
+ * it: "CANCELLING", "CANCELLED", or NULL when there is none (or the
+ * extension's schema is gone).  The payment is an order's request id and
+ * payment id (either may be NULL); its ledger row is the one that knows
+ * its request id, or one that knows its payment id and no request id,
+ * whichever id it sends (a cancellation requested by payment id before
+ * the order stored that id knows the request id once an order names
+ * both).  A row of another request id is another payment, whatever
+ * payment id it holds: orders often hold a placeholder such as 'N/A'.  Should there be several, the one the ledger is writing for
+ * comes first, then a CANCELLED one.  *key_field and *key_id are that
+ * row's key (the id it sends), for aps_ledger_write_allows().  Only for
  * the bound orders table and the tables below it: *bound is set to false
  * (and NULL returned) for any other relation, so that the guard trigger
  * cannot be used to read the ledger from elsewhere.
  */
 char *
-aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
+aps_ledger_state(Oid relid, const char *request_id, const char *payment_id,
+				 bool *bound, char **key_field, char **key_id)
 {
 	Oid			ledger;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, OIDOID};
-	Datum		args[3];
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = "     ";
 	bool		isnull;
 	char	   *state = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	int			ret;
 
 	*bound = false;
+	*key_field = NULL;
+	*key_id = NULL;
 
 	/* catalog look-ups without permission checks: the writer may not see the schema */
 	ledger = get_relname_relid("cancellations",
@@ -419,9 +553,15 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 	if (!OidIsValid(ledger))
 		return NULL;
 
-	args[0] = CStringGetTextDatum(field);
-	args[1] = CStringGetTextDatum(id);
+	args[0] = request_id ? CStringGetTextDatum(request_id) : (Datum) 0;
+	nulls[0] = request_id ? ' ' : 'n';
+	args[1] = payment_id ? CStringGetTextDatum(payment_id) : (Datum) 0;
+	nulls[1] = payment_id ? ' ' : 'n';
 	args[2] = ObjectIdGetDatum(relid);
+	args[3] = current_write ? CStringGetTextDatum(current_write->field) : (Datum) 0;
+	nulls[3] = current_write ? ' ' : 'n';
+	args[4] = current_write ? CStringGetTextDatum(current_write->id) : (Datum) 0;
+	nulls[4] = current_write ? ' ' : 'n';
 
 	save_nestlevel = enter_owner_context(relation_owner(ledger),
 										 "pg_catalog, pg_temp",
@@ -433,10 +573,17 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 								" UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
 								" JOIN tree ON i.inhparent OPERATOR(pg_catalog.=) tree.r) "
 								"SELECT EXISTS (SELECT 1 FROM tree WHERE tree.r OPERATOR(pg_catalog.=) $3), "
-								"(SELECT c.state FROM alipayplus.cancellations c "
-								" WHERE c.sent_field OPERATOR(pg_catalog.=) $1 "
-								" AND c.sent_id OPERATOR(pg_catalog.=) $2)",
-								3, argtypes, args, NULL, true, 1);
+								"l.state, l.sent_field, l.sent_id "
+								"FROM (VALUES (1)) one (x) LEFT JOIN LATERAL ("
+								" SELECT c.state, c.sent_field, c.sent_id FROM alipayplus.cancellations c "
+								" WHERE c.payment_request_id OPERATOR(pg_catalog.=) $1 "
+								" OR (c.payment_id OPERATOR(pg_catalog.=) $2"
+								"  AND c.payment_request_id IS NULL) "
+								" ORDER BY (c.sent_field OPERATOR(pg_catalog.=) $4"
+								"  AND c.sent_id OPERATOR(pg_catalog.=) $5) DESC NULLS LAST,"
+								" c.state OPERATOR(pg_catalog.=) 'CANCELLED' DESC, c.cancellation_id"
+								" LIMIT 1) l ON true",
+								5, argtypes, args, nulls, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ledger look-up failed: %s", SPI_result_code_string(ret));
 	*bound = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
@@ -447,7 +594,15 @@ aps_ledger_state(Oid relid, const char *field, const char *id, bool *bound)
 									 SPI_tuptable->tupdesc, 2);
 
 		if (v != NULL)
+		{
 			state = MemoryContextStrdup(caller, v);
+			*key_field = MemoryContextStrdup(caller,
+											 SPI_getvalue(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 3));
+			*key_id = MemoryContextStrdup(caller,
+										  SPI_getvalue(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 4));
+		}
 	}
 	SPI_finish();
 	leave_owner_context(save_userid, save_sec_context, save_nestlevel);

@@ -13,15 +13,22 @@
 #    alipayplus.retry_base_ms is 1s there), the next run gets S.
 # 2. Then the gateway URL points nowhere: the next run raises, and
 #    cron.job_run_details shows the run as failed with the reason.
+# 3. At the same time, a second job in another database runs the command
+#    'CALL alipayplus_run_cancellations(); SELECT 1' (several statements:
+#    an implicit transaction block, where the procedure cannot commit):
+#    each run fails with SQLSTATE 25001's message and nothing is sent.
 
 source "$(dirname "${BASH_SOURCE[0]}")/shell_common.bash"
 
 DB=apc_cron
 JOB=apc_cron_test
+DB2=apc_cron_multi
+JOB2=apc_cron_multi_test
 SUFFIX=$(date +%s%N)
 ID_RETRY="seq-U.S-cron-$SUFFIX"
 ID_NOW="cron-ok-$SUFFIX"
 ID_FAIL="cron-down-$SUFFIX"
+ID_MULTI="cron-multi-$SUFFIX"
 T0=$SECONDS
 
 # qp SQL: a value from database postgres, where pg_cron lives
@@ -35,6 +42,9 @@ cleanup() {
 	qp "SELECT count(cron.unschedule(jobid)) FROM cron.job WHERE jobname = '$JOB'" >/dev/null 2>&1
 	qp "DELETE FROM cron.job_run_details d WHERE NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = d.jobid) AND d.command LIKE '%alipayplus_run_cancellations%' AND d.database = '$DB'" >/dev/null 2>&1
 	qp "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+	qp "SELECT count(cron.unschedule(jobid)) FROM cron.job WHERE jobname = '$JOB2'" >/dev/null 2>&1
+	qp "DELETE FROM cron.job_run_details d WHERE NOT EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = d.jobid) AND d.database = '$DB2'" >/dev/null 2>&1
+	qp "DROP DATABASE IF EXISTS $DB2 WITH (FORCE)" >/dev/null 2>&1
 }
 trap cleanup EXIT
 
@@ -68,6 +78,12 @@ qd "SELECT state FROM alipayplus_request_cancel(payment_request_id => '$ID_RETRY
 qd "SELECT state FROM alipayplus_request_cancel(payment_request_id => '$ID_NOW')" >/dev/null
 expect "two cancellations queued, CANCELLING, no attempt yet" "2|0" \
 	"$(qd "SELECT count(*) FILTER (WHERE state = 'CANCELLING' AND attempt_count = 0), (SELECT count(*) FROM alipayplus.cancel_attempts) FROM alipayplus.cancellations")"
+
+# part 3's job, run alongside part 1's
+qp "CREATE DATABASE $DB2"
+q $DB2 "CREATE EXTENSION alipayplus_cancel"
+q $DB2 "SELECT state FROM alipayplus_request_cancel(payment_request_id => '$ID_MULTI')" >/dev/null
+jobid2=$(qp "SELECT cron.schedule_in_database('$JOB2', '* * * * *', 'CALL alipayplus_run_cancellations(); SELECT 1', '$DB2')")
 
 jobid=$(qp "SELECT cron.schedule_in_database('$JOB', '* * * * *', 'CALL alipayplus_run_cancellations()', '$DB')")
 expect "job scheduled in database $DB" "$DB|t|* * * * *" \
@@ -112,6 +128,26 @@ expect "processor_runs: one row per succeeded cron run" "$n_ok" \
 	"$(qd "SELECT count(*) FROM alipayplus.processor_runs")"
 expect "processor_runs: every run stopped because nothing was due" "t" \
 	"$(qd "SELECT bool_and(stopped_because = 'nothing due') FROM alipayplus.processor_runs")"
+
+# --- part 3: a command of several statements is refused, nothing sent ----
+
+if wait_for postgres "SELECT EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid = $jobid2 AND status IN ('succeeded', 'failed'))" 130; then
+	ok "a run of the command 'CALL alipayplus_run_cancellations(); SELECT 1' finished"
+else
+	not_ok "no run of job $jobid2 finished within 130 s"
+fi
+expect "every run of it failed" "t" \
+	"$(qp "SELECT bool_and(status = 'failed') FROM cron.job_run_details WHERE jobid = $jobid2 AND status IN ('succeeded', 'failed')")"
+msg2=$(qp "SELECT return_message FROM cron.job_run_details WHERE jobid = $jobid2 AND status = 'failed' ORDER BY runid LIMIT 1")
+case "$msg2" in
+*"alipayplus_run_cancellations must be called as a top-level statement by itself"*)
+	ok "its return_message says why: ${msg2%%$'\n'*}" ;;
+*)
+	not_ok "return_message does not say it must be a top-level statement: '$msg2'" ;;
+esac
+expect "nothing was sent for the queued cancellation, nothing recorded" "0|CANCELLING|0" \
+	"$(gateway_requests "$ID_MULTI")|$(q $DB2 "SELECT state || '|' || attempt_count FROM alipayplus.cancellations WHERE sent_id = '$ID_MULTI'")"
+qp "SELECT cron.unschedule($jobid2)" >/dev/null
 
 # --- part 2: a systemic failure shows in cron.job_run_details ------------
 

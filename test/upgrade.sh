@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test/upgrade.sh: ALTER EXTENSION alipayplus_cancel UPDATE from every
-# released version (1.0, 1.1) to the current one (default_version).
+# released version (1.0, 1.1, 1.2) to the current one (default_version).
 #
 # A database on the old version gets a bound orders table, a grant, a DBA
 # policy row and cancellations in every state (cancelled, flagged, waiting
@@ -34,6 +34,11 @@ SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
 INSERT INTO orders (req) VALUES ('up-ok-$TAG'), ('f-PROCESS_FAIL-up-$TAG'),
 	('u-UNKNOWN_EXCEPTION-up-$TAG'), ('up-queued-$TAG'), ('seq-U.S-up-$TAG');
 GRANT EXECUTE ON FUNCTION alipayplus_request_cancel(text, text, timestamptz) TO $ROLE;
+DO \$\$ BEGIN
+	IF to_regprocedure('alipayplus_request_cancel_all(text[], boolean)') IS NOT NULL THEN
+		GRANT EXECUTE ON FUNCTION alipayplus_request_cancel_all(text[], boolean) TO $ROLE;
+	END IF;
+END \$\$;
 INSERT INTO alipayplus.result_policy VALUES ('UP_CODE_$TAG', 'retry', 'added by a DBA');
 SELECT * FROM alipayplus_cancel_payment(payment_request_id => 'up-ok-$TAG');
 SELECT * FROM alipayplus_cancel_payment(payment_request_id => 'f-PROCESS_FAIL-up-$TAG');
@@ -104,6 +109,9 @@ expect "no ledger row changed by the update" "$before" \
 expect "no attempt lost" "$attempts_before" "$(q $OLD "SELECT count(*) FROM alipayplus.cancel_attempts")"
 expect "the grant survived" "t" \
 	"$(q $OLD "SELECT has_function_privilege('$ROLE', 'alipayplus_request_cancel(text, text, timestamptz)', 'EXECUTE')")"
+[ "$FROM" = 1.0 ] ||
+	expect "the grant of alipayplus_request_cancel_all survived its new argument (1.3)" "t" \
+		"$(q $OLD "SELECT has_function_privilege('$ROLE', 'alipayplus_request_cancel_all(text[], boolean, boolean)', 'EXECUTE')")"
 expect "the DBA's policy row survived" "1" \
 	"$(q $OLD "SELECT count(*) FROM alipayplus.result_policy WHERE result_code = 'UP_CODE_$TAG'")"
 expect "the orders are still guarded" "ZA001" \
@@ -119,9 +127,17 @@ expect "after the update the queue carries on: queued and retried ones cancelled
 expect "the orders followed" "CANCELLED CANCELLING CANCELLED CANCELLED" \
 	"$(q $OLD "SELECT string_agg(st, ' ' ORDER BY c.cancellation_id) FROM orders o JOIN alipayplus.cancellations c ON c.sent_id = o.req")"
 expect "the database updated from $FROM has the 1.1 and 1.2 objects" "t|t|c|t" \
-	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL,
+	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean, boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL,
 		(SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'alipayplus._settle(alipayplus.cancellations, record, text)'::regprocedure),
 		to_regprocedure('alipayplus._apply_result(alipayplus.cancellations, alipayplus.cancel_attempts)') IS NULL")"
+expect "the database updated from $FROM has the 1.3 objects" "t|t|t" \
+	"$(q $OLD "SELECT to_regprocedure('alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text, text[])') IS NOT NULL,
+		to_regprocedure('alipayplus_bind_orders(regclass, name, name, text, text, name, name, text, text, text)') IS NULL,
+		(SELECT note LIKE '%alipayplus.public_key_file%' FROM alipayplus.result_policy WHERE builtin AND result_code = 'local.bad_signature')")"
+expect "a flagged row from $FROM can be closed after the update" "f-PROCESS_FAIL-up-$TAG|closed after the update" \
+	"$(q $OLD "SELECT c.sent_id, c.attention_closed_note
+		FROM alipayplus_close_attention((SELECT x.cancellation_id FROM alipayplus.cancellations x WHERE x.needs_attention), 'closed after the update') c")"
+expect "and leaves the attention view" "0" "$(q $OLD "SELECT count(*) FROM alipayplus.attention")"
 
 q postgres "DROP DATABASE $OLD WITH (FORCE)" >/dev/null 2>&1
 q postgres "DROP DATABASE $NEW WITH (FORCE)" >/dev/null 2>&1
@@ -130,4 +146,5 @@ q postgres "DROP ROLE IF EXISTS $ROLE" >/dev/null 2>&1
 
 upgrade_from 1.0
 upgrade_from 1.1
+upgrade_from 1.2
 finish
