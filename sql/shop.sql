@@ -230,7 +230,7 @@ SELECT errcheck($$SELECT alipayplus_request_cancel(payment_request_id => 'shop-F
 
 -- a statement_timeout in the middle of a run: the call gives up on its own
 -- just before the statement would be cancelled, so its attempt is recorded
--- (local.timeout) and backs off, and the run before it stays committed
+-- (local.statement_timeout) and backs off, and the run before it stays committed
 INSERT INTO shop.orders (order_no, request_id) VALUES (10, 'shop-T1'), (11, 'slow-3000-shop-T2');
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'shop-T1');
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'slow-3000-shop-T2');

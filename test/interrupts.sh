@@ -8,7 +8,7 @@
 # interrupt (or statement_timeout) can end the call early:
 #
 # 1. statement_timeout = 1s: the call gives up on its own 250 ms before the
-#    statement would be cancelled, as U local.timeout, recorded in the
+#    statement would be cancelled, as U local.statement_timeout (the caller's limit, not the gateway's silence), recorded in the
 #    ledger; the SAME session then makes successful calls.
 # 2. pg_cancel_backend() from another session: 57014 "canceling statement
 #    due to user request", promptly; the call was waiting with
@@ -102,10 +102,10 @@ SQL
 t1=$(now_ms)
 sed 's/^/#   /' "$TMP/st.out"
 # the call gives up on its own 250 ms before the statement would be
-# cancelled: the statement succeeds with U local.timeout, and the attempt is
+# cancelled: the statement succeeds with U local.statement_timeout, and the attempt is
 # recorded (the cancel path itself is tested with pg_cancel_backend below)
 expect "statement_timeout: the statement succeeds" 00000 "$(line_value "$TMP/st.out" ST_SQLSTATE)"
-expect "statement_timeout: the call ends as U local.timeout" "ST_RESULT=U/local.timeout" \
+expect "statement_timeout: the call ends as U local.statement_timeout" "ST_RESULT=U/local.statement_timeout" \
 	"$(grep '^ST_RESULT=' "$TMP/st.out")"
 el=$(line_value "$TMP/st.out" ST_ELAPSED_MS)
 if [[ "$el" =~ ^[0-9]+$ ]] && [ "$el" -ge 600 ] && [ "$el" -lt 1000 ]; then
@@ -120,16 +120,16 @@ else
 fi
 expect "statement_timeout: the ledger kept the cancellation" \
 	"ST_LEDGER=1" "$(grep '^ST_LEDGER=' "$TMP/st.out")"
-expect "statement_timeout: second slow call in the same session, U local.timeout" \
-	"ST2_RESULT=U/local.timeout" "$(grep '^ST2_RESULT=' "$TMP/st.out")"
+expect "statement_timeout: second slow call in the same session, U local.statement_timeout" \
+	"ST2_RESULT=U/local.statement_timeout" "$(grep '^ST2_RESULT=' "$TMP/st.out")"
 expect "statement_timeout: same session then cancels a payment" "ST_AFTER=S/SUCCESS/CANCELLED" \
 	"$(grep '^ST_AFTER=' "$TMP/st.out")"
 expect "statement_timeout: same session then waits out a 300 ms answer" \
 	"ST_AFTER_SLOW=S/SUCCESS/CANCELLED" "$(grep '^ST_AFTER_SLOW=' "$TMP/st.out")"
-expect "statement_timeout: both timed-out ids are CANCELLING with one local.timeout attempt each" \
+expect "statement_timeout: both timed-out ids are CANCELLING with one local.statement_timeout attempt each" \
 	"2|2|CANCELLING" \
 	"$(q "$DB" "SELECT (SELECT count(*) FROM alipayplus.cancellations WHERE payment_request_id IN ('$ID_ST', '$ID_ST2'))
-		|| '|' || (SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id IN ('$ID_ST', '$ID_ST2') AND result_code = 'local.timeout')
+		|| '|' || (SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id IN ('$ID_ST', '$ID_ST2') AND result_code = 'local.statement_timeout')
 		|| '|' || (SELECT string_agg(DISTINCT state, ',') FROM alipayplus.cancellations WHERE payment_request_id IN ('$ID_ST', '$ID_ST2'))")"
 n=$(gateway_requests "$ID_ST")
 if [ "$n" -ge 1 ]; then
