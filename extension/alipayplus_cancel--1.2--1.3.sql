@@ -1399,6 +1399,7 @@ ALTER TABLE alipayplus.cancel_attempts
 	ADD COLUMN completed_at timestamptz,
 	ADD COLUMN run_id bigint;
 UPDATE alipayplus.cancel_attempts x SET completed_at = x.attempted_at;
+ALTER TABLE alipayplus.cancel_attempts ALTER COLUMN completed_at SET DEFAULT pg_catalog.clock_timestamp();
 CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (cancellation_id)
 	WHERE result_code = 'local.no_answer_yet';
 COMMENT ON TABLE alipayplus.cancel_attempts IS
@@ -1620,9 +1621,9 @@ BEGIN
 		WHERE x.cancellation_id = c.cancellation_id;
 		INSERT INTO alipayplus.cancel_attempts AS x
 			(cancellation_id, sent_field, sent_id, result_status, result_code,
-			 result_message, caller, run_id)
+			 result_message, caller, run_id, completed_at)
 		VALUES (c.cancellation_id, c.sent_field, c.sent_id, 'U', 'local.no_answer_yet',
-				'no answer yet: the request is on its way', p_caller, p_run)
+				'no answer yet: the request is on its way', p_caller, p_run, NULL)
 		RETURNING x.attempt_id INTO v_attempt;
 		attempts := attempts || v_attempt;
 	END LOOP;
@@ -1783,7 +1784,7 @@ DECLARE
 BEGIN
 	IF $1 = 'begin' THEN
 		PERFORM alipayplus._check_config();
-		v_run := alipayplus._run_begin('alipayplus_processor');
+		v_run := alipayplus._run_begin('alipayplus_process_cancellations');
 		RETURN QUERY SELECT v_run, NULL::bigint[], NULL::bigint[], 0, 0, 0, 0, 0,
 			NULL::text, NULL::text;
 		RETURN;
@@ -1800,12 +1801,12 @@ BEGIN
 	CASE $1
 		WHEN 'claim' THEN
 			cl := alipayplus._claim(v_run, coalesce($3, 0), coalesce($4, pg_catalog.clock_timestamp()),
-									coalesce($5, '{}'), 'alipayplus_processor');
+									coalesce($5, '{}'), 'alipayplus_process_cancellations');
 			RETURN QUERY SELECT v_run, cl.attempts, cl.busy,
 				cardinality(cl.attempts) + cl.flagged, 0, 0, cl.flagged, 0, cl.stop, NULL::text;
 		WHEN 'call' THEN
 			w := alipayplus._call_window(v_run, coalesce($5, '{}'),
-										 coalesce($4, pg_catalog.clock_timestamp()), 'alipayplus_processor');
+										 coalesce($4, pg_catalog.clock_timestamp()), 'alipayplus_process_cancellations');
 			/* stop: the interrupt that came while an answer was applied, if one did */
 			RETURN QUERY SELECT v_run, NULL::bigint[], NULL::bigint[], w.claimed, w.cancelled,
 				w.retrying, w.attention, w.unanswered, w.interrupted, w.last_error;

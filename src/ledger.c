@@ -270,14 +270,16 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"SELECT alipayplus._set_order_status($1, $2, $3, $4, $5)",
 		5, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
 	},
-	/* every attempt is kept */
+	/*
+	 * every attempt is kept (completed_at, new in 1.3, takes its default:
+	 * the library also runs on 1.2's tables until the update)
+	 */
 	[Q_RECORD] = {
 		"INSERT INTO alipayplus.cancel_attempts AS x"
 		" (cancellation_id, sent_field, sent_id, request_time, http_status,"
 		" result_status, result_code, result_message, acquirer_id, psp_id,"
-		" signature_verified, latency_ms, error_detail, caller, completed_at)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-		" pg_catalog.clock_timestamp())"
+		" signature_verified, latency_ms, error_detail, caller)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 		" RETURNING x",
 		14, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID}
@@ -305,11 +307,11 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		15, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID, INT8OID}
 	},
-	/* S: cancelled, final */
+	/* S: cancelled, final; cancelled_at is when the verified S is applied, just after it arrived */
 	[Q_APPLY_S] = {
 		"UPDATE alipayplus.cancellations x SET"
 		" state = 'CANCELLED',"
-		" cancelled_at = coalesce(a.completed_at, a.attempted_at),"
+		" cancelled_at = pg_catalog.clock_timestamp(),"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
 		" unanswered_streak = 0,"
 		" last_result_status = a.result_status, last_result_code = a.result_code,"
@@ -382,7 +384,7 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		"UPDATE alipayplus.cancellations x SET"
 		" state = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN 'CANCELLED' ELSE x.state END,"
 		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S'"
-		"   THEN coalesce(x.cancelled_at, a.completed_at, a.attempted_at) ELSE x.cancelled_at END,"
+		"   THEN coalesce(x.cancelled_at, pg_catalog.clock_timestamp()) ELSE x.cancelled_at END,"
 		" acquirer_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.acquirer_id ELSE x.acquirer_id END,"
 		" psp_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.psp_id ELSE x.psp_id END,"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"

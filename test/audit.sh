@@ -139,11 +139,12 @@ after_rerun() {
 	expect "$m: no attempt is left without an answer" 0 \
 		"$(q "$DB" "SELECT count(*) FROM alipayplus.cancel_attempts
 			WHERE result_code = 'local.no_answer_yet' AND sent_id LIKE 'slow-1500-audit-$m-%-$TAG'")"
-	expect "$m: cancelled_at is the time the S was recorded, after its attempt started" 0 \
+	expect "$m: cancelled_at is when the S was recorded (1.5 s after its attempt started), not before" 0 \
 		"$(q "$DB" "SELECT count(*) FROM alipayplus.cancellations c
 			JOIN alipayplus.cancel_attempts a ON a.cancellation_id = c.cancellation_id AND a.result_status = 'S'
 			WHERE c.sent_id LIKE 'slow-1500-audit-$m-%-$TAG'
-				AND (c.cancelled_at < a.attempted_at + interval '1 second' OR c.cancelled_at IS DISTINCT FROM a.completed_at)")"
+				AND (c.cancelled_at < a.attempted_at + interval '1 second' OR c.cancelled_at < a.completed_at
+					 OR c.cancelled_at > a.completed_at + interval '1 second')")"
 	expect "$m: the same parameters on every request (one sent id per ledger row)" 0 \
 		"$(q "$DB" "SELECT count(*) FROM alipayplus.cancel_attempts a JOIN alipayplus.cancellations c USING (cancellation_id)
 			WHERE c.sent_id LIKE 'slow-1500-audit-$m-%-$TAG' AND (a.sent_id, a.sent_field) IS DISTINCT FROM (c.sent_id, c.sent_field)")"
