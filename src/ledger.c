@@ -514,6 +514,12 @@ prepare_plans(void)
 		StringInfoData text;
 		SPIPlanPtr	plan;
 
+		/*
+		 * made on first use: it names a 1.3 column, and the library also
+		 * runs on 1.2's tables until ALTER EXTENSION ... UPDATE
+		 */
+		if (i == Q_COMPLETE)
+			continue;
 		initStringInfo(&text);
 		while ((at = strstr(sql, "@extschema@")) != NULL)
 		{
@@ -538,7 +544,22 @@ prepare_plans(void)
 static uint64
 run(int q, Datum *values, const char *nulls)
 {
-	int			rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
+	int			rc;
+
+	if (plans[q] == NULL)
+	{
+		/* a statement made on first use (no @extschema@ in it) */
+		SPIPlanPtr	plan = SPI_prepare(queries[q].sql, queries[q].nargs,
+									   (Oid *) queries[q].argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a ledger statement: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep a ledger statement");
+		plans[q] = plan;
+	}
+	rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
 
 	if (rc < 0)
 		elog(ERROR, "ledger statement %d failed: %s", q,
