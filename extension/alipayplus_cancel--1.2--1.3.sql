@@ -43,10 +43,12 @@
  *    and the key refused every one.  Only the ledger's own SECURITY DEFINER
  *    code writes attempts, always for a ledger row it holds locked, and a
  *    ledger row can never be deleted (the guard), so no attempt can lose
- *    its row.
- *  - issue 18.6 (no SQL here): the library hides the calling session's
- *    temporary schema from the orders table owner's code instead of
- *    refusing sessions that have temporary objects (src/orders.c).
+ *    its row.  In place of the key, ENABLE ALWAYS triggers refuse DELETE,
+ *    TRUNCATE and any UPDATE of what an attempt recorded, and
+ *    alipayplus.check_ledger() lists attempts without their ledger row.
+ *  - issue 18.6 (no SQL here): the refusal (55000) of sessions that have
+ *    temporary tables or types names the pooler's reset settings in its
+ *    hint (src/orders.c).
  *  - issue 18.8: every function that sends or queues a cancellation
  *    refuses first, with 25006, in a read-only transaction or on a server
  *    in recovery (src/cancel.c, aps_refuse_read_only);
@@ -1373,6 +1375,78 @@ ALTER TABLE alipayplus.cancel_attempts
 COMMENT ON COLUMN alipayplus.cancel_attempts.cancellation_id IS
 	'The ledger row (alipayplus.cancellations) the attempt was made for; kept by the ledger''s own code, not a foreign key, so that pg_restore -j can load the tables in any order';
 
+/*
+ * Without the key, nothing stopped a superuser's UPDATE or DELETE from
+ * leaving attempts without their ledger row.  The ledger's code only ever
+ * inserts attempts, and a restore only inserts (COPY), so the attempts
+ * guard refuses DELETE, TRUNCATE and any UPDATE of what an attempt
+ * recorded: its ledger row, the id it sent and Alipay+'s answer.  Only
+ * attempted_at may be moved (as when testing the hourly figures).
+ */
+CREATE FUNCTION alipayplus._guard_attempts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = 'cannot truncate alipayplus.cancel_attempts: the ledger keeps every attempt',
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot delete attempt %s of alipayplus.cancel_attempts: the ledger keeps every attempt', OLD.attempt_id),
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.request_time,
+		   NEW.result_status, NEW.result_code, NEW.result_message, NEW.http_status,
+		   NEW.signature_verified, NEW.latency_ms, NEW.error_detail, NEW.acquirer_id,
+		   NEW.psp_id, NEW.caller)
+		  IS DISTINCT FROM
+		  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.request_time,
+		   OLD.result_status, OLD.result_code, OLD.result_message, OLD.http_status,
+		   OLD.signature_verified, OLD.latency_ms, OLD.error_detail, OLD.acquirer_id,
+		   OLD.psp_id, OLD.caller) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot change attempt %s of alipayplus.cancel_attempts: it records a request and its answer', OLD.attempt_id),
+			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed.';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+REVOKE ALL ON FUNCTION alipayplus._guard_attempts() FROM PUBLIC;
+CREATE TRIGGER cancel_attempts_guard BEFORE UPDATE OR DELETE ON alipayplus.cancel_attempts
+	FOR EACH ROW EXECUTE FUNCTION alipayplus._guard_attempts();
+ALTER TABLE alipayplus.cancel_attempts ENABLE ALWAYS TRIGGER cancel_attempts_guard;
+CREATE TRIGGER cancel_attempts_guard_truncate BEFORE TRUNCATE ON alipayplus.cancel_attempts
+	FOR EACH STATEMENT EXECUTE FUNCTION alipayplus._guard_attempts();
+ALTER TABLE alipayplus.cancel_attempts ENABLE ALWAYS TRIGGER cancel_attempts_guard_truncate;
+
+/*
+ * What the foreign key used to promise, checked on demand (after a
+ * restore, or after a superuser worked around the guard): attempts whose
+ * ledger row is missing, or that sent another id than their ledger row
+ * sends.  None is the healthy answer.  Not for PUBLIC: it reads the ledger.
+ */
+CREATE FUNCTION alipayplus.check_ledger()
+RETURNS TABLE (attempt_id bigint, cancellation_id bigint, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT a.attempt_id, a.cancellation_id,
+		CASE WHEN c.cancellation_id IS NULL THEN 'no ledger row'
+			ELSE pg_catalog.format('sent %s %s, its ledger row sends %s %s',
+				a.sent_field, a.sent_id, c.sent_field, c.sent_id) END
+	FROM alipayplus.cancel_attempts a
+	LEFT JOIN alipayplus.cancellations c ON c.cancellation_id OPERATOR(pg_catalog.=) a.cancellation_id
+	WHERE c.cancellation_id IS NULL
+	   OR a.sent_field OPERATOR(pg_catalog.<>) c.sent_field
+	   OR a.sent_id OPERATOR(pg_catalog.<>) c.sent_id
+	ORDER BY a.attempt_id;
+END;
+REVOKE ALL ON FUNCTION alipayplus.check_ledger() FROM PUBLIC;
+COMMENT ON FUNCTION alipayplus.check_ledger() IS
+	'Attempts without their ledger row, or that sent another id than it (none when the ledger is whole)';
+
 /* ---- issue 18.8: refuse in a read-only transaction or on a standby ---- */
 
 /*
@@ -2102,5 +2176,55 @@ BEGIN
 		EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.alipayplus_process_backlog(integer, interval, interval) TO %I',
 					   pg_catalog.pg_get_userbyid(g.grantee));
 	END LOOP;
+END;
+$$;
+
+/*
+ * The attempts' guard (issue 18) lets the claim-then-call processor do its
+ * two writes to an attempt it put on record before the request left: its
+ * completion with the answer (or the reason there is none), once, and
+ * keeping the attempt's ledger row, id and caller; and its removal when
+ * the request was never sent (the run's time ran out before it started).
+ * Everything else stays refused.
+ */
+CREATE OR REPLACE FUNCTION alipayplus._guard_attempts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = 'cannot truncate alipayplus.cancel_attempts: the ledger keeps every attempt',
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF TG_OP = 'DELETE' THEN
+		IF OLD.result_code = 'local.no_answer_yet' AND OLD.request_time IS NULL THEN
+			/* claimed, never signed nor sent */
+			RETURN OLD;
+		END IF;
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot delete attempt %s of alipayplus.cancel_attempts: the ledger keeps every attempt', OLD.attempt_id),
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF OLD.result_code IN ('local.no_answer_yet', 'local.crashed')
+		  AND (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.caller, NEW.run_id)
+			  IS NOT DISTINCT FROM
+			  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.caller, OLD.run_id)
+		  AND NEW.result_code <> 'local.no_answer_yet' THEN
+		/* an attempt put on record before its request left, completed */
+		RETURN NEW;
+	ELSIF (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.request_time,
+		   NEW.result_status, NEW.result_code, NEW.result_message, NEW.http_status,
+		   NEW.signature_verified, NEW.latency_ms, NEW.error_detail, NEW.acquirer_id,
+		   NEW.psp_id, NEW.caller, NEW.completed_at, NEW.run_id)
+		  IS DISTINCT FROM
+		  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.request_time,
+		   OLD.result_status, OLD.result_code, OLD.result_message, OLD.http_status,
+		   OLD.signature_verified, OLD.latency_ms, OLD.error_detail, OLD.acquirer_id,
+		   OLD.psp_id, OLD.caller, OLD.completed_at, OLD.run_id) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot change attempt %s of alipayplus.cancel_attempts: it records a request and its answer', OLD.attempt_id),
+			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed.';
+	END IF;
+	RETURN NEW;
 END;
 $$;

@@ -16,7 +16,8 @@
 #
 #   ALIPAYPLUS_PKG_PGPORT   port of the check cluster (default 54341)
 #   ALIPAYPLUS_PKG_RIG      folder of the check's keys, gateway and cluster
-#                           (default /tmp/alipayplus_pkg; wiped at each run)
+#                           (default /tmp/alipayplus_pkg; wiped at each run;
+#                           refused if it is, holds or lies in the demo's rig)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -64,8 +65,16 @@ demo_rig_state() {
 DEMO_RIG_BEFORE=$(demo_rig_state)
 # this script's own folder: the rig's functions (scripts/lib.sh) work in $RIG
 RIG=${ALIPAYPLUS_PKG_RIG:-/tmp/alipayplus_pkg}
-[ "$(realpath -m "$RIG")" != "$(realpath -m "$DEMO_RIG")" ] ||
-	fail "ALIPAYPLUS_PKG_RIG must not be the demo's rig ($DEMO_RIG)"
+# it is wiped at each run: never the demo's rig, nor a folder inside it or
+# holding it (compared after resolving symbolic links and "..")
+pkg_rig_real=$(realpath -m "$RIG")
+demo_rig_real=$(realpath -m "$DEMO_RIG")
+if [[ "$demo_rig_real/" == "${pkg_rig_real%/}/"* ]]; then
+	fail "ALIPAYPLUS_PKG_RIG ($RIG) must not be or contain the demo's rig ($DEMO_RIG): it is wiped at each run; use a folder of its own, e.g. /tmp/alipayplus_pkg"
+fi
+if [[ "$pkg_rig_real/" == "${demo_rig_real%/}/"* ]]; then
+	fail "ALIPAYPLUS_PKG_RIG ($RIG) must not be inside the demo's rig ($DEMO_RIG): it is wiped at each run; use a folder of its own, e.g. /tmp/alipayplus_pkg"
+fi
 export PGHOST=$RIG
 PKGDATA=$RIG/pkgdata
 

@@ -34,6 +34,9 @@
 #include "mb/pg_wchar.h"
 #include "storage/proc.h"
 #include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
+#include "storage/spin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -204,17 +207,48 @@ alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Whether a WAL sender of this server is streaming: a standby (or a
+ * logical subscriber) that may be behind, as pg_stat_replication shows.
+ */
+static bool
+walsender_streaming(void)
+{
+	if (WalSndCtl == NULL)
+		return false;
+	for (int i = 0; i < max_wal_senders; i++)
+	{
+		WalSnd	   *walsnd = &WalSndCtl->walsnds[i];
+		bool		streaming;
+
+		SpinLockAcquire(&walsnd->mutex);
+		streaming = walsnd->pid != 0 && walsnd->state == WALSNDSTATE_STREAMING;
+		SpinLockRelease(&walsnd->mutex);
+		if (streaming)
+			return true;
+	}
+	return false;
+}
+
+/*
  * aps_warn_durability(): once per session, a WARNING when this session's
- * commits may be lost although they were acknowledged (synchronous_commit
- * off, or local while synchronous standbys are configured).  A lost commit puts a CANCELLED
- * row back to CANCELLING (sent again, with the same id) or forgets a
- * queued request altogether.  Cancellations go on: refusing them could
- * let payments run past their cancel window.
+ * commits may be lost although they were acknowledged: synchronous_commit
+ * off; local or remote_write while synchronous standbys are configured (a
+ * failover to a standby that had not written, or flushed, them); or, with
+ * no synchronous standby configured, while this server streams to a
+ * standby, which a failover promotes without the commits it had not
+ * received yet.  A lost commit puts a CANCELLED row back to CANCELLING
+ * (sent again, with the same id) or forgets a queued request altogether.
+ * Cancellations go on: refusing them could let payments run past their
+ * cancel window.  Cheap: settings, and at most max_wal_senders spinlocks,
+ * until it warned.
  */
 void
 aps_warn_durability(void)
 {
 	static bool warned = false;
+	bool		sync_names = SyncRepStandbyNames != NULL &&
+		SyncRepStandbyNames[0] != '\0';
+	const char *detail = "A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent.";
 
 	if (warned)
 		return;
@@ -222,15 +256,23 @@ aps_warn_durability(void)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("synchronous_commit is off: cancellations this session commits can be lost in a crash after they were reported"),
-				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errdetail_internal("%s", detail),
 				 errhint("Run alipayplus_cancel with synchronous_commit = on (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
-	else if (synchronous_commit == SYNCHRONOUS_COMMIT_LOCAL_FLUSH &&
-			 SyncRepStandbyNames != NULL && SyncRepStandbyNames[0] != '\0')
+	else if ((synchronous_commit == SYNCHRONOUS_COMMIT_LOCAL_FLUSH ||
+			  synchronous_commit == SYNCHRONOUS_COMMIT_REMOTE_WRITE) && sync_names)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
-				 errmsg("synchronous_commit is local although synchronous_standby_names is set: cancellations this session commits can be lost at a failover"),
-				 errdetail("A lost CANCELLED is sent to Alipay+ again with the same id; a lost cancel request is never sent."),
+				 errmsg("synchronous_commit is %s although synchronous_standby_names is set: cancellations this session commits can be lost at a failover",
+						synchronous_commit == SYNCHRONOUS_COMMIT_LOCAL_FLUSH ?
+						"local" : "remote_write"),
+				 errdetail_internal("%s", detail),
 				 errhint("Run alipayplus_cancel with synchronous_commit = on or remote_apply (ALTER ROLE ... SET synchronous_commit = on); see \"High availability\" in the README.")));
+	else if (!sync_names && walsender_streaming())
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("this server streams its WAL asynchronously (synchronous_standby_names is empty): cancellations this session commits can be lost at a failover"),
+				 errdetail_internal("A standby promoted before it received a commit does not have it. %s", detail),
+				 errhint("Make the standby synchronous (synchronous_standby_names) and run alipayplus_cancel with synchronous_commit = on or remote_apply, or fail over only after the standby caught up; see \"High availability\" in the README.")));
 	else
 		return;
 	warned = true;

@@ -31,12 +31,26 @@
  * apply to it, since the subscriber's ledger does not hold the publisher's
  * cancellations; every other rule does (a cancelled row stays cancelled, a
  * cancelling one only becomes cancelled, neither is deleted, their ids are
- * fixed), so a replicated change can never undo a cancellation.  Telling
- * the worker's own changes from nested ones needs the executor nesting
- * that the hooks below count from the start of the process: only when the
- * library is in shared_preload_libraries.  A BEFORE row trigger that fires
- * in the worker (ENABLE ALWAYS or REPLICA) could change the row on its way
- * in, so with one on the table nothing replicated enters a cancel state.
+ * fixed), so a replicated change can never undo a cancellation.  A row
+ * enters a cancel state this way only when nothing on the subscriber could
+ * have put that state there (replicated_change()):
+ *	- the change is the worker's own: executor nesting 0, counted by the
+ *	  hooks below from the start of the process (so only when the library
+ *	  is in shared_preload_libraries);
+ *	- no other code has run in the worker in this transaction: the worker
+ *	  itself never enters the executor or ProcessUtility, so the hooks note
+ *	  any query or command a trigger, a foreign key action or a function
+ *	  default runs there.  Such code runs as the subscription's owner and
+ *	  could write the row, or drop or disable a trigger or default after it
+ *	  acted and before this guard looks at the catalog;
+ *	- the table has no trigger that fires in the worker (ENABLE ALWAYS or
+ *	  REPLICA) other than this extension's: a BEFORE trigger could change
+ *	  the row on its way in without entering the executor, and any such
+ *	  trigger runs there with the subscription owner's rights;
+ *	- the status column has no default that could supply a cancel state
+ *	  when the publication leaves it out (only a constant other than the
+ *	  cancel values, or none, is accepted).
+ * Otherwise the subscription stops with an error saying what to change.
  *
  * Values are compared as the column's type stores them: each trigger
  * argument is read with the type's input function and the column's type
@@ -52,15 +66,21 @@
 #include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_trigger.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
 #include "replication/logicalworker.h"
+#include "rewrite/rewriteHandler.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -82,15 +102,41 @@ PG_FUNCTION_INFO_V1(alipayplus_guard_order);
  */
 static int	exec_nesting = 0;
 static bool exec_nesting_known = false;
+
+/*
+ * Whether code other than the logical replication worker itself (a
+ * trigger's queries, a foreign key action, a function in a default) has
+ * entered the executor or ProcessUtility in this process's current
+ * transaction: the worker never does either on its own.
+ */
+static bool worker_ran_code = false;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+/* Every hook: one level deeper, and note code running in the worker */
+static void
+enter_code(void)
+{
+	exec_nesting++;
+	if (IsLogicalWorker())
+		worker_ran_code = true;
+}
+
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_PARALLEL_ABORT)
+		worker_ran_code = false;
+}
 
 static void
 guard_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction,
 				  uint64 count, bool execute_once)
 {
-	exec_nesting++;
+	enter_code();
 	PG_TRY();
 	{
 		if (prev_ExecutorRun)
@@ -108,7 +154,7 @@ guard_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction,
 static void
 guard_ExecutorFinish(QueryDesc *queryDesc)
 {
-	exec_nesting++;
+	enter_code();
 	PG_TRY();
 	{
 		if (prev_ExecutorFinish)
@@ -129,7 +175,7 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 					 ParamListInfo params, QueryEnvironment *queryEnv,
 					 DestReceiver *dest, QueryCompletion *qc)
 {
-	exec_nesting++;
+	enter_code();
 	PG_TRY();
 	{
 		if (prev_ProcessUtility)
@@ -159,49 +205,7 @@ aps_guard_init(void)
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = guard_ProcessUtility;
 	exec_nesting_known = true;
-}
-
-/*
- * Whether the row change being checked is one a logical replication worker
- * applies itself (see the header).  In such a worker, raises an error when
- * that cannot be told, or when a BEFORE row trigger that fires there could
- * have changed the row on its way in, rather than stalling without a
- * reason or taking that trigger's word for a cancellation.
- */
-static bool
-replicated_change(Trigger *trigger, Relation rel)
-{
-	TriggerDesc *trigdesc = rel->trigdesc;
-
-	if (!IsLogicalWorker())
-		return false;
-	if (!exec_nesting_known)
-		ereport(ERROR,
-				(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
-				 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
-						trigger->tgname, RelationGetRelationName(rel)),
-				 errdetail("alipayplus_cancel is not in shared_preload_libraries of this server, so the guard cannot tell the replication worker's own changes from those of other code running in it."),
-				 errhint("Add alipayplus_cancel to shared_preload_libraries on the subscriber and restart it; the subscription then resumes.")));
-	if (exec_nesting != 0)
-		return false;
-	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
-	{
-		Trigger    *t = &trigdesc->triggers[i];
-
-		if (TRIGGER_FOR_ROW(t->tgtype) && TRIGGER_FOR_BEFORE(t->tgtype) &&
-			(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)) &&
-			(t->tgenabled == TRIGGER_FIRES_ALWAYS ||
-			 t->tgenabled == TRIGGER_FIRES_ON_REPLICA))
-			ereport(ERROR,
-					(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
-					 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
-							trigger->tgname, RelationGetRelationName(rel)),
-					 errdetail("Trigger \"%s\" fires before it in the replication worker and could have changed the row that was replicated.",
-							   t->tgname),
-					 errhint("Let that trigger fire only for local changes on the subscriber (ALTER TABLE ... ENABLE TRIGGER %s); the subscription then resumes.",
-							 quote_identifier(t->tgname))));
-	}
-	return true;
+	RegisterXactCallback(guard_xact_callback, NULL);
 }
 
 /* One column the guard looks at, and the type functions it needs */
@@ -300,6 +304,105 @@ static char *
 show_value(GuardColumn *col, Datum v, bool isnull)
 {
 	return isnull ? "null" : OidOutputFunctionCall(col->typoutput, v);
+}
+
+/* ZA001 from the guard when a replicated cancel state cannot be accepted */
+static void
+refuse_replicated(Trigger *trigger, Relation rel, const char *detail,
+				  const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_APS_CANCELLED_STATE_VIOLATION),
+			 errmsg("trigger \"%s\" on table \"%s\" cannot accept a replicated cancellation state",
+					trigger->tgname, RelationGetRelationName(rel)),
+			 errdetail_internal("%s", detail),
+			 errhint("%s", hint)));
+}
+
+/*
+ * Whether the row change being checked, which enters a cancel state, is
+ * one a logical replication worker applies itself and that nothing on this
+ * server could have shaped (see the header).  Outside such a worker, or
+ * for a change nested in it, returns false: the ledger's rules apply.  In
+ * the worker, raises an error when it cannot be told or when code of this
+ * server could have put the state there, rather than stalling without a
+ * reason or taking that code's word for a cancellation.
+ */
+static bool
+replicated_change(Trigger *trigger, Relation rel, GuardColumn *status,
+				  Datum cancelled, Datum *cancelling, int ncancelling)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	Oid			ext = get_extension_oid("alipayplus_cancel", true);
+	const char *colname = quote_identifier(status->name);
+	const char *relname = quote_identifier(RelationGetRelationName(rel));
+	Node	   *def;
+
+	if (!IsLogicalWorker())
+		return false;
+	if (!exec_nesting_known)
+		refuse_replicated(trigger, rel,
+						  "alipayplus_cancel is not in shared_preload_libraries of this server, so the guard cannot tell the replication worker's own changes from those of other code running in it.",
+						  "Add alipayplus_cancel to shared_preload_libraries on the subscriber and restart it; the subscription then resumes.");
+	if (exec_nesting != 0)
+		return false;
+
+	/* code that ran in the worker could have made or hidden the state */
+	if (worker_ran_code)
+		refuse_replicated(trigger, rel,
+						  "A trigger, foreign key action or function ran queries or commands inside the replication worker in this transaction; it runs as the subscription's owner and could have written this row or changed what the guard checks.",
+						  "On the subscriber, let triggers (also those of foreign keys' ON UPDATE/ON DELETE actions) fire only for local changes (ALTER TABLE ... ENABLE TRIGGER ...), and use no function in a default of a replicated table; the subscription then resumes.");
+
+	/* a trigger that fires in the worker, other than this extension's */
+	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if ((t->tgenabled == TRIGGER_FIRES_ALWAYS ||
+			 t->tgenabled == TRIGGER_FIRES_ON_REPLICA) &&
+			(!OidIsValid(ext) ||
+			 getExtensionOfObject(ProcedureRelationId, t->tgfoid) != ext))
+			refuse_replicated(trigger, rel,
+							  psprintf("Trigger \"%s\" fires in the replication worker (ENABLE ALWAYS or REPLICA), with the rights of the subscription's owner; it could have changed the row that was replicated or what the guard checks.",
+									   t->tgname),
+							  psprintf("Let that trigger fire only for local changes on the subscriber (ALTER TABLE %s ENABLE TRIGGER %s); the subscription then resumes.",
+									   relname, quote_identifier(t->tgname)));
+	}
+
+	/*
+	 * a default (or generation expression, or domain default) of the status
+	 * column fills it when the publication leaves the column out: only a
+	 * constant that is not a cancel state is safe
+	 */
+	def = build_column_default(rel, status->attnum);
+	if (def != NULL)
+	{
+		bool		safe = false;
+
+		def = eval_const_expressions(NULL, def);
+		while (IsA(def, CoerceToDomain) || IsA(def, RelabelType))
+			def = IsA(def, CoerceToDomain) ?
+				(Node *) ((CoerceToDomain *) def)->arg :
+				(Node *) ((RelabelType *) def)->arg;
+		if (IsA(def, Const))
+		{
+			Const	   *c = (Const *) def;
+
+			safe = !same_value(status, c->constvalue, c->constisnull,
+							   cancelled, false);
+			for (int i = 0; i < ncancelling; i++)
+				if (same_value(status, c->constvalue, c->constisnull,
+							   cancelling[i], false))
+					safe = false;
+		}
+		if (!safe)
+			refuse_replicated(trigger, rel,
+							  psprintf("Column %s has a default or generation expression on this server (on the column or its domain) that is not a constant other than the cancel states; it fills the column when the publication leaves it out.",
+									   colname),
+							  psprintf("Publish column %s, and give it no default on the subscriber other than a constant such as the initial status (ALTER TABLE %s ALTER %s DROP DEFAULT); the subscription then resumes.",
+									   colname, relname, colname));
+	}
+	return true;
 }
 
 /* A value as the ledger sees it: its text, without char(n)'s padding */
@@ -530,7 +633,8 @@ guard(FunctionCallInfo fcinfo, bool bound)
 		if (((oldtuple == NULL && (new_cancelled || new_cancelling)) ||
 			 (new_cancelled && !old_cancelled) ||
 			 (new_cancelling && !old_cancelling && !old_cancelled)) &&
-			replicated_change(trigger, rel))
+			replicated_change(trigger, rel, &status, cancelled, cancelling,
+							  ncancelling))
 			return PointerGetDatum(newtuple);
 
 		/* no order is born cancelling or cancelled */

@@ -24,7 +24,6 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
-#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -38,8 +37,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
-#include "utils/memutils.h"
-#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
@@ -156,49 +153,15 @@ without_pg_temp(const char *path)
  * The calling session's temporary tables, views and types would be found
  * by the owner's code through any unqualified name its own search_path
  * does not resolve (pg_temp can be put last, never left out), and a
- * trigger on such a table would run as the owner.  So while the owner's
- * code runs, the session's temporary schema is hidden: name look-ups (the
- * search_path, and "pg_temp." itself) do not see it, as in a session that
- * has never made a temporary object.  Under a connection pooler, temporary
- * objects that one client left on a server connection then neither reach
- * the owner's code nor stop another client's cancellations.
- *
- * The only way to hide it is the one PostgreSQL uses to hand the temporary
- * schema to parallel workers (SetTempNamespaceState).  It is shown again
- * when the owner's query ends, and by the (sub)transaction abort that an
- * error in it leads to.  A relation cache entry of a temporary relation
- * built while it was hidden takes it for another session's (the owner's
- * code reached it by its pg_temp_N name, or a cache reset rebuilt an open
- * one), so each one is invalidated once the schema is shown again.
- *
- * In a build with assertions, SetTempNamespaceState() insists on being
- * used for a parallel worker only; there the ledger refuses, as before
- * 1.3, to touch the orders table from a session with temporary objects.
+ * trigger on such a table would run as the owner.  So the owner's code
+ * runs only from sessions that have none.  (Hiding the temporary schema
+ * instead, as 1.3 did before its release, broke PostgreSQL's bookkeeping
+ * of it as soon as the owner's code touched pg_temp.)  Under a connection
+ * pooler, the pooler's reset query keeps one client's temporary objects
+ * from reaching another client's transactions.
  */
-static bool temp_hidden = false;
-static Oid	hidden_temp_ns = InvalidOid;
-static Oid	hidden_temp_toast_ns = InvalidOid;
-static List *hidden_temp_rels = NIL;	/* their OIDs, in TopMemoryContext */
-
 static void
-show_temp_namespace(void)
-{
-	List	   *rels = hidden_temp_rels;
-	ListCell   *lc;
-
-	if (!temp_hidden)
-		return;
-	temp_hidden = false;
-	hidden_temp_rels = NIL;
-	SetTempNamespaceState(hidden_temp_ns, hidden_temp_toast_ns);
-	foreach(lc, rels)
-		RelationCacheInvalidateEntry(lfirst_oid(lc));
-	list_free(rels);
-}
-
-#ifdef USE_ASSERT_CHECKING
-static bool
-hide_temp_namespace(void)
+refuse_temp_objects(void)
 {
 	int			ret;
 	bool		isnull;
@@ -216,86 +179,8 @@ hide_temp_namespace(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot work on the orders table from a session that has temporary tables or types"),
 				 errdetail("The table owner's triggers and constraints run as the owner, and could otherwise reach this session's temporary objects."),
-				 errhint("Drop the temporary objects (DISCARD TEMP), or call from another session.")));
-	return false;
+				 errhint("Drop the temporary objects (DISCARD TEMP), or call from another session; behind a pooler in transaction mode, set server_reset_query = DISCARD ALL and server_reset_query_always = 1 (PgBouncer).")));
 }
-#else
-
-static SubTransactionId hidden_subid = InvalidSubTransactionId;
-static bool hide_callbacks_registered = false;
-
-static void
-hide_xact_callback(XactEvent event, void *arg)
-{
-	show_temp_namespace();
-}
-
-static void
-hide_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-					  SubTransactionId parentSubid, void *arg)
-{
-	/* the subtransaction the schema was hidden in, or an outer one */
-	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid <= hidden_subid)
-		show_temp_namespace();
-}
-
-/*
- * Hide the session's temporary schema, if it has one and it is not hidden
- * already; true if this call hid it (then show_temp_namespace() must
- * follow).  Must be called inside an SPI connection.
- */
-static bool
-hide_temp_namespace(void)
-{
-	Oid			ns;
-	Oid			toast_ns;
-	Oid			argtypes[2] = {OIDOID, OIDOID};
-	Datum		args[2];
-	List	   *rels = NIL;
-	MemoryContext old;
-	int			ret;
-
-	if (temp_hidden)
-		return false;
-	GetTempNamespaceState(&ns, &toast_ns);
-	if (!OidIsValid(ns))
-		return false;
-
-	args[0] = ObjectIdGetDatum(ns);
-	args[1] = ObjectIdGetDatum(toast_ns);
-	ret = SPI_execute_with_args("SELECT c.oid FROM pg_catalog.pg_class c "
-								"WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 "
-								"OR c.relnamespace OPERATOR(pg_catalog.=) $2",
-								2, argtypes, args, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not list temporary relations");
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		Datum		oid = SPI_getbinval(SPI_tuptable->vals[i],
-										SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			rels = lappend_oid(rels, DatumGetObjectId(oid));
-	}
-	MemoryContextSwitchTo(old);
-
-	if (!hide_callbacks_registered)
-	{
-		RegisterXactCallback(hide_xact_callback, NULL);
-		RegisterSubXactCallback(hide_subxact_callback, NULL);
-		hide_callbacks_registered = true;
-	}
-	hidden_temp_ns = ns;
-	hidden_temp_toast_ns = toast_ns;
-	hidden_subid = GetCurrentSubTransactionId();
-	hidden_temp_rels = rels;
-	temp_hidden = true;
-	SetTempNamespaceState(InvalidOid, InvalidOid);
-	return true;
-}
-#endif
 
 /*
  * The search_path the table owner's own sessions get in this database
@@ -369,7 +254,6 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 	int			save_nestlevel;
 	char	   *search_path;
-	bool		hid_temp;
 	int			ret;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -404,7 +288,7 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	hid_temp = hide_temp_namespace();
+	refuse_temp_objects();
 	search_path = owner_search_path(owner);
 	save_nestlevel = enter_owner_context(owner, search_path,
 										 &save_userid, &save_sec_context);
@@ -505,8 +389,6 @@ alipayplus_order_exec(PG_FUNCTION_ARGS)
 	}
 
 	leave_owner_context(save_userid, save_sec_context, save_nestlevel);
-	if (hid_temp)
-		show_temp_namespace();
 	SPI_finish();
 	return (Datum) 0;
 }

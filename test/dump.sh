@@ -5,7 +5,10 @@
 # cancelled rows are still cancelled and guarded, the bound orders table is
 # still bound and guarded, and the processor carries on with the queue.
 # A parallel restore (pg_restore -j 4, from pg_dump -Fd and -Fc) brings
-# back every ledger row and attempt and exits 0.
+# back every ledger row and attempt and exits 0, and alipayplus.check_ledger()
+# finds no attempt without its ledger row.  The attempts are guarded (no
+# foreign key since 1.3): no UPDATE of what they recorded, no DELETE, no
+# TRUNCATE; check_ledger() lists what a superuser's workaround orphaned.
 #
 # Uses the main rig cluster and two databases of its own.
 # Run as root from the repository:  bash test/dump.sh
@@ -90,6 +93,8 @@ for fmt in d c; do
 	expect "pg_restore -j 4 (-F$fmt): every attempt belongs to a restored ledger row" "0" \
 		"$(q $PAR "SELECT count(*) FROM alipayplus.cancel_attempts a WHERE a.cancellation_id IS NOT NULL
 			AND NOT EXISTS (SELECT 1 FROM alipayplus.cancellations c WHERE c.cancellation_id = a.cancellation_id)")"
+	expect "pg_restore -j 4 (-F$fmt): alipayplus.check_ledger() finds nothing" "0" \
+		"$(q $PAR "SELECT count(*) FROM alipayplus.check_ledger()" 2>&1)"
 	q postgres "DROP DATABASE IF EXISTS $PAR WITH (FORCE)" >/dev/null 2>&1
 done
 
@@ -100,6 +105,42 @@ case "$err" in *"cannot change status"*) ok "restored order guard refuses CANCEL
 err=$(q $DST "DELETE FROM alipayplus.cancellations" 2>&1)
 case "$err" in *"cannot delete row"*) ok "restored ledger guard refuses DELETE" ;;
 	*) not_ok "restored ledger guard: $err" ;; esac
+
+# the attempts' guard: what the foreign key used to refuse, and more
+# guarded_attempts NAME SQL: SQL fails with ZA001 and leaves the attempts as they were
+attempts_sum="SELECT count(*) || ':' || md5(string_agg(a::text, ',' ORDER BY attempt_id)) FROM alipayplus.cancel_attempts a"
+before=$(q $DST "$attempts_sum")
+guarded_attempts() {
+	local err
+	err=$($PGBIN/psql -X -qAt -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -d $DST -c "\set VERBOSITY verbose" -c "$2" 2>&1)
+	case "$err" in *"ERROR:  ZA001: cannot "*) ok "attempts guard refuses $1" ;;
+		*) not_ok "attempts guard refuses $1: got '$err'" ;; esac
+}
+guarded_attempts "moving an attempt to another ledger row" "UPDATE alipayplus.cancel_attempts SET cancellation_id = 424242"
+guarded_attempts "changing the id an attempt sent" "UPDATE alipayplus.cancel_attempts SET sent_id = sent_id || 'x'"
+guarded_attempts "changing Alipay+'s answer" "UPDATE alipayplus.cancel_attempts SET result_status = 'S', result_code = 'SUCCESS'"
+guarded_attempts "DELETE" "DELETE FROM alipayplus.cancel_attempts"
+guarded_attempts "TRUNCATE" "TRUNCATE alipayplus.cancel_attempts"
+guarded_attempts "TRUNCATE of the ledger with CASCADE" "TRUNCATE alipayplus.cancellations, alipayplus.cancel_attempts CASCADE"
+expect "the refused statements left the attempts as they were" "$before" "$(q $DST "$attempts_sum")"
+expect "attempted_at can still be moved" "2" \
+	"$(q $DST "WITH u AS (UPDATE alipayplus.cancel_attempts SET attempted_at = attempted_at RETURNING 1) SELECT count(*) FROM u")"
+expect "alipayplus.check_ledger() is not for PUBLIC" "f" \
+	"$(q $DST "SELECT has_function_privilege('public', 'alipayplus.check_ledger()', 'EXECUTE')" 2>&1)"
+# a superuser who switches the guards off can still orphan attempts: check_ledger() lists them
+orphans=$(psql_rig -qAt -d $DST 2>&1 <<SQL | paste -sd'|'
+BEGIN;
+ALTER TABLE alipayplus.cancellations DISABLE TRIGGER USER;
+ALTER TABLE alipayplus.cancel_attempts DISABLE TRIGGER USER;
+DELETE FROM alipayplus.cancellations WHERE payment_request_id = 'f-PROCESS_FAIL-dump-$TAG';
+UPDATE alipayplus.cancel_attempts SET sent_id = sent_id || '-x' WHERE sent_id = 'dump-ok-$TAG';
+SELECT string_agg(problem, ',' ORDER BY attempt_id) FROM alipayplus.check_ledger() WHERE problem = 'no ledger row';
+SELECT string_agg(problem, ',' ORDER BY attempt_id) FROM alipayplus.check_ledger() WHERE problem <> 'no ledger row';
+ROLLBACK;
+SQL
+)
+expect "check_ledger() lists attempts a superuser orphaned or re-keyed" \
+	"no ledger row|sent paymentRequestId dump-ok-$TAG-x, its ledger row sends paymentRequestId dump-ok-$TAG" "$orphans"
 
 # the identity sequences continue after the restored ids, and the queue goes on
 expect "processor in the restored database" "1|1" \

@@ -6,15 +6,19 @@
 # 1. Client A leaves a temporary table (and the composite type that comes
 #    with it) on the shared server connection, as transaction pooling lets
 #    any client do.  Client B, another application, then requests a
-#    cancellation and runs the processor on that same backend: both go
-#    through (before 1.3 the ledger refused with 55000, "cannot work on the
-#    orders table from a session that has temporary tables or types", for
-#    every later client of that connection), the owner's trigger does not
-#    see A's table, and A's table is still there for A.
+#    cancellation on that same backend.
+#    a. PgBouncer's default set-up (the reset query only in session
+#       pooling): B gets the ledger's clear 55000 refusal, whose hint names
+#       the reset settings; nothing crashes, A's table is still there, the
+#       order untouched.
+#    b. The supported set-up, server_reset_query = DISCARD ALL with
+#       server_reset_query_always = 1: A's temporary table is gone when A's
+#       transaction ends, and B's cancellation and the processor go through.
 # 2. What the README's "Connection poolers" section says about session
-#    state: a plain SET (of alipayplus.* as of any setting) and SET ROLE
-#    leak to the next client of the server connection, SET LOCAL and SET
-#    LOCAL ROLE do not.
+#    state: with the default set-up a plain SET (of alipayplus.* as of any
+#    setting) and SET ROLE leak to the next client of the server
+#    connection, SET LOCAL and SET LOCAL ROLE do not; with the reset
+#    settings nothing leaks.
 #
 # Needs the rig up (scripts/lib.sh) and the pgbouncer package.
 # Run as root from the repository:  bash test/pooler.sh
@@ -28,11 +32,20 @@ PORT=${ALIPAYPLUS_POOLER_PORT:-54336}
 TAG=$(date +%s%N)
 PGBOUNCER=/usr/sbin/pgbouncer
 
-cleanup() {
+stop_bouncer() {
 	if [ -f "$DIR/pgbouncer.pid" ]; then
-		kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null
-		sleep 0.3
+		local pid
+		pid=$(cat "$DIR/pgbouncer.pid")
+		kill "$pid" 2>/dev/null
+		for _ in $(seq 1 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		rm -f "$DIR/pgbouncer.pid"
 	fi
+}
+cleanup() {
+	stop_bouncer
 	q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 	q postgres "DROP ROLE IF EXISTS apc_pool_owner" >/dev/null 2>&1
 	q postgres "DROP ROLE IF EXISTS apc_pool_app" >/dev/null 2>&1
@@ -71,10 +84,15 @@ GRANT EXECUTE ON FUNCTION alipayplus_request_cancel(text, text, timestamptz),
 	alipayplus_process_cancellations(integer, interval, bigint) TO apc_pool_app;
 SQL
 
-# PgBouncer in transaction pooling, one server connection in the pool
-mkdir -p "$DIR"
-printf '"apc_pool_app" ""\n"postgres" ""\n' >"$DIR/userlist.txt"
-cat >"$DIR/pgbouncer.ini" <<INI
+# start_bouncer RESET_ALWAYS: PgBouncer in transaction pooling, one server
+# connection in the pool; with RESET_ALWAYS=1 the reset settings the README
+# asks for, with 0 PgBouncer's defaults (DISCARD ALL in session pooling only)
+start_bouncer() {
+	stop_bouncer
+	mkdir -p "$DIR"
+	printf '"apc_pool_app" ""\n"postgres" ""\n' >"$DIR/userlist.txt"
+	{
+		cat <<INI
 [databases]
 $DB = host=$RIG port=$PGPORT dbname=$DB
 [pgbouncer]
@@ -86,39 +104,56 @@ auth_file = $DIR/userlist.txt
 pool_mode = transaction
 default_pool_size = 1
 max_client_conn = 20
-server_reset_query =
 logfile = $DIR/pgbouncer.log
 pidfile = $DIR/pgbouncer.pid
 INI
-chown -R postgres:postgres "$DIR"
-runuser -u postgres -- $PGBOUNCER -d "$DIR/pgbouncer.ini" 9>&- || { not_ok "pgbouncer did not start: $(tail -5 "$DIR/pgbouncer.log")"; finish; }
-for _ in $(seq 1 50); do
-	$PGBIN/psql -X -qAt -h 127.0.0.1 -p $PORT -U apc_pool_app -d $DB -c "SELECT 1" >/dev/null 2>&1 && break
-	sleep 0.1
-done
+		[ "$1" = 1 ] && printf 'server_reset_query = DISCARD ALL\nserver_reset_query_always = 1\n'
+	} >"$DIR/pgbouncer.ini"
+	chown -R postgres:postgres "$DIR"
+	runuser -u postgres -- $PGBOUNCER -d "$DIR/pgbouncer.ini" 9>&- || { not_ok "pgbouncer did not start: $(tail -5 "$DIR/pgbouncer.log")"; finish; }
+	for _ in $(seq 1 50); do
+		$PGBIN/psql -X -qAt -h 127.0.0.1 -p $PORT -U apc_pool_app -d $DB -c "SELECT 1" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+}
 
 # pool USER SQL: one client's session through PgBouncer (a new client each time)
 pool() { $PGBIN/psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U "$1" -d $DB -c "$2" 2>&1; }
+# pool_state USER SQL: the SQLSTATE and hint of the error SQL fails with
+pool_state() {
+	$PGBIN/psql -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PORT -U "$1" -d $DB \
+		-c "\set VERBOSITY verbose" -c "$2" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p; s/^HINT:  //p' | paste -sd'|'
+}
 
-# 1. client A leaves a temporary table on the one server connection
-pid_a=$(pool apc_pool_app "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_backend_pid()")
-pid_b=$(pool apc_pool_app "SELECT pg_backend_pid()")
-expect "clients A and B share one backend" "$pid_a" "$pid_b"
-expect "client B's session has A's temporary table" "1" \
-	"$(pool apc_pool_app "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()")"
+# a_leaves_scratch SETUP WHAT COUNT: client A leaves a temporary table on the
+# one server connection (sets pid_a); client B lands on the same backend and
+# finds COUNT such tables in its session
+a_leaves_scratch() {
+	local pid_b
+	pid_a=$(pool apc_pool_app "CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1); SELECT pg_backend_pid()")
+	pid_b=$(pool apc_pool_app "SELECT pg_backend_pid()")
+	expect "$1: clients A and B share one backend" "$pid_a" "$pid_b"
+	expect "$1: $2" "$3" \
+		"$(pool apc_pool_app "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()")"
+}
 
-# client B requests a cancellation and runs the processor on that backend
-expect "client B: request a cancellation beside A's temporary table" "CANCELLING" \
-	"$(pool apc_pool_app "SELECT state FROM alipayplus_request_cancel(payment_request_id => 'pool-1-$TAG')")"
-expect "client B: the processor beside A's temporary table" "1|1" \
-	"$(pool apc_pool_app "SELECT claimed || '|' || cancelled FROM alipayplus_process_cancellations()")"
-expect "the order is cancelled" "CANCELLED" "$(q $DB "SELECT status FROM shop.orders WHERE id = 1")"
-expect "the owner's trigger never saw A's temporary table" "CANCELLING|false,CANCELLED|false" \
-	"$(q $DB "SELECT string_agg(status || '|' || saw_scratch, ',' ORDER BY status DESC) FROM shop.audit WHERE id = 1")"
-expect "A's temporary table is still there, on the same backend" "$pid_a|1" \
+# 1a. PgBouncer's default set-up: client A leaves a temporary table on the
+# one server connection, client B is refused clearly
+start_bouncer 0
+a_leaves_scratch "default set-up" "client B's session has A's temporary table" 1
+refusal=$(pool_state apc_pool_app "SELECT state FROM alipayplus_request_cancel(payment_request_id => 'pool-1-$TAG')")
+expect "default set-up: client B is refused with 55000" "55000" "${refusal%%|*}"
+case "$refusal" in
+*"server_reset_query = DISCARD ALL and server_reset_query_always = 1"*) ok "the refusal's hint names the reset settings" ;;
+*) not_ok "the refusal's hint names the reset settings: got '$refusal'" ;;
+esac
+expect "default set-up: A's temporary table is still there, on the same backend" "$pid_a|1" \
 	"$(pool apc_pool_app "SELECT pg_backend_pid() || '|' || count(*) FROM pg_temp.scratch")"
+expect "default set-up: the order is untouched" "NEW|0" \
+	"$(q $DB "SELECT status || '|' || (SELECT count(*) FROM alipayplus.cancellations) FROM shop.orders WHERE id = 1")"
 
-# 2. session state: SET leaks to the next client, SET LOCAL does not
+# 2. session state with the default set-up: SET leaks to the next client,
+# SET LOCAL does not
 pool postgres "SET alipayplus.timeout_ms = 1234" >/dev/null
 expect "a plain SET is seen by the next client of the server connection" "1234ms" \
 	"$(pool postgres "SHOW alipayplus.timeout_ms")"
@@ -130,4 +165,19 @@ expect "SET ROLE is the next client's role too" "apc_pool_app" "$(pool postgres 
 pool postgres "RESET ROLE" >/dev/null
 pool postgres "BEGIN; SET LOCAL ROLE apc_pool_app; COMMIT" >/dev/null
 expect "SET LOCAL ROLE ends with its transaction" "postgres" "$(pool postgres "SELECT current_user")"
+
+# 1b. the README's set-up: DISCARD ALL after every transaction
+start_bouncer 1
+a_leaves_scratch "reset set-up" "A's temporary table did not outlive A's transaction" 0
+expect "reset set-up: client B requests a cancellation after A" "CANCELLING" \
+	"$(pool apc_pool_app "SELECT state FROM alipayplus_request_cancel(payment_request_id => 'pool-1-$TAG')")"
+expect "reset set-up: client B runs the processor" "1|1" \
+	"$(pool apc_pool_app "SELECT claimed || '|' || cancelled FROM alipayplus_process_cancellations()")"
+expect "the order is cancelled" "CANCELLED" "$(q $DB "SELECT status FROM shop.orders WHERE id = 1")"
+expect "the owner's trigger never saw A's temporary table" "CANCELLING|false,CANCELLED|false" \
+	"$(q $DB "SELECT string_agg(status || '|' || saw_scratch, ',' ORDER BY status DESC) FROM shop.audit WHERE id = 1")"
+pool postgres "SET alipayplus.timeout_ms = 1234" >/dev/null
+expect "reset set-up: a plain SET does not reach the next client" "5s" "$(pool postgres "SHOW alipayplus.timeout_ms")"
+pool postgres "SET ROLE apc_pool_app" >/dev/null
+expect "reset set-up: SET ROLE does not reach the next client" "postgres" "$(pool postgres "SELECT current_user")"
 finish

@@ -11,7 +11,8 @@
 # the client saw CANCELLED come back as CANCELLING (the risk the README's
 # "High availability" section describes) and are sent again with the same
 # parameters.  The processor warns when its session's synchronous_commit
-# does not match the set-up.
+# does not match the set-up, also at synchronous_commit = on while the
+# standby is asynchronous.
 use strict;
 use warnings;
 use IPC::Run;
@@ -65,6 +66,10 @@ sub scenario
 		like($err, qr/WARNING:  synchronous_commit is local although synchronous_standby_names is set/,
 			'sync: a cancel request warns at synchronous_commit = local');
 		($ret, $out, $err) = $primary->psql('postgres',
+			'SET synchronous_commit = remote_write; SELECT claimed FROM alipayplus_process_cancellations(1)');
+		like($err, qr/WARNING:  synchronous_commit is remote_write although synchronous_standby_names is set/,
+			'sync: the processor warns at synchronous_commit = remote_write');
+		($ret, $out, $err) = $primary->psql('postgres',
 			'SELECT claimed FROM alipayplus_process_cancellations(1)');
 		unlike($err, qr/WARNING/, 'sync: no warning at remote_apply');
 	}
@@ -78,9 +83,18 @@ sub scenario
 			"SET synchronous_commit = off; BEGIN; SELECT alipayplus_request_cancel(payment_request_id => 'tap-no-such-order'); ROLLBACK");
 		like($err, qr/WARNING:  synchronous_commit is off/,
 			'async: a cancel request warns at synchronous_commit = off');
+		# the main failover case: on, but the standby is asynchronous
+		$primary->poll_query_until('postgres',
+			"SELECT state = 'streaming' FROM pg_stat_replication WHERE application_name = 'standby_$mode'")
+		  or die "the standby did not stream";
 		($ret, $out, $err) = $primary->psql('postgres',
 			'SELECT claimed FROM alipayplus_process_cancellations(1)');
-		unlike($err, qr/WARNING/, 'async: no warning at synchronous_commit = on');
+		like($err, qr/WARNING:  this server streams its WAL asynchronously/,
+			'async: the processor warns at synchronous_commit = on with an asynchronous standby');
+		($ret, $out, $err) = $primary->psql('postgres',
+			"BEGIN; SELECT alipayplus_request_cancel(payment_request_id => 'tap-no-such-order'); ROLLBACK");
+		like($err, qr/WARNING:  this server streams its WAL asynchronously/,
+			'async: a cancel request warns with an asynchronous standby');
 	}
 
 	# the backlog: every call takes 400 ms at the gateway, two at a time

@@ -67,6 +67,16 @@ sub log_shows
 	return 0;
 }
 
+# Wait until the subscriber's log, from byte $from on, shows the guard
+# refusing a replicated cancel state with a message part matching $re
+sub refused
+{
+	my ($re, $from) = @_;
+	return log_shows(
+		qr/ERROR:  trigger "alipayplus_guard_order" on table "orders" cannot accept a replicated cancellation state\n(.*\n)*?.*$re/,
+		$from);
+}
+
 # On the publisher in $db: orders $first..$last (ids $pfx || n), those in
 # @$cancelled cancelled, then $cancelling's cancellation requested
 sub publisher_orders
@@ -175,7 +185,7 @@ $sub->safe_psql('postgres', q{
 $logpos = -s $sub->logfile;
 $pub->safe_psql('postgres',
 	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (8, '${p}_8')");
-ok(log_shows(qr/ERROR:  trigger "alipayplus_guard_order" on table "orders" cannot accept a replicated cancellation state\n(.*\n)*?.*DETAIL:  Trigger "forge" fires before it/, $logpos),
+ok(refused(qr/DETAIL:  Trigger "forge" fires in the replication worker/, $logpos),
 	'subscriber: a BEFORE trigger in the replication worker cannot forge a cancellation');
 is($sub->safe_psql('postgres', 'SELECT count(*) FROM shop.orders WHERE order_no = 8'),
 	'0', 'subscriber: order 8 not written');
@@ -193,7 +203,7 @@ $sub->restart;
 $logpos = -s $sub->logfile;
 $pub->safe_psql('postgres',
 	"SELECT alipayplus_request_cancel(payment_request_id => '${p}_5')");
-ok(log_shows(qr/ERROR:  trigger "alipayplus_guard_order" on table "orders" cannot accept a replicated cancellation state\n(.*\n)*?.*HINT:  Add alipayplus_cancel to shared_preload_libraries on the subscriber/, $logpos),
+ok(refused(qr/HINT:  Add alipayplus_cancel to shared_preload_libraries on the subscriber/, $logpos),
 	'subscriber without the preloaded library: a clear error');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
 	'PENDING', 'subscriber without the preloaded library: order 5 not changed');
@@ -202,6 +212,129 @@ $sub->restart;
 ok(in_sync(-s $sub->logfile), 'replication resumes with the library preloaded');
 is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 5'),
 	'CANCELLING', 'subscriber: order 5 CANCELLING');
+
+# Any owner's trigger that fires in the replication worker runs there as
+# the subscription's owner (a superuser): with one on the table, even one
+# that changes nothing, no replicated row enters a cancel state
+$sub->safe_psql('postgres', q{
+	CREATE FUNCTION shop.watch() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER watch AFTER UPDATE ON shop.orders
+		FOR EACH ROW EXECUTE FUNCTION shop.watch();
+	ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER watch;
+});
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"SELECT alipayplus_request_cancel(payment_request_id => '${p}_6')");
+ok(refused(qr/DETAIL:  Trigger "watch" fires in the replication worker(.*\n)*?.*HINT:  Let that trigger fire only for local changes on the subscriber \(ALTER TABLE orders ENABLE TRIGGER watch\)/, $logpos),
+	'subscriber: any trigger that fires in the replication worker stops a replicated cancel state');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 6'),
+	'PENDING', 'subscriber: order 6 not changed');
+$sub->safe_psql('postgres', 'ALTER TABLE shop.orders ENABLE TRIGGER watch');
+ok(in_sync(-s $sub->logfile), 'replication resumes once the trigger fires for local changes only');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 6'),
+	'CANCELLING', 'subscriber: order 6 CANCELLING');
+$sub->safe_psql('postgres', 'DROP TRIGGER watch ON shop.orders');
+
+# A BEFORE trigger forges the state and an AFTER trigger that fires before
+# the guard drops both: the catalog looks clean when the guard checks, but
+# code ran in the worker, so the state is refused
+$sub->safe_psql('postgres', q{
+	CREATE FUNCTION shop.forge_all() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		NEW.status := 'CANCELLED';
+		RETURN NEW;
+	END $$;
+	CREATE FUNCTION shop.hide() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		DROP TRIGGER forge ON shop.orders;
+		DROP TRIGGER a0_hide ON shop.orders;
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER forge BEFORE INSERT ON shop.orders
+		FOR EACH ROW EXECUTE FUNCTION shop.forge_all();
+	ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER forge;
+	CREATE TRIGGER a0_hide AFTER INSERT ON shop.orders
+		FOR EACH ROW EXECUTE FUNCTION shop.hide();
+	ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER a0_hide;
+});
+$logpos = -s $sub->logfile;
+$pub->safe_psql('postgres',
+	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (9, '${p}_9')");
+ok(refused(qr/DETAIL:  A trigger, foreign key action or function ran queries or commands inside the replication worker/, $logpos),
+	'subscriber: a trigger that drops the forging trigger before the guard looks cannot bring a cancellation');
+is($sub->safe_psql('postgres', 'SELECT count(*) FROM shop.orders WHERE order_no = 9'),
+	'0', 'subscriber: order 9 not written');
+$sub->safe_psql('postgres', 'DROP TRIGGER IF EXISTS a0_hide ON shop.orders; DROP TRIGGER IF EXISTS forge ON shop.orders');
+ok(in_sync(-s $sub->logfile), 'replication resumes once the triggers are gone');
+is($sub->safe_psql('postgres', 'SELECT status FROM shop.orders WHERE order_no = 9'),
+	'PENDING', 'subscriber: order 9 arrived PENDING');
+
+# A foreign key action that fires in the worker (ON UPDATE CASCADE from a
+# replicated lookup table, its trigger enabled ALWAYS) changes the order
+# inside the worker: it is not the publisher's change
+for my $node ($pub, $sub)
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE fk');
+	apc_shop($node, 'fk');
+	$node->safe_psql('fk', q{
+		CREATE TABLE shop.codes (code text PRIMARY KEY);
+		INSERT INTO shop.codes VALUES ('PENDING'), ('X');});
+}
+$pub->safe_psql('fk', 'CREATE PUBLICATION codes_pub FOR TABLE shop.codes');
+$sub->safe_psql('fk', q{
+	INSERT INTO shop.orders (order_no, payment_request_id, status) VALUES (50, 'fk50', 'X');
+	ALTER TABLE shop.orders ADD CONSTRAINT status_fk FOREIGN KEY (status)
+		REFERENCES shop.codes (code) ON UPDATE CASCADE;
+	DO $$
+	DECLARE t name;
+	BEGIN
+		FOR t IN SELECT tgname FROM pg_trigger
+			WHERE tgrelid = 'shop.codes'::regclass AND tgisinternal
+				AND tgfoid = 'pg_catalog."RI_FKey_cascade_upd"'::regproc
+		LOOP
+			EXECUTE format('ALTER TABLE shop.codes ENABLE ALWAYS TRIGGER %I', t);
+		END LOOP;
+	END $$;
+});
+$sub->safe_psql('fk',
+	"CREATE SUBSCRIPTION codes_sub CONNECTION '" . $pub->connstr . " dbname=fk' PUBLICATION codes_pub WITH (copy_data = false)");
+$sub->poll_query_until('fk',
+	"SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate NOT IN ('r', 's')")
+  or die 'codes_sub did not become ready';
+$logpos = -s $sub->logfile;
+$pub->safe_psql('fk', "UPDATE shop.codes SET code = 'CANCELLED' WHERE code = 'X'");
+ok(refused(qr/DETAIL:  A trigger, foreign key action or function ran/, $logpos),
+	'subscriber: a cascading foreign key action in the worker cannot cancel an order');
+is($sub->safe_psql('fk', 'SELECT status FROM shop.orders WHERE order_no = 50'),
+	'X', 'subscriber: order 50 not cancelled');
+$sub->safe_psql('fk', 'DROP SUBSCRIPTION codes_sub');
+
+# A default of the status column on the subscriber fills it when the
+# publication leaves the column out: it must not bring a cancel state
+for my $node ($pub, $sub)
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE cols');
+	apc_shop($node, 'cols');
+}
+$pub->safe_psql('cols',
+	'CREATE PUBLICATION cols_pub FOR TABLE shop.orders (order_no, payment_request_id, created_at)');
+$sub->safe_psql('cols', "ALTER TABLE shop.orders ALTER status SET DEFAULT 'CANCELLED'");
+$logpos = -s $sub->logfile;
+$sub->safe_psql('cols',
+	"CREATE SUBSCRIPTION cols_sub CONNECTION '" . $pub->connstr . " dbname=cols' PUBLICATION cols_pub");
+$pub->safe_psql('cols',
+	"INSERT INTO shop.orders (order_no, payment_request_id) VALUES (1, '${p}_cols_1')");
+ok(refused(qr/DETAIL:  Column status has a default/, $logpos),
+	'subscriber: a default of the status column cannot supply a cancellation');
+is($sub->safe_psql('cols', 'SELECT count(*) FROM shop.orders'), '0',
+	'subscriber: no order arrived CANCELLED');
+$sub->safe_psql('cols', "ALTER TABLE shop.orders ALTER status SET DEFAULT 'PENDING'");
+ok(in_sync(-s $sub->logfile, 'cols'), 'replication resumes with a constant initial status as default');
+is(statuses($sub, 'cols'), '1=PENDING', 'subscriber: order 1 arrived PENDING');
+$sub->safe_psql('cols', 'DROP SUBSCRIPTION cols_sub');
 
 # A partitioned bound table, published through its root: the subscriber
 # routes the rows to its partitions, whose cloned guards let them in
