@@ -1094,6 +1094,8 @@ ALTER TABLE alipayplus.cancellations
  * times (clock_timestamp), so a notification recorded after the close is
  * later than the close whenever its transaction began.
  */
+/* created with pg_catalog alone on the search_path: see extension/src/60_views.sql */
+SET search_path = pg_catalog, pg_temp;
 CREATE OR REPLACE VIEW alipayplus.attention AS
 SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 	c.payment_id, c.state, c.attempt_count, c.last_result_status,
@@ -1148,6 +1150,7 @@ SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
 FROM alipayplus._stranded_orders() s;
 COMMENT ON VIEW alipayplus.attention IS
 	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+SET search_path = @extschema@;
 
 /*
  * A late notification is kept with the clock time it is recorded at, and
@@ -1310,6 +1313,8 @@ AS $$
 	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
 		AND x.next_attempt_at IS NOT NULL
 $$;
+/* created with pg_catalog alone on the search_path: see extension/src/60_views.sql */
+SET search_path = pg_catalog, pg_temp;
 CREATE OR REPLACE VIEW alipayplus.stats AS
 WITH recent AS (
 	SELECT a.result_status, a.result_code, a.latency_ms
@@ -1339,6 +1344,7 @@ FROM (SELECT count(*) AS queued,
 		AND x.next_attempt_at IS NOT NULL) q;
 COMMENT ON VIEW alipayplus.stats IS
 	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
+SET search_path = @extschema@;
 /*
  * An exhausted local.* code is ours to fix: its built-in note (quoted in
  * the attention reason, src/ledger.c) names the settings to check.  The

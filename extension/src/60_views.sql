@@ -6,6 +6,18 @@
 
 \echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
 
+/*
+ * The views are created with pg_catalog alone on the search_path.  A view
+ * binds its functions and operators when it is created, and under the
+ * install script's own search_path (the extension's schema, pg_catalog
+ * searched first) an exact-type look-alike in the extension's schema would
+ * win where pg_catalog's candidate is not an exact match (format's VARIADIC
+ * "any", anynonarray || text): code of any role that may create objects
+ * there would run for every reader, the superuser included
+ * (test/install_capture.sh).
+ */
+SET search_path = pg_catalog, pg_temp;
+
 /* ------------------------------------------------------------------
  * What needs a person
  * ------------------------------------------------------------------ */
@@ -106,3 +118,6 @@ FROM (SELECT count(*) AS queued,
 		AND x.next_attempt_at IS NOT NULL) q;
 COMMENT ON VIEW alipayplus.stats IS
 	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
+
+/* back to the install script's search_path */
+SET search_path = @extschema@;
