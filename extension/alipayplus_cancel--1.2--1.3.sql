@@ -62,6 +62,9 @@
  *    cannot be closed, late notifications are stamped with clock time and
  *    an open S is not replaced by U or F, reasons arising after a close
  *    open it again, and the id locks use a lock tag SQL cannot take.
+ *  - the views alipayplus.attention and alipayplus.stats are created with
+ *    pg_catalog alone on the search_path, so that no look-alike function
+ *    or operator in the extension's schema is bound into them.
  * Functions that change are replaced (alipayplus_bind_orders,
  * alipayplus_request_cancel_all and alipayplus._mark_cancelling, which gain
  * an argument, are dropped and created again); alipayplus.order_binding
