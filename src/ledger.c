@@ -800,6 +800,33 @@ create_or_find(Datum *v, char *n, LedgerRow *c, MemoryContext mcxt)
 }
 
 /*
+ * Take one of the extension's transaction-level locks: an advisory lock
+ * tag [database, "APSC", key, kind], whose kind (3 or 4) SQL's advisory-lock
+ * functions never build.  Transaction-level (sessionLock false): owned by
+ * the current resource owner, released at the end of the transaction, or
+ * at the abort of the subtransaction that took it, like
+ * pg_advisory_xact_lock.
+ */
+static void
+lock_aps(uint32 key, uint16 kind, bool exclusive)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) APS_ID_LOCK_SPACE,
+						 key, kind);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
+					   false, false);
+}
+
+/* The id lock bucket of an id (see lock_ids()) */
+static int32
+id_bucket(const char *id)
+{
+	return hash_bytes((const unsigned char *) id, strlen(id)) %
+		APS_ID_LOCK_BUCKETS;
+}
+
+/*
  * Serialise on ids a and b (either may be NULL) with a transaction-level
  * advisory lock on the bucket of each (a hash of the id modulo
  * APS_ID_LOCK_BUCKETS), taken in bucket order.  Every path that gives an id
@@ -821,12 +848,10 @@ lock_ids(const char *a, const char *b, bool exclusive)
 	int			i;
 
 	if (a != NULL)
-		keys[n++] = hash_bytes((const unsigned char *) a, strlen(a)) %
-			APS_ID_LOCK_BUCKETS;
+		keys[n++] = id_bucket(a);
 	if (b != NULL)
 	{
-		int32		k = hash_bytes((const unsigned char *) b, strlen(b)) %
-			APS_ID_LOCK_BUCKETS;
+		int32		k = id_bucket(b);
 
 		if (n == 0 || k != keys[0])
 			keys[n++] = k;
@@ -839,19 +864,7 @@ lock_ids(const char *a, const char *b, bool exclusive)
 		keys[1] = t;
 	}
 	for (i = 0; i < n; i++)
-	{
-		LOCKTAG		tag;
-
-		/*
-		 * Transaction-level (sessionLock false): owned by the current resource
-		 * owner, released at the end of the transaction, or at the abort of
-		 * the subtransaction that took it, like pg_advisory_xact_lock.
-		 */
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) APS_ID_LOCK_SPACE,
-							 (uint32) keys[i], APS_ID_LOCK_KIND);
-		(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock,
-						   false, false);
-	}
+		lock_aps((uint32) keys[i], APS_ID_LOCK_KIND, exclusive);
 }
 
 /*
@@ -874,11 +887,7 @@ lock_ids(const char *a, const char *b, bool exclusive)
 static void
 lock_binding(bool exclusive)
 {
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, APS_ID_LOCK_SPACE,
-						 APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4);
-	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+	lock_aps(APS_BINDING_LOCK_KEY, APS_BINDING_LOCK_FIELD4, exclusive);
 }
 
 /*
