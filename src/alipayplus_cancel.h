@@ -179,4 +179,58 @@ extern char *aps_ledger_state(Oid relid, const char *request_id,
 							  const char *payment_id, bool *bound,
 							  char **key_field, char **key_id);
 
+/* processor.c: the claim-then-call pipeline every processor form runs */
+typedef enum ApsTxnMode
+{
+	APS_TXN_CALLER,				/* the caller's transaction: never commits */
+	APS_TXN_PROCEDURE,			/* a CALLed procedure: commits with SPI_commit */
+	APS_TXN_WORKER				/* a background worker: own transactions */
+} ApsTxnMode;
+
+typedef enum ApsPollVerdict
+{
+	APS_POLL_GO_ON,
+	APS_POLL_LOOK_FOR_WORK,		/* claim again now (the worker's latch was set) */
+	APS_POLL_STOP				/* no more claims; settle, abandon, return */
+} ApsPollVerdict;
+
+typedef struct ApsRunOptions
+{
+	ApsTxnMode	mode;
+	int64		max_count;		/* claims at most this many */
+	int			time_budget_ms;
+	const char *caller;			/* processor_runs.caller */
+	/*
+	 * Called between waits (<= 10 ms apart while calls are in flight).
+	 * Worker: latch set -> LOOK_FOR_WORK, SIGTERM -> STOP; NULL elsewhere.
+	 */
+	ApsPollVerdict (*poll) (void *arg);
+	void	   *poll_arg;
+	int			progress_ms;	/* backlog's progress NOTICEs; 0: none */
+} ApsRunOptions;
+
+typedef struct ApsRunCounts
+{
+	int64		run_id;			/* 0 when the run claimed nothing and wrote no
+								 * row (worker) */
+	int			claimed,
+				cancelled,
+				retrying,
+				attention,
+				unanswered,
+				busy;
+	double		elapsed_ms;
+	char	   *last_error;
+	const char *stopped_because;
+	TimestampTz next_due;		/* earliest next_attempt_at of a CANCELLING
+								 * row not flagged; 0 if none */
+} ApsRunCounts;
+
+/*
+ * Runs the pipeline.  In APS_TXN_WORKER mode it is called and returns
+ * outside any transaction; every curl resource is freed on every path; an
+ * ERROR propagates.
+ */
+extern void aps_run_processor(const ApsRunOptions *opts, ApsRunCounts *counts);
+
 #endif							/* ALIPAYPLUS_CANCEL_H */
