@@ -126,6 +126,12 @@ typedef struct ApsHttpExchange
 	bool		not_sent;		/* its deadline passed before it could start */
 } ApsHttpExchange;
 
+extern int	aps_http_begin(int want);
+extern int	aps_http_in_flight(void);
+extern void aps_http_add(ApsHttpExchange *ex);
+extern int	aps_http_wait(int timeout_ms);
+extern void aps_http_abandon_all(void);
+extern bool aps_interrupt_pending(void);
 extern void aps_http_post(ApsHttpExchange *exchange);
 extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
 							   int concurrency);
@@ -166,11 +172,24 @@ extern void aps_check_id_pair(const char *payment_id, const char *request_id);
 extern void aps_refuse_read_only(void);
 extern EVP_PKEY *aps_check_config(void);
 extern void aps_warn_durability(void);
+extern char *aps_cancel_url(void);
+extern ApsHttpExchange *aps_prepare_cancel(const char *field, const char *value,
+										   EVP_PKEY *key, const char *url,
+										   const char *request_time);
+extern char *aps_request_time_now(void);
+extern void aps_cancel_result(ApsHttpExchange *ex, const char *field,
+							  const char *value, ApsCallResult *result);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 						 ApsCallResult *result);
 
 /* guard.c */
 extern void aps_guard_init(void);
+
+/* ledger.c */
+extern char *aps_settle_claimed(int64 cancellation_id, int64 attempt_id,
+								const ApsCallResult *r, TimestampTz answered_at,
+								const char *caller, bool interrupted,
+								bool *attention);
 
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,
