@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 
 struct curl_slist;
 
@@ -186,6 +187,7 @@ extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 extern void aps_guard_init(void);
 
 /* ledger.c */
+extern void aps_require_top_level(FunctionCallInfo fcinfo, const char *name);
 extern char *aps_settle_claimed(int64 cancellation_id, int64 attempt_id,
 								const ApsCallResult *r, TimestampTz answered_at,
 								const char *caller, bool interrupted,

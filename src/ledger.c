@@ -1684,20 +1684,24 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
  * the procedures it calls, so the CallContext this procedure gets says
  * whether its caller can commit.
  */
-Datum
-alipayplus_require_top_level(PG_FUNCTION_ARGS)
+void
+aps_require_top_level(FunctionCallInfo fcinfo, const char *name)
 {
-	const char *name = PG_ARGISNULL(0) ? "this procedure" :
-		text_to_cstring(PG_GETARG_TEXT_PP(0));
-
 	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
 		castNode(CallContext, fcinfo->context)->atomic)
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("%s must be called as a top-level statement by itself", name),
-				 errdetail("It commits after each window of calls, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
+				 errdetail("It commits as it goes, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
 				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
 						 name)));
+}
+
+Datum
+alipayplus_require_top_level(PG_FUNCTION_ARGS)
+{
+	aps_require_top_level(fcinfo, PG_ARGISNULL(0) ? "this procedure" :
+						  text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 
