@@ -1647,6 +1647,7 @@ BEGIN
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
 	FOREACH c IN ARRAY v_rows LOOP
+		kind := 'call';
 		IF v_bound THEN
 			v_err := NULL;
 			BEGIN
@@ -1657,12 +1658,6 @@ BEGIN
 			EXCEPTION
 				WHEN lock_not_available THEN
 					kind := 'busy';
-					cancellation_id := c.cancellation_id;
-					attempt_id := NULL;
-					sent_field := c.sent_field;
-					sent_id := c.sent_id;
-					RETURN NEXT;
-					CONTINUE;
 				WHEN OTHERS THEN
 					GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
 			END;
@@ -1673,13 +1668,15 @@ BEGIN
 											  v_err, x.cancellation_id)
 				WHERE x.cancellation_id = c.cancellation_id;
 				kind := 'flagged';
-				cancellation_id := c.cancellation_id;
-				attempt_id := NULL;
-				sent_field := c.sent_field;
-				sent_id := c.sent_id;
-				RETURN NEXT;
-				CONTINUE;
 			END IF;
+		END IF;
+		IF kind <> 'call' THEN
+			cancellation_id := c.cancellation_id;
+			attempt_id := NULL;
+			sent_field := c.sent_field;
+			sent_id := c.sent_id;
+			RETURN NEXT;
+			CONTINUE;
 		END IF;
 		v_ok := v_ok || c.cancellation_id;
 	END LOOP;

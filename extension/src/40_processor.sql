@@ -1,7 +1,8 @@
 /*
  * extension/src/40_processor.sql
- *	  The processor of the queue: alipayplus_process_cancellations (a window
- *	  of calls in flight at once), the procedures that commit as they go
+ *	  The processor of the queue: alipayplus_process_cancellations (the
+ *	  claim-then-call pipeline of src/processor.c in the caller's
+ *	  transaction, and its steps in SQL), the procedures that commit as they go
  *	  (alipayplus_run_cancellations for pg_cron, alipayplus_process_backlog;
  *	  alipayplus_require_top_level refuses to run them where they cannot
  *	  commit), requeueing, closing attention items, refunds and payment
@@ -129,6 +130,7 @@ BEGIN
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
 	FOREACH c IN ARRAY v_rows LOOP
+		kind := 'call';
 		IF v_bound THEN
 			v_err := NULL;
 			BEGIN
@@ -139,12 +141,6 @@ BEGIN
 			EXCEPTION
 				WHEN lock_not_available THEN
 					kind := 'busy';
-					cancellation_id := c.cancellation_id;
-					attempt_id := NULL;
-					sent_field := c.sent_field;
-					sent_id := c.sent_id;
-					RETURN NEXT;
-					CONTINUE;
 				WHEN OTHERS THEN
 					GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
 			END;
@@ -155,13 +151,15 @@ BEGIN
 											  v_err, x.cancellation_id)
 				WHERE x.cancellation_id = c.cancellation_id;
 				kind := 'flagged';
-				cancellation_id := c.cancellation_id;
-				attempt_id := NULL;
-				sent_field := c.sent_field;
-				sent_id := c.sent_id;
-				RETURN NEXT;
-				CONTINUE;
 			END IF;
+		END IF;
+		IF kind <> 'call' THEN
+			cancellation_id := c.cancellation_id;
+			attempt_id := NULL;
+			sent_field := c.sent_field;
+			sent_id := c.sent_id;
+			RETURN NEXT;
+			CONTINUE;
 		END IF;
 		v_ok := v_ok || c.cancellation_id;
 	END LOOP;
