@@ -748,6 +748,31 @@ progress_notice(Run *run, int64 due)
 					left)));
 }
 
+/*
+ * The worker's run begins at the first claim of a busy period, not at
+ * every wake-up: its row is written only when a row is due.  In the step.
+ */
+static void
+worker_run_begin(Run *run)
+{
+	Datum		v[1];
+	bool		isnull;
+	Datum		d;
+
+	exec_plan(plan_next_due, NULL, NULL);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull || DatumGetTimestampTz(d) > GetCurrentTimestamp())
+	{
+		run->nothing_due = true;
+		return;
+	}
+	v[0] = CStringGetTextDatum(run->opts->caller);
+	exec_plan(plan_run_begin, v, " ");
+	run->counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc,
+													  1, &isnull));
+}
+
 /* not inlined: its locals live outside run_processor's PG_TRY */
 static pg_noinline void
 run_pipeline(Run *run, int64 continue_run)
@@ -827,7 +852,11 @@ run_pipeline(Run *run, int64 continue_run)
 				run->interrupted = "shutdown";
 			}
 			else if (verdict == APS_POLL_LOOK_FOR_WORK)
+			{
+				/* the worker was told of new work: claim again */
 				look_for_work = true;
+				run->nothing_due = false;
+			}
 		}
 
 		/* settle what came in, and claim for the free slots, in one step */
@@ -875,18 +904,9 @@ run_pipeline(Run *run, int64 continue_run)
 			if (stop == NULL && want > 0 && (look_for_work || !run->nothing_due))
 			{
 				if (counts->run_id == 0 && opts->mode == APS_TXN_WORKER)
-				{
-					/* the worker's run begins at the first claim of a busy period */
-					Datum		v[1];
-					bool		isnull;
-
-					v[0] = CStringGetTextDatum(opts->caller);
-					exec_plan(plan_run_begin, v, " ");
-					counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-																 SPI_tuptable->tupdesc,
-																 1, &isnull));
-				}
-				claim(run, want, key, url);
+					worker_run_begin(run);
+				if (counts->run_id != 0)
+					claim(run, want, key, url);
 				look_for_work = false;
 			}
 			notice = stop == NULL && progress_due(run, &due);
