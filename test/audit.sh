@@ -36,23 +36,12 @@ set +e
 DB=apc_audit
 TAG=$(date +%s%N)
 TMP=$(mktemp -d /tmp/apc_audit.XXXXXX)
-BG_PIDS=()
 N=200
 WIDTH=64
 # the slow trigger's run: statement_timeout, and the longest the CALL may
 # take (the timeout, plus what the README allows for stopping after it)
 TRIG_TIMEOUT_MS=3000
 TRIG_BOUND_MS=4500
-
-cleanup() {
-	local p
-	for p in "${BG_PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
 
 # ids MODE: the LIKE pattern of the mode's payment ids
 ids() { echo "slow-1500-audit-$1-%-$TAG"; }
@@ -137,15 +126,6 @@ run_of() {
 		FROM alipayplus.processor_runs p WHERE to_jsonb(p)->>'pid' = '$1'"
 }
 
-wait_server() {
-	local deadline=$(($(now_ms) + 60000))
-	while [ "$(now_ms)" -lt $deadline ]; do
-		q "$DB" "SELECT 1" >/dev/null 2>&1 && return 0
-		sleep 0.2
-	done
-	return 1
-}
-
 # backend_of MARK: pid of the backend running the CALL marked MARK, 20 s at most
 backend_of() {
 	local deadline=$(($(now_ms) + 20000)) row=""
@@ -169,10 +149,7 @@ arrived() {
 	return 1
 }
 
-echo "# setting up database $DB"
-q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database $DB"; finish; }
-q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; finish; }
+scratch_db $DB || { not_ok "create database $DB with the extension"; finish; }
 
 # queue PATTERN PREFIX: the mode's N cancellations, queued and committed;
 # only they are due

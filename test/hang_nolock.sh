@@ -30,24 +30,10 @@ set +e
 DB=apc_hang
 TAG=$(date +%s%N)
 TMP=$(mktemp -d /tmp/apc_hang.XXXXXX)
-BG_PIDS=()
 ID="slow-60000-hang-$TAG"
 
-cleanup() {
-	local p
-	for p in "${BG_PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-echo "# setting up database $DB"
-q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database $DB"; finish; }
+scratch_db $DB || { not_ok "create database $DB with the extension"; finish; }
 $PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<SQL || { not_ok "set up"; finish; }
-CREATE EXTENSION alipayplus_cancel;
 CREATE SCHEMA shop;
 CREATE TABLE shop.orders (
 	order_no bigint PRIMARY KEY,
@@ -96,20 +82,26 @@ xmin_sample() {
 
 samples=("$(xmin_sample)")
 
-# the application's UPDATE of another column, timed inside its session
-$PGBIN/psql -X -q -d "$DB" >"$TMP/update.out" 2>&1 <<SQL &
+# timed OUT SQL: SQL run with lock_timeout = 3s (a lock wait fails), timed
+# with clock_timestamp() inside its session; OUT gets SQLSTATE= and MS=
+timed() {
+	$PGBIN/psql -X -q -d "$DB" >"$1" 2>&1 <<SQL
 \set ON_ERROR_STOP 0
 SET lock_timeout = '3s';
 DO \$\$
 DECLARE t0 timestamptz := clock_timestamp();
 BEGIN
-	UPDATE shop.orders SET note = 'touched while the call hangs' WHERE payment_request_id = '$ID';
+	$2;
 	PERFORM set_config('audit.ms', round(extract(epoch FROM clock_timestamp() - t0)::numeric * 1000, 1)::text, false);
 END \$\$;
 \echo SQLSTATE=:SQLSTATE
 SELECT 'MS=' || current_setting('audit.ms', true) AS e \gset
 \echo :e
 SQL
+}
+
+# the application's UPDATE of another column, in the background
+timed "$TMP/update.out" "UPDATE shop.orders SET note = 'touched while the call hangs' WHERE payment_request_id = '$ID'" &
 upd=$!
 BG_PIDS+=($upd)
 # while it runs (or waits): does anyone wait on the processor's backend?
@@ -133,19 +125,7 @@ else
 fi
 
 # the payment's result, applied while the call hangs
-$PGBIN/psql -X -q -d "$DB" >"$TMP/apply.out" 2>&1 <<SQL
-\set ON_ERROR_STOP 0
-SET lock_timeout = '3s';
-DO \$\$
-DECLARE t0 timestamptz := clock_timestamp();
-BEGIN
-	PERFORM alipayplus_apply_payment_result('$ID', 'U', 'UNKNOWN_EXCEPTION');
-	PERFORM set_config('audit.ms', round(extract(epoch FROM clock_timestamp() - t0)::numeric * 1000, 1)::text, false);
-END \$\$;
-\echo SQLSTATE=:SQLSTATE
-SELECT 'MS=' || current_setting('audit.ms', true) AS e \gset
-\echo :e
-SQL
+timed "$TMP/apply.out" "PERFORM alipayplus_apply_payment_result('$ID', 'U', 'UNKNOWN_EXCEPTION')"
 sed 's/^/#   apply: /' "$TMP/apply.out"
 expect "alipayplus_apply_payment_result() for the order succeeds" 00000 "$(line_value "$TMP/apply.out" SQLSTATE)"
 ms=$(line_value "$TMP/apply.out" MS)

@@ -57,22 +57,14 @@ sub xmin_sample
 		 FROM pg_stat_activity WHERE pid = $pid");
 }
 
-# a statement timed inside its own session: "SQLSTATE ms"
-sub timed
+# $sql run with lock_timeout = 3s (a lock wait fails) and timed with
+# clock_timestamp() inside its session; its last result is the time in ms
+sub timed_sql
 {
 	my ($sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', qq{
-		SET lock_timeout = '3s';
-		DO \$\$
-		DECLARE t0 timestamptz := clock_timestamp();
-		BEGIN
-			$sql;
-			PERFORM set_config('audit.ms', round(extract(epoch FROM clock_timestamp() - t0)::numeric * 1000, 1)::text, false);
-		END \$\$;
-		SELECT current_setting('audit.ms');
-	});
-	note("$sql: $err") if $ret != 0;
-	return ($ret, $out);
+	return "SET lock_timeout = '3s'; DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN $sql; "
+	  . "PERFORM set_config('audit.ms', round(extract(epoch FROM clock_timestamp() - t0)::numeric * 1000, 1)::text, false); "
+	  . "END \$\$; SELECT current_setting('audit.ms')";
 }
 
 my @samples = (xmin_sample());
@@ -81,10 +73,7 @@ my ($upd_out, $upd_err) = ('', '');
 my $upd = IPC::Run::start(
 	[
 		'psql', '-X', '-Atq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-c',
-		"SET lock_timeout = '3s'; DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN "
-		  . "UPDATE shop.orders SET note = 'touched' WHERE payment_request_id = '$id'; "
-		  . "PERFORM set_config('audit.ms', round(extract(epoch FROM clock_timestamp() - t0)::numeric * 1000, 1)::text, false); "
-		  . "END \$\$; SELECT current_setting('audit.ms')"
+		timed_sql("UPDATE shop.orders SET note = 'touched' WHERE payment_request_id = '$id'")
 	],
 	'<', \undef, '>', \$upd_out, '2>', \$upd_err);
 for (1 .. 5)
@@ -101,7 +90,9 @@ chomp $upd_out;
 ok($upd_out =~ /^\d+(\.\d+)?$/ && $upd_out < 100,
 	"the application's UPDATE returned within 100 ms ($upd_out ms)");
 
-my ($ret, $ms) = timed("PERFORM alipayplus_apply_payment_result('$id', 'U', 'UNKNOWN_EXCEPTION')");
+my ($ret, $ms, $err) =
+  $node->psql('postgres', timed_sql("PERFORM alipayplus_apply_payment_result('$id', 'U', 'UNKNOWN_EXCEPTION')"));
+note($err) if $ret != 0;
 is($ret, 0, 'alipayplus_apply_payment_result() for the order succeeds');
 ok($ms =~ /^\d+(\.\d+)?$/ && $ms < 1000,
 	"alipayplus_apply_payment_result() did not wait on the worker ($ms ms)");
