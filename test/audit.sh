@@ -7,9 +7,12 @@
 # first 64 requests have reached the gateway, by
 #   cancel     pg_cancel_backend()
 #   terminate  pg_terminate_backend()
-#   stimeout   statement_timeout = 1s (it fires while the 64 calls wait)
-#   stimeout2  statement_timeout = 2s: the first 64 answers are in and
+#   stimeout   statement_timeout = 1.2s: it fires while the 64 calls wait,
+#              after they have all reached the gateway, before any answer
+#   stimeout2  statement_timeout = 2.6s: the first 64 answers are in and
 #              settled, their slots refilled, and the next calls are cut
+#              (it fires between the refills and their answers, so that
+#              every request then in flight has reached the gateway)
 # (kill -9 of the backend restarts the cluster: test/tap/t/audit_crash.pl),
 # and then run again until the queue is empty.  Each time, before and after
 # the rerun: the gateway's log (one line per request it received, written
@@ -236,8 +239,8 @@ ledger_checks() {
 for mode in cancel terminate stimeout stimeout2; do
 	p=$(ids $mode)
 	case $mode in
-		stimeout) settings="SET statement_timeout = '1s';" ;;
-		stimeout2) settings="SET statement_timeout = '2s';" ;;
+		stimeout) settings="SET statement_timeout = '1200ms';" ;;
+		stimeout2) settings="SET statement_timeout = '2600ms';" ;;
 		*) settings="" ;;
 	esac
 	echo "# $mode: $N cancellations answered S after 1.5 s, $WIDTH in flight"
@@ -305,11 +308,11 @@ for mode in cancel terminate stimeout stimeout2; do
 				not_ok "$mode: no call recorded as cut by the timeout (local.statement_timeout)"
 			fi
 			if [ $mode = stimeout2 ]; then
-				# 2 s: the first 64 answers (1.5 s) were in before it fired
+				# 2.6 s: the first 64 answers (1.5 s) were in before it fired
 				if [ "$n_s" -ge 1 ] && [ "$sent" -gt $WIDTH ]; then
 					ok "stimeout2: answers that came in before the timeout are kept ($n_s S), and their slots were refilled ($sent requests)"
 				else
-					not_ok "stimeout2: expected S answers kept and slots refilled before the 2 s timeout: $n_s S, $sent requests"
+					not_ok "stimeout2: expected S answers kept and slots refilled before the 2.6 s timeout: $n_s S, $sent requests"
 				fi
 				expect "stimeout2: the rows answered S are CANCELLED, committed" "$n_s" \
 					"$(q "$DB" "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED' AND sent_id LIKE '$p'")"
