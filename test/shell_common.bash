@@ -59,6 +59,26 @@ CONF
 	} >>"$1/postgresql.conf"
 }
 
+# scratch_db DB: a fresh database DB with the extension.  At exit it is
+# dropped, the background jobs listed in BG_PIDS are killed and the folder
+# $TMP (if set) is removed.  False if it cannot be made.
+BG_PIDS=()
+scratch_db() {
+	SCRATCH_DB=$1
+	trap scratch_cleanup EXIT
+	echo "# setting up database $1"
+	q postgres "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1
+	q postgres "CREATE DATABASE $1" >/dev/null && q "$1" "CREATE EXTENSION alipayplus_cancel" >/dev/null
+}
+scratch_cleanup() {
+	local p
+	for p in "${BG_PIDS[@]}"; do
+		kill "$p" 2>/dev/null
+	done
+	q postgres "DROP DATABASE IF EXISTS $SCRATCH_DB WITH (FORCE)" >/dev/null 2>&1
+	[ -n "${TMP:-}" ] && rm -rf "$TMP"
+}
+
 # finish: exit status of the test script
 finish() {
 	if [ "$checks_failed" -eq 0 ]; then
