@@ -179,4 +179,56 @@ extern char *aps_ledger_state(Oid relid, const char *request_id,
 							  const char *payment_id, bool *bound,
 							  char **key_field, char **key_id);
 
+/* processor.c: the engine every processor form runs (DESIGN: issues 14+16) */
+typedef enum ApsTxnMode
+{
+	APS_TXN_CALLER,
+	APS_TXN_PROCEDURE,
+	APS_TXN_WORKER
+} ApsTxnMode;
+
+typedef enum ApsPollVerdict
+{
+	APS_POLL_GO_ON,
+	APS_POLL_LOOK_FOR_WORK,
+	APS_POLL_STOP
+} ApsPollVerdict;
+
+typedef struct ApsRunOptions
+{
+	ApsTxnMode	mode;
+	int64		max_count;		/* claims at most this many */
+	int			time_budget_ms;
+	const char *caller;			/* processor_runs.caller */
+	ApsPollVerdict (*poll) (void *arg); /* called between waits (<= 10 ms
+										 * apart while calls are in flight);
+										 * worker: latch set -> LOOK_FOR_WORK,
+										 * SIGTERM -> STOP; NULL elsewhere */
+	void	   *poll_arg;
+	int			progress_ms;	/* backlog's progress NOTICEs; 0: none */
+} ApsRunOptions;
+
+typedef struct ApsRunCounts
+{
+	int64		run_id;			/* 0 when the run claimed nothing and wrote no
+								 * row (worker) */
+	int			claimed,
+				cancelled,
+				retrying,
+				attention,
+				unanswered,
+				busy;
+	double		elapsed_ms;
+	char	   *last_error;
+	const char *stopped_because;
+	TimestampTz next_due;		/* earliest next_attempt_at of a CANCELLING row
+								 * not flagged; 0 if none */
+} ApsRunCounts;
+
+extern void aps_run_processor(const ApsRunOptions *opts, ApsRunCounts *counts);
+
+/* worker.c: the background worker and its wake-up */
+extern char *aps_database_name;
+extern void aps_worker_init(void);
+
 #endif							/* ALIPAYPLUS_CANCEL_H */
