@@ -10,9 +10,9 @@ OBJS = \
 	src/cancel.o \
 	src/orders.o \
 	src/ledger.o \
+	src/processor.o \
 	src/guard.o \
-	src/worker.o \
-	src/processor_standin.o
+	src/worker.o
 
 EXTENSION = alipayplus_cancel
 # The SQL of the current version has one source, extension/src/*.sql, read in

@@ -306,8 +306,8 @@ alipayplus_check_config(PG_FUNCTION_ARGS)
 }
 
 /* The current time as ISO 8601 in UTC+8, e.g. 2025-01-15T10:30:00+08:00 */
-static char *
-request_time_now(void)
+char *
+aps_request_time_now(void)
 {
 	pg_time_t	t = timestamptz_to_time_t(GetCurrentTimestamp()) + 8 * 3600;
 	time_t		tt = (time_t) t;
@@ -541,8 +541,8 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 }
 
 /* The URL of the cancel API: alipayplus.gateway_url + alipayplus.cancel_path */
-static char *
-cancel_url(void)
+char *
+aps_cancel_url(void)
 {
 	size_t		baselen = strlen(aps_gateway_url);
 
@@ -552,23 +552,24 @@ cancel_url(void)
 }
 
 /* A signed request for one id, ready for the transport */
-static ApsHttpExchange *
-prepare_exchange(const char *field, const char *value, EVP_PKEY *key,
-				 const char *url)
+ApsHttpExchange *
+aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
+				   const char *url, const char *request_time)
 {
 	ApsHttpExchange *ex = palloc0(sizeof(ApsHttpExchange));
 	char	   *body = aps_cancel_body(field, value);
-	char	   *request_time = request_time_now();
 	char	   *content;
 	size_t		content_len;
 
+	if (request_time == NULL)
+		request_time = aps_request_time_now();
 	content = aps_content_to_sign(aps_cancel_path, aps_client_id, request_time,
 								  body, strlen(body), &content_len);
 	ex->url = url;
 	ex->body = body;
 	ex->body_len = strlen(body);
 	ex->client_id = aps_client_id;
-	ex->request_time = request_time;
+	ex->request_time = pstrdup(request_time);
 	ex->signature = aps_signature_header(aps_sign(key, content, content_len));
 	return ex;
 }
@@ -624,11 +625,20 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
  * (key from aps_check_config()): what was sent and what it means, in the
  * columns of alipayplus._call_cancel.
  */
+/* The result columns of one finished exchange, as aps_call_one() gives them */
+void
+aps_cancel_result(ApsHttpExchange *ex, const char *field, const char *value,
+				  ApsCallResult *result)
+{
+	result_values(ex, field, value, result->values, result->nulls);
+}
+
 void
 aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 			 ApsCallResult *result)
 {
-	ApsHttpExchange *ex = prepare_exchange(field, value, key, cancel_url());
+	ApsHttpExchange *ex = aps_prepare_cancel(field, value, key,
+											 aps_cancel_url(), NULL);
 
 	aps_http_post(ex);
 	result_values(ex, field, value, result->values, result->nulls);
@@ -657,7 +667,7 @@ alipayplus_call_cancel(PG_FUNCTION_ARGS)
 	check_ids(fcinfo, &field, &value);
 	key = aps_check_config();
 
-	ex = prepare_exchange(field, value, key, cancel_url());
+	ex = aps_prepare_cancel(field, value, key, aps_cancel_url(), NULL);
 	aps_http_post(ex);
 	result_values(ex, field, value, values, nulls);
 
@@ -713,7 +723,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
 	deadline = max_ms > 0 ? GetCurrentTimestamp() + (TimestampTz) max_ms * 1000 : 0;
 	key = aps_check_config();
-	url = cancel_url();
+	url = aps_cancel_url();
 	exs = palloc(sizeof(ApsHttpExchange *) * nids);
 	fieldstr = palloc(sizeof(char *) * nids);
 	idstr = palloc(sizeof(char *) * nids);
@@ -734,7 +744,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("field must be paymentRequestId or paymentId, not \"%s\"",
 							fieldstr[i])));
-		exs[i] = prepare_exchange(fieldstr[i], idstr[i], key, url);
+		exs[i] = aps_prepare_cancel(fieldstr[i], idstr[i], key, url, NULL);
 		exs[i]->deadline = deadline;
 	}
 

@@ -617,7 +617,11 @@ aps_worker_main(Datum main_arg)
 		MemoryContextReset(loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
+		{
+			ereport(LOG,
+					(errmsg("alipayplus_cancel worker stops: it was asked to terminate")));
 			break;
+		}
 		if (asked_to_leave())
 		{
 			ereport(LOG,
