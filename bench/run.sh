@@ -12,7 +12,12 @@
 # work in PL/Python the way a DBA would write it without the extension,
 # carefully (one kept-alive connection and the key parsed once per session)
 # and naively (a new connection and a key parse per call); the gateway's own
-# capacity; the peak memory of the processor's backend.  Then the issue's
+# capacity; the peak memory of the processor's backend; the background
+# worker (alipayplus.database_name, serving database bench_worker) at the
+# same concurrencies, from the COMMIT of alipayplus_request_cancel_all to
+# the last row visible as CANCELLED, and its commit-to-CANCELLED latency
+# (p50/p95/max over WORKER_LATENCY_N, default 30, requests each committed
+# alone, the gateway answering S at once).  Then the issue's
 # targets, in BENCH_ROUNDS (default 5) interleaved rounds, as median ratios.
 # The figures go to $RIG/bench/results.csv and targets.csv (targets.txt the
 # table) and a plot to $RIG/bench/throughput.png (gnuplot); with --publish
@@ -27,6 +32,10 @@ PUBLISH=${1:-}
 PACKAGES="$PACKAGES gnuplot-nox postgresql-plpython3-15"
 
 rig_up
+# the background worker serves database bench_worker (created below); the
+# rig's cluster preloads the library already, the setting needs a restart
+psql_rig -q -d postgres -c "ALTER SYSTEM SET alipayplus.database_name = 'bench_worker'"
+as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -l "$RIG/postgres.log" -w restart >/dev/null
 OUT=$RIG/bench
 mkdir -p "$OUT"
 K=$RIG/keys
@@ -115,6 +124,80 @@ for lat in 0 100; do
 done
 hwm=$(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)
 echo "peak memory of the processor's backend (VmHWM kB),-,-,0,0,$hwm" >>"$CSV"
+
+say "the background worker (database bench_worker)"
+psql_rig -q -d postgres -c "DROP DATABASE IF EXISTS bench_worker" -c "CREATE DATABASE bench_worker"
+psql_rig -q -d bench_worker -c "CREATE EXTENSION alipayplus_cancel"
+# the worker's concurrency: a server-wide setting, read by the worker on SIGHUP
+worker_concurrency() {	# in_flight
+	psql_rig -qAt -d postgres -c "ALTER SYSTEM SET alipayplus.max_concurrency = $1" \
+		-c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+}
+# queue CALLS rows in one transaction; the time from just before its COMMIT
+# until the last of them is visible as CANCELLED
+ext_worker() {	# latency in_flight calls
+	local tag
+	tag="$(prefix_for "$1")-wk-$2-$RANDOM"
+	worker_concurrency "$2"
+	echo "$3 $(psql_rig -qAt -d bench_worker <<SQL
+BEGIN;
+SELECT count(*) FROM alipayplus_request_cancel_all(ARRAY(SELECT '$tag-' || i FROM generate_series(1, $3) i)) \g /dev/null
+SELECT min(cancellation_id) AS lo, max(cancellation_id) AS hi FROM alipayplus.cancellations
+	WHERE payment_request_id IN ('$tag-1', '$tag-$3') \gset
+SELECT extract(epoch FROM clock_timestamp()) AS t \gset
+COMMIT;
+SELECT format('DO \$d\$ BEGIN WHILE EXISTS (SELECT FROM alipayplus.cancellations'
+	' WHERE cancellation_id BETWEEN %s AND %s AND state <> %L) LOOP PERFORM pg_sleep(0.01);'
+	' END LOOP; END \$d\$', :lo, :hi, 'CANCELLED') \gexec
+SELECT round((extract(epoch FROM clock_timestamp()) - :t)::numeric, 3);
+SQL
+)"
+}
+for lat in 0 100; do
+	for c in 1 4 16 64 256; do
+		read -r calls secs < <(ext_worker $lat $c "$(calls_for $lat $c)")
+		record "extension worker" $lat $c "$calls" "$secs"
+	done
+done
+
+# commit-to-CANCELLED: each request committed alone, after the previous one
+# is CANCELLED; timed from just before its COMMIT until its row is visible
+# as CANCELLED to another session (polled every millisecond)
+WORKER_LATENCY_N=${WORKER_LATENCY_N:-30}
+worker_latency() {	# requests; prints "p50 p95 max" in ms
+	worker_concurrency 16
+	psql_rig -qAt -d bench_worker <<SQL
+CREATE TEMP TABLE latency (ms float8);
+DO \$\$
+DECLARE
+	t0 timestamptz;
+	id text;
+BEGIN
+	FOR i IN 1 .. $1 LOOP
+		id := 'bench-latency-$RANDOM-' || i;
+		PERFORM alipayplus_request_cancel(payment_request_id => id);
+		t0 := clock_timestamp();
+		COMMIT;
+		WHILE NOT EXISTS (SELECT FROM alipayplus.cancellations
+				WHERE payment_request_id = id AND state = 'CANCELLED') LOOP
+			PERFORM pg_sleep(0.001);
+		END LOOP;
+		INSERT INTO latency VALUES (extract(epoch FROM clock_timestamp() - t0) * 1000);
+		COMMIT;
+	END LOOP;
+END \$\$;
+SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' ||
+	round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' ||
+	round(max(ms)::numeric, 1) FROM latency;
+SQL
+}
+read -r lat_p50 lat_p95 lat_max < <(worker_latency "$WORKER_LATENCY_N")
+printf '  commit to CANCELLED over %s requests committed alone: p50 %s ms, p95 %s ms, max %s ms\n' \
+	"$WORKER_LATENCY_N" "$lat_p50" "$lat_p95" "$lat_max"
+LCSV=$OUT/worker_latency.csv
+echo "requests,p50_ms,p95_ms,max_ms" >"$LCSV"
+echo "$WORKER_LATENCY_N,$lat_p50,$lat_p95,$lat_max" >>"$LCSV"
 
 say "PL/Python, written without the extension"
 psql_rig -q -d bench <<SQL
@@ -228,6 +311,36 @@ END {
 	row("100 ms, 64 in flight: processor / careful PL/Python", median(r5, n), ">= 30x", median(r5, n) >= 30, "%.0fx")
 }' "$TCSV" >"$TARGETS"
 
+# The worker against the bare client, in interleaved rounds as above: at
+# 100 ms gateway latency, 64 and 256 in flight
+say "the worker's targets: $ROUNDS interleaved rounds"
+WCSV=$OUT/worker_targets.csv
+echo "round,bare_100_64,worker_100_64,bare_100_256,worker_100_256" >"$WCSV"
+for r in $(seq 1 "$ROUNDS"); do
+	b64=$(rate $(bare 100 64 1280))
+	w64=$(rate $(ext_worker 100 64 1280))
+	b256=$(rate $(bare 100 256 2560))
+	w256=$(rate $(ext_worker 100 256 2560))
+	echo "$r,$b64,$w64,$b256,$w256" >>"$WCSV"
+	printf '  round %s: bare %s/s, worker %s/s (100 ms, 64 in flight); bare %s/s, worker %s/s (256 in flight)\n' \
+		"$r" "$b64" "$w64" "$b256" "$w256"
+done
+awk -F, -v p95="$lat_p95" -v max="$lat_max" -v n="$WORKER_LATENCY_N" '
+function median(a, n,    i, j, t) {
+	for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+NR > 1 { k++; r64[k] = $3 / $2; r256[k] = $5 / $4 }
+function row(what, v, goal, ok, fmt) {
+	printf "%-62s %10s %8s %s\n", what, sprintf(fmt, v), goal, ok ? "met" : "NOT met"
+}
+END {
+	row("100 ms, 64 in flight: worker / bare client (median of " k ")", 100 * median(r64, k), ">= 80%", median(r64, k) >= 0.8, "%.0f%%")
+	row("100 ms, 256 in flight: worker / bare client (median of " k ")", 100 * median(r256, k), ">= 85%", median(r256, k) >= 0.85, "%.0f%%")
+	row("worker, commit to CANCELLED, p95 of " n " (0 ms gateway)", p95, "<= 50 ms", p95 <= 50, "%.1f ms")
+	row("worker, commit to CANCELLED, max of " n " (0 ms gateway)", max, "<= 250 ms", max <= 250, "%.1f ms")
+}' "$WCSV" >>"$TARGETS"
+
 say "the plot"
 rm -f "$OUT"/series-*.dat
 awk -F, -v out="$OUT" 'NR > 1 && ($2 == 0 || $2 == 100) && $3 != "-" {
@@ -251,6 +364,7 @@ do for [lat in "0 100"] {
 	set title sprintf("gateway latency %s ms", lat)
 	plot "$OUT/series-".lat."-bare.dat" using 3:6 with linespoints title "bare libcurl + OpenSSL", \
 	     "$OUT/series-".lat."-extension_processor.dat" using 3:6 with linespoints title "extension (processor)", \
+	     "$OUT/series-".lat."-extension_worker.dat" using 3:6 with linespoints title "extension (background worker)", \
 	     "$OUT/series-".lat."-extension_sequential.dat" using 3:6 with points pt 7 ps 1.5 title "extension, one by one", \
 	     "$OUT/series-".lat."-PL_Python_careful.dat" using 3:6 with points pt 5 ps 1.5 title "PL/Python careful", \
 	     "$OUT/series-".lat."-PL_Python_naive.dat" using 3:6 with points pt 9 ps 1.5 title "PL/Python naive", \
@@ -264,11 +378,11 @@ column -s, -t "$CSV"
 echo
 cat "$TARGETS"
 echo
-echo "figures: $CSV, $TCSV"
+echo "figures: $CSV, $TCSV, $WCSV, $LCSV"
 echo "plot: $OUT/throughput.png"
 if [ "$PUBLISH" = --publish ]; then
 	mkdir -p "$REPO/docs/bench"
-	cp "$CSV" "$TCSV" "$TARGETS" "$OUT/throughput.png" "$REPO/docs/bench/"
+	cp "$CSV" "$TCSV" "$WCSV" "$LCSV" "$TARGETS" "$OUT/throughput.png" "$REPO/docs/bench/"
 	echo "copied to docs/bench/"
 fi
 rig_stop
