@@ -11,7 +11,9 @@
  * standby is promoted).  The launcher looks the database up by name and
  * starts the worker ("alipayplus_cancel worker"), connected to that
  * database by OID; when the worker exits it starts it again after a short
- * delay.  While the database does not exist (not yet created, dropped,
+ * delay.  (A launcher that was terminated is started again by the
+ * postmaster after 5 s; the worker it then starts takes over from the one
+ * still running, which stops.)  While the database does not exist (not yet created, dropped,
  * renamed) the launcher waits, with one LOG line, and looks again every
  * few seconds.
  *
@@ -282,6 +284,25 @@ aps_process_utility(PlannedStmt *pstmt, const char *queryString,
 }
 
 /*
+ * The launcher or the worker ("launcher", "worker": its bgw_type is
+ * "alipayplus_cancel KIND", its function aps_KIND_main).  Neither ever
+ * starts on a hot standby: the postmaster starts them at promotion.
+ */
+static void
+describe_worker(BackgroundWorker *bgw, const char *kind, const char *name,
+				int restart_time)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw->bgw_restart_time = restart_time;
+	snprintf(bgw->bgw_library_name, BGW_MAXLEN, "alipayplus_cancel");
+	snprintf(bgw->bgw_function_name, BGW_MAXLEN, "aps_%s_main", kind);
+	snprintf(bgw->bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(bgw->bgw_type, BGW_MAXLEN, "alipayplus_cancel %s", kind);
+}
+
+/*
  * From _PG_init: with the library in shared_preload_libraries, shared
  * memory, the hooks, and the launcher when alipayplus.database_name is set.
  */
@@ -304,15 +325,7 @@ aps_worker_init(void)
 	if (aps_database_name == NULL || aps_database_name[0] == '\0')
 		return;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	/* never on a hot standby: the postmaster starts it at promotion */
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = 5;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "alipayplus_cancel");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "aps_launcher_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "alipayplus_cancel launcher");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "alipayplus_cancel launcher");
+	describe_worker(&bgw, "launcher", "alipayplus_cancel launcher", 5);
 	RegisterBackgroundWorker(&bgw);
 }
 
@@ -404,6 +417,7 @@ aps_launcher_main(Datum main_arg)
 		TimestampTz pause;
 		Oid			dboid;
 		BackgroundWorker bgw;
+		char		name[BGW_MAXLEN];
 
 		if (ShutdownRequestPending)
 		{
@@ -458,15 +472,9 @@ aps_launcher_main(Datum main_arg)
 							aps_database_name)));
 		said_missing = false;
 
-		memset(&bgw, 0, sizeof(bgw));
-		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		bgw.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(bgw.bgw_library_name, BGW_MAXLEN, "alipayplus_cancel");
-		snprintf(bgw.bgw_function_name, BGW_MAXLEN, "aps_worker_main");
-		snprintf(bgw.bgw_name, BGW_MAXLEN, "alipayplus_cancel worker for database %s",
+		snprintf(name, sizeof(name), "alipayplus_cancel worker for database %s",
 				 aps_database_name);
-		snprintf(bgw.bgw_type, BGW_MAXLEN, "alipayplus_cancel worker");
+		describe_worker(&bgw, "worker", name, BGW_NEVER_RESTART);
 		bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 		memcpy(bgw.bgw_extra, &generation, sizeof(generation));
 		bgw.bgw_notify_pid = MyProcPid;
@@ -501,6 +509,18 @@ asked_to_leave(void)
 	return leave;
 }
 
+/* A worker started by a newer launcher has taken over (see the launcher) */
+static bool
+superseded(void)
+{
+	bool		other;
+
+	SpinLockAcquire(&aps_shared->mutex);
+	other = aps_shared->worker != MyProc;
+	SpinLockRelease(&aps_shared->mutex);
+	return other;
+}
+
 static void
 worker_detach(int code, Datum arg)
 {
@@ -518,12 +538,12 @@ worker_detach(int code, Datum arg)
 static ApsPollVerdict
 worker_poll(void *arg)
 {
-	if (ShutdownRequestPending || asked_to_leave())
+	if (ShutdownRequestPending || asked_to_leave() || superseded())
 		return APS_POLL_STOP;
 	if (MyLatch->is_set)
 	{
 		ResetLatch(MyLatch);
-		if (ShutdownRequestPending || asked_to_leave())
+		if (ShutdownRequestPending || asked_to_leave() || superseded())
 			return APS_POLL_STOP;
 		return APS_POLL_LOOK_FOR_WORK;
 	}
@@ -574,6 +594,7 @@ aps_worker_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	uint64		generation;
+	PGPROC	   *previous;
 	MemoryContext loop_cxt;
 	long		error_nap = 0;
 	bool		said_no_extension = false;
@@ -592,10 +613,14 @@ aps_worker_main(Datum main_arg)
 		SpinLockRelease(&aps_shared->mutex);
 		proc_exit(0);
 	}
+	previous = aps_shared->worker;
 	aps_shared->worker = MyProc;
 	aps_shared->dboid = dboid;
 	aps_shared->leave = false;
 	SpinLockRelease(&aps_shared->mutex);
+	/* a worker of the launcher's previous life stops when it sees this */
+	if (previous != NULL)
+		SetLatch(&previous->procLatch);
 	before_shmem_exit(worker_detach, (Datum) 0);
 
 	ereport(LOG,
@@ -620,6 +645,13 @@ aps_worker_main(Datum main_arg)
 		{
 			ereport(LOG,
 					(errmsg("alipayplus_cancel worker stops: it was asked to terminate")));
+			break;
+		}
+		if (superseded())
+		{
+			/* its launcher was restarted and started another worker */
+			ereport(LOG,
+					(errmsg("alipayplus_cancel worker stops: another worker has taken over")));
 			break;
 		}
 		if (asked_to_leave())
@@ -657,6 +689,7 @@ aps_worker_main(Datum main_arg)
 		opts.poll = worker_poll;
 		opts.poll_arg = NULL;
 
+		pgstat_report_activity(STATE_RUNNING, "alipayplus_cancel worker: serving the queue");
 		failed = !run_engine(&opts, &counts);
 		MemoryContextSwitchTo(loop_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -684,7 +717,7 @@ aps_worker_main(Datum main_arg)
 				sleep_ms = Min(sleep_ms, APS_WORKER_MAX_SLEEP_MS);
 			}
 		}
-		if (ShutdownRequestPending || asked_to_leave())
+		if (ShutdownRequestPending || asked_to_leave() || superseded())
 			continue;
 		if (sleep_ms > 0)
 			nap(sleep_ms);

@@ -148,6 +148,23 @@ wait_cancelled("slow-3000-$tag-term", 'the request in flight at the termination 
 queue("$tag-after-term");
 wait_cancelled("$tag-after-term", 'the new worker serves new requests');
 
+# --- pg_terminate_backend of the launcher: the postmaster starts it again,
+#     its new worker takes over, one worker in the end
+my $launcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'alipayplus_cancel launcher'");
+$pid = worker_pid();
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+ok( $node->poll_query_until('postgres', qq{
+		SELECT count(*) FILTER (WHERE backend_type = 'alipayplus_cancel launcher' AND pid <> $launcher) = 1
+		   AND count(*) FILTER (WHERE backend_type = 'alipayplus_cancel worker') = 1
+		   AND count(*) FILTER (WHERE backend_type = 'alipayplus_cancel worker' AND pid = $pid) = 0
+		FROM pg_stat_activity}),
+	'launcher terminated: a new launcher, and exactly one worker, a new one');
+wait_log(qr/alipayplus_cancel worker stops: another worker has taken over/,
+	'the old worker stopped when the new one took over');
+queue("$tag-after-launcher");
+wait_cancelled("$tag-after-launcher", 'the new worker serves');
+
 # --- SIGHUP, gateway down: a changed gateway_url is used by the next run;
 #     the worker backs off and serves the row when the gateway is back
 $node->safe_psql('postgres', q{
@@ -225,7 +242,7 @@ queue("$tag-renamed-back");
 wait_cancelled("$tag-renamed-back", 'renamed back: the worker serves it again');
 
 # every request was sent once, or (the one terminated) at most twice
-for my $id ("$tag-a", "$tag-b", "$tag-after-rb", "$tag-after-term", "$tag-recreated",
+for my $id ("$tag-a", "$tag-b", "$tag-after-rb", "$tag-after-term", "$tag-after-launcher", "$tag-recreated",
 	"$tag-newdb", "$tag-renamed-back")
 {
 	is(sent($id), 1, "$id: one request to the gateway");
