@@ -129,6 +129,7 @@ static SPIPlanPtr plan_run_update;
 static SPIPlanPtr plan_stale;
 static SPIPlanPtr plan_claim;
 static SPIPlanPtr plan_next_due;
+static SPIPlanPtr plan_due;
 static Oid	plans_ext = InvalidOid;
 
 static SPIPlanPtr
@@ -154,6 +155,7 @@ prepare_plans(Oid ext)
 	INT8ARRAYOID};
 	Oid			t_one[] = {TEXTOID};
 	Oid			t_stale[] = {INT8OID};
+	Oid			t_due[] = {OIDOID, OIDOID};
 
 	if (plans_ext == ext && plan_claim != NULL)
 		return;
@@ -164,6 +166,7 @@ prepare_plans(Oid ext)
 		SPI_freeplan(plan_stale);
 		SPI_freeplan(plan_claim);
 		SPI_freeplan(plan_next_due);
+		SPI_freeplan(plan_due);
 		plan_claim = NULL;
 	}
 	plan_run_begin = keep("SELECT alipayplus._run_begin($1)", 1, t_one);
@@ -186,6 +189,16 @@ prepare_plans(Oid ext)
 					  " FROM alipayplus._claim($1, $2, $3, $4, $5, $6) c",
 					  6, t_claim);
 	plan_next_due = keep("SELECT alipayplus._next_due()", 0, NULL);
+	plan_due = keep("SELECT CASE WHEN pg_catalog.has_function_privilege($1, p.oid, 'EXECUTE') THEN"
+					" (SELECT pg_catalog.count(*) FROM alipayplus.cancellations x"
+					"  WHERE x.state OPERATOR(pg_catalog.=) 'CANCELLING' AND NOT x.needs_attention"
+					"  AND x.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) END"
+					" FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_depend d"
+					" ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass"
+					" AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'"
+					" AND d.refobjid OPERATOR(pg_catalog.=) $2"
+					" WHERE p.proname OPERATOR(pg_catalog.=) 'alipayplus_queue_depth'",
+					2, t_due);
 	plans_ext = ext;
 }
 
@@ -297,6 +310,50 @@ flush_counts(Run *run, const char *stop, bool finish)
  * Settling
  * --------------------------------------------------------------------- */
 
+static const char *pending_interrupt(Run *run);
+
+/*
+ * The caller an attempt records: alipayplus_process_cancellations for the
+ * SQL forms, as before 1.3 (processor_runs.caller says which form ran);
+ * the worker's own name for the worker
+ */
+static const char *
+attempt_caller(Run *run)
+{
+	return run->opts->mode == APS_TXN_WORKER ? run->opts->caller :
+		"alipayplus_process_cancellations";
+}
+
+/*
+ * The codes that mean "no answer": the gateway's silence, or a call ended
+ * by the caller, the run or a crash
+ */
+static bool
+code_unanswered(const char *code)
+{
+	static const char *const codes[] = {
+		"local.connect_failed", "local.tls_failed", "local.timeout",
+		"local.interrupted", "local.statement_timeout", "local.time_budget",
+		"local.crashed"
+	};
+
+	if (code == NULL)
+		return false;
+	for (size_t i = 0; i < lengthof(codes); i++)
+		if (strcmp(code, codes[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Whether the gateway itself was silent (for ZA004): the first three above */
+static bool
+code_gateway_silent(const char *code)
+{
+	return code != NULL && (strcmp(code, "local.connect_failed") == 0 ||
+							strcmp(code, "local.tls_failed") == 0 ||
+							strcmp(code, "local.timeout") == 0);
+}
+
 /* count one settled answer */
 static void
 count_settled(Run *run, const char *state, bool attention, const char *code,
@@ -312,25 +369,13 @@ count_settled(Run *run, const char *state, bool attention, const char *code,
 		c->cancelled++;
 	else
 		c->retrying++;
-	if (code != NULL && (strcmp(code, "local.connect_failed") == 0 ||
-						 strcmp(code, "local.tls_failed") == 0 ||
-						 strcmp(code, "local.timeout") == 0 ||
-						 strncmp(code, "local.", 6) == 0))
+	if (code_unanswered(code))
 	{
-		if (strcmp(code, "local.connect_failed") == 0 ||
-			strcmp(code, "local.tls_failed") == 0 ||
-			strcmp(code, "local.timeout") == 0 ||
-			strcmp(code, "local.interrupted") == 0 ||
-			strcmp(code, "local.statement_timeout") == 0 ||
-			strcmp(code, "local.time_budget") == 0 ||
-			strcmp(code, "local.crashed") == 0)
-		{
-			MemoryContext old = MemoryContextSwitchTo(run->cxt);
+		MemoryContext old = MemoryContextSwitchTo(run->cxt);
 
-			c->unanswered++;
-			c->last_error = psprintf("%s: %s", code, detail ? detail : "");
-			MemoryContextSwitchTo(old);
-		}
+		c->unanswered++;
+		c->last_error = psprintf("%s: %s", code, detail ? detail : "");
+		MemoryContextSwitchTo(old);
 	}
 }
 
@@ -402,14 +447,8 @@ settle_slots(Run *run, const char *abandon_code, const char *abandon_detail)
 			answered_at = s->ex->started_at +
 				(TimestampTz) (s->ex->latency_ms * 1000.0);
 			run->gateway_calls++;
-			{
-				char	   *code = result_text(&r, APS_CALL_RESULT_CODE);
-
-				if (code != NULL && (strcmp(code, "local.connect_failed") == 0 ||
-									 strcmp(code, "local.tls_failed") == 0 ||
-									 strcmp(code, "local.timeout") == 0))
-					run->gateway_silent++;
-			}
+			if (code_gateway_silent(result_text(&r, APS_CALL_RESULT_CODE)))
+				run->gateway_silent++;
 		}
 		else if (abandon_code != NULL)
 		{
@@ -418,12 +457,26 @@ settle_slots(Run *run, const char *abandon_code, const char *abandon_detail)
 							  abandon_code, abandon_detail);
 			MemoryContextSwitchTo(old);
 			answered_at = GetCurrentTimestamp();
+			if (s->ex != NULL && s->ex->started_at != 0)
+			{
+				/* how long it was in flight before it was abandoned */
+				r.values[APS_CALL_LATENCY_MS] =
+					Float8GetDatum((double) (answered_at - s->ex->started_at) / 1000.0);
+				r.nulls[APS_CALL_LATENCY_MS] = false;
+			}
 		}
 		else
 			continue;
 		state = aps_settle_claimed(s->cancellation_id, s->attempt_id, &r,
-								   answered_at, run->opts->caller,
+								   answered_at, attempt_caller(run),
 								   interrupted, &attention);
+
+		/*
+		 * a cancel caught while that answer was applied: the next ones are
+		 * not applied to the bound order, whose trigger may be what is slow
+		 */
+		if (!interrupted && pending_interrupt(run) != NULL)
+			interrupted = true;
 		count_settled(run, state, attention,
 					  result_text(&r, APS_CALL_RESULT_CODE),
 					  result_text(&r, APS_CALL_ERROR_DETAIL));
@@ -504,7 +557,7 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		n[0] = 'n';
 	v[1] = Int32GetDatum(want);
 	v[2] = CStringGetTextDatum(request_time);
-	v[3] = CStringGetTextDatum(run->opts->caller);
+	v[3] = CStringGetTextDatum(attempt_caller(run));
 	v[4] = IntervalPGetDatum(lease);
 	v[5] = PointerGetDatum(construct_array(skip, nskip, INT8OID, 8, true,
 										   TYPALIGN_DOUBLE));
@@ -520,7 +573,6 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		char	   *kind = SPI_getvalue(t, d, 1);
 		int64		cid = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
 
-		run->claims++;
 		if (strcmp(kind, "call") != 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(run->cxt);
@@ -530,17 +582,17 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 			run->skip = lappend(run->skip, p);
 			MemoryContextSwitchTo(old);
 			if (strcmp(kind, "busy") == 0)
-			{
 				run->counts->busy++;
-				run->claims--;
-			}
 			else
 			{
+				/* flagged: its bound order cannot be used */
+				run->claims++;
 				run->counts->claimed++;
 				run->counts->attention++;
 			}
 			continue;
 		}
+		run->claims++;
 		run->counts->claimed++;
 		for (int j = 0; j < run->width; j++)
 		{
@@ -616,25 +668,67 @@ any_done(Run *run)
 	return false;
 }
 
+/*
+ * Whether a progress NOTICE is due; if so, how many rows are still due
+ * (-1: unknown, or the caller may not see it: the figure of
+ * alipayplus_queue_depth(), shown only to a role that may run that).
+ * In the step.
+ */
+static bool
+progress_due(Run *run, int64 *due)
+{
+	Datum		v[2];
+	bool		isnull;
+
+	*due = -1;
+	if (run->opts->progress_ms <= 0 ||
+		!TimestampDifferenceExceeds(run->last_progress, GetCurrentTimestamp(),
+									run->opts->progress_ms))
+		return false;
+	v[0] = ObjectIdGetDatum(run->save_uid);
+	v[1] = ObjectIdGetDatum(plans_ext);
+	exec_plan(plan_due, v, "  ");
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			*due = DatumGetInt64(d);
+	}
+	return true;
+}
+
+/* The backlog's progress NOTICE, outside the step */
 static void
-progress_notice(Run *run)
+progress_notice(Run *run, int64 due)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	double		secs;
+	double		rate;
+	int			done;
+	char	   *left;
 
-	if (run->opts->progress_ms <= 0 ||
-		!TimestampDifferenceExceeds(run->last_progress, now,
-									run->opts->progress_ms))
+	/* a NOTICE would act on a pending interrupt (errfinish) before we can */
+	if (InterruptPending)
 		return;
 	run->last_progress = now;
 	secs = Max((double) (now - run->start) / 1000000.0, 0.001);
+	done = run->counts->cancelled + run->counts->retrying + run->counts->attention;
+	rate = done / secs;
+	if (due >= 0 && rate > 0)
+		left = psprintf("about %.0f s left", due / rate);
+	else
+		left = "time left unknown";
 	ereport(NOTICE,
-			(errmsg("%d done (%d cancelled), %.1f per second",
-					run->counts->claimed, run->counts->cancelled,
-					run->counts->claimed / secs)));
+			(errmsg("%d done (%d cancelled), %.1f per second, %s still due, %s",
+					done, run->counts->cancelled, rate,
+					due >= 0 ? psprintf(INT64_FORMAT, due) : "how many",
+					left)));
 }
 
-static void
+/* not inlined: its locals live outside run_processor's PG_TRY */
+static pg_noinline void
 run_pipeline(Run *run, int64 continue_run)
 {
 	const ApsRunOptions *opts = run->opts;
@@ -723,6 +817,8 @@ run_pipeline(Run *run, int64 continue_run)
 		{
 			int			want;
 			bool		held = false;
+			bool		notice;
+			int64		due;
 
 			if (stop != NULL)
 			{
@@ -771,11 +867,14 @@ run_pipeline(Run *run, int64 continue_run)
 				claim(run, want, key, url);
 				look_for_work = false;
 			}
+			notice = stop == NULL && progress_due(run, &due);
 			flush_counts(run, stop, stop != NULL);
 			step_end(run);
 			RESUME_INTERRUPTS();
 			if (stop != NULL)
 				break;
+			if (notice)
+				progress_notice(run, due);
 			/* only now, committed, do the requests leave */
 			send_claimed(run);
 		}
@@ -800,7 +899,6 @@ run_pipeline(Run *run, int64 continue_run)
 			continue;
 		}
 		aps_http_wait(10);
-		progress_notice(run);
 	}
 	counts->stopped_because = stop;
 }
@@ -865,11 +963,15 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 			run.spi_open = false;
 		}
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
+		/* libcurl lets go of the calls' memory before it goes */
 		aps_http_abandon_all();
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	aps_http_abandon_all();
 	if (run.spi_open && opts->mode == APS_TXN_CALLER)
 		SPI_finish();
 	counts->elapsed_ms = (double) (GetCurrentTimestamp() - run.start) / 1000.0;

@@ -55,7 +55,8 @@ BEGIN ATOMIC
 END;
 
 /*
- * Runs whose backend is gone are said to have ended unfinished, and the
+ * Runs whose backend is gone (or this backend's own earlier runs, which an
+ * error ended) are said to have ended unfinished, and the
  * attempts nobody will complete (their run ended, or their lease expired)
  * are returned, their ledger rows locked (SKIP LOCKED: one being settled
  * right now is left), to be completed as local.crashed.  p_run's own
@@ -70,11 +71,14 @@ AS $$
 BEGIN
 	UPDATE alipayplus.processor_runs x SET
 		finished_at = pg_catalog.clock_timestamp(),
-		stopped_because = 'ended unfinished: its backend exited during the run (pg_terminate_backend, a crash or kill); its calls without an answer are recorded as local.crashed'
+		stopped_because = CASE WHEN x.pid = pg_catalog.pg_backend_pid()
+			THEN 'ended unfinished: an error ended the run; its calls without an answer are recorded as local.crashed'
+			ELSE 'ended unfinished: its backend exited during the run (pg_terminate_backend, a crash or kill); its calls without an answer are recorded as local.crashed' END
 	WHERE x.finished_at IS NULL AND x.stopped_because = 'running'
 		AND x.run_id IS DISTINCT FROM p_run
-		AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
-						WHERE s.backend_start = x.backend_start);
+		AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
+						 WHERE s.backend_start = x.backend_start)
+			 OR x.pid = pg_catalog.pg_backend_pid());
 	RETURN QUERY
 	SELECT a.attempt_id, a.cancellation_id, a.sent_field, a.sent_id, a.request_time,
 		CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
