@@ -1751,8 +1751,7 @@ LANGUAGE C;
 REVOKE ALL ON FUNCTION alipayplus._wake_worker() FROM PUBLIC;
 COMMENT ON FUNCTION alipayplus._wake_worker() IS
 	'Trigger: wake the background worker when the transaction commits';
-CREATE TRIGGER cancellations_wake_worker
-	AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
+CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
 	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
 		AND NOT NEW.needs_attention)
 	EXECUTE FUNCTION alipayplus._wake_worker();

@@ -17,6 +17,7 @@
 
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "alipayplus_cancel.h"
@@ -261,14 +262,18 @@ aps_define_settings(void)
 	/*
 	 * Read once, when the postmaster loads the library from
 	 * shared_preload_libraries: it decides whether the worker exists.
+	 * PostgreSQL refuses (FATAL) a PGC_POSTMASTER setting defined after
+	 * start-up, so a library loaded later does not define it (a value in
+	 * postgresql.conf then draws the WARNING of MarkGUCPrefixReserved).
 	 */
-	DefineCustomStringVariable("alipayplus.database_name",
-							   "Database whose queue the background worker serves; empty means no worker.",
-							   "Takes effect only with alipayplus_cancel in shared_preload_libraries, at server start.",
-							   &aps_database_name,
-							   "",
-							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("alipayplus.database_name",
+								   "Database whose queue the background worker serves; empty means no worker.",
+								   "Takes effect only with alipayplus_cancel in shared_preload_libraries, at server start.",
+								   &aps_database_name,
+								   "",
+								   PGC_POSTMASTER, GUC_SUPERUSER_ONLY,
+								   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("alipayplus");
 }
