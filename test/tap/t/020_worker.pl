@@ -178,6 +178,14 @@ ok( $node->poll_query_until('shopdb', qq{
 		WHERE c.payment_request_id = '$tag-down' AND a.result_code = 'local.connect_failed'}),
 	'gateway unreachable: two attempts failed and were retried');
 is(sent("$tag-down"), 0, 'nothing reached the gateway while the URL was wrong');
+# the retries are the worker's own (no commit wakes it): it slept until the
+# row's next_attempt_at (retry_base_ms 200), not its 30 s timer
+is( $node->safe_psql('shopdb', qq{
+		SELECT max(a.attempted_at) - min(a.attempted_at) < interval '10 s'
+		FROM (SELECT a.attempted_at FROM alipayplus.cancel_attempts a
+			JOIN alipayplus.cancellations c USING (cancellation_id)
+			WHERE c.payment_request_id = '$tag-down' ORDER BY a.attempt_id LIMIT 2) a}),
+	't', 'the retry was made when it came due, well before the worker\'s 30 s timer');
 is(state_of("$tag-down"), 'CANCELLING|CANCELLING|false', 'the row waits for its retry, not flagged');
 $node->safe_psql('postgres', q{
 	ALTER SYSTEM RESET alipayplus.gateway_url;
