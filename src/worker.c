@@ -13,9 +13,9 @@
  * database by OID; when the worker exits it starts it again after a short
  * delay.  (A launcher that was terminated is started again by the
  * postmaster after 5 s; the worker it then starts takes over from the one
- * still running, which stops.)  While the database does not exist (not yet created, dropped,
- * renamed) the launcher waits, with one LOG line, and looks again every
- * few seconds.
+ * still running, which stops.)  While the database does not exist (not
+ * yet created, dropped, renamed) the launcher waits, with one LOG line,
+ * and looks again every few seconds.
  *
  * The worker runs the processor's engine (aps_run_processor, APS_TXN_WORKER
  * mode: the same claims, calls and ledger rules as
@@ -103,6 +103,8 @@ typedef struct ApsWorkerShared
 	uint64		generation;		/* bumped by every launcher start */
 	PGPROC	   *worker;			/* the running worker, NULL if none */
 	Oid			dboid;			/* and its database */
+	Oid			target;			/* the database the launcher last started a
+								 * worker for */
 	bool		leave;			/* the worker is asked to leave */
 	TimestampTz pause_until;	/* the launcher starts no worker before */
 } ApsWorkerShared;
@@ -222,13 +224,17 @@ ask_worker_to_leave(const char *dbname)
 	if (!OidIsValid(dboid) || !pg_database_ownercheck(dboid, GetUserId()))
 		return;
 	SpinLockAcquire(&aps_shared->mutex);
-	if (aps_shared->dboid == dboid && aps_shared->worker != NULL)
+	if (aps_shared->target == dboid)
 	{
-		aps_shared->leave = true;
+		/* also when the worker is between two lives */
 		aps_shared->pause_until =
 			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										APS_WORKER_LEAVE_PAUSE_MS);
-		proc = aps_shared->worker;
+		if (aps_shared->dboid == dboid && aps_shared->worker != NULL)
+		{
+			aps_shared->leave = true;
+			proc = aps_shared->worker;
+		}
 	}
 	SpinLockRelease(&aps_shared->mutex);
 	if (proc != NULL)
@@ -478,6 +484,9 @@ aps_launcher_main(Datum main_arg)
 		bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
 		memcpy(bgw.bgw_extra, &generation, sizeof(generation));
 		bgw.bgw_notify_pid = MyProcPid;
+		SpinLockAcquire(&aps_shared->mutex);
+		aps_shared->target = dboid;
+		SpinLockRelease(&aps_shared->mutex);
 		if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
 		{
 			handle = NULL;
