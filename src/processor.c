@@ -614,6 +614,7 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 			s->request_time = pstrdup(request_time);
 			s->ex = aps_prepare_cancel(s->field, s->id, key, url,
 									   s->request_time);
+			s->ex->no_statement_cap = true;
 			MemoryContextSwitchTo(old);
 			run->busy_slots++;
 			filled++;
