@@ -11,7 +11,8 @@ OBJS = \
 	src/orders.o \
 	src/ledger.o \
 	src/processor.o \
-	src/guard.o
+	src/guard.o \
+	src/worker.o
 
 EXTENSION = alipayplus_cancel
 # The SQL of the current version has one source, extension/src/*.sql, read in

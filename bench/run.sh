@@ -12,7 +12,12 @@
 # work in PL/Python the way a DBA would write it without the extension,
 # carefully (one kept-alive connection and the key parsed once per session)
 # and naively (a new connection and a key parse per call); the gateway's own
-# capacity; the peak memory of the processor's backend.  Then the issue's
+# capacity; the peak memory of the processor's backend; the background
+# worker (alipayplus.database_name, serving database bench_worker) at the
+# same concurrencies, from the COMMIT of alipayplus_request_cancel_all to
+# the last row visible as CANCELLED, and its commit-to-CANCELLED latency
+# (p50/p95/max over WORKER_LATENCY_N, default 30, requests each committed
+# alone, the gateway answering S at once).  Then the issue's
 # targets, in BENCH_ROUNDS (default 5) interleaved rounds, as median ratios.
 # The figures go to $RIG/bench/results.csv and targets.csv (targets.txt the
 # table) and a plot to $RIG/bench/throughput.png (gnuplot); with --publish
@@ -27,6 +32,10 @@ PUBLISH=${1:-}
 PACKAGES="$PACKAGES gnuplot-nox postgresql-plpython3-15"
 
 rig_up
+# the background worker serves database bench_worker (created below); the
+# rig's cluster preloads the library already, the setting needs a restart
+psql_rig -q -d postgres -c "ALTER SYSTEM SET alipayplus.database_name = 'bench_worker'"
+as_postgres $PGBIN/pg_ctl -D "$RIG/pgdata" -l "$RIG/postgres.log" -w restart >/dev/null
 OUT=$RIG/bench
 mkdir -p "$OUT"
 K=$RIG/keys
@@ -130,6 +139,80 @@ done
 hwm=$(awk '/VmHWM/ {print $2}' /proc/"$pid"/status)
 echo "peak memory of the processor's backend (VmHWM kB),-,-,0,0,$hwm" >>"$CSV"
 
+say "the background worker (database bench_worker)"
+psql_rig -q -d postgres -c "DROP DATABASE IF EXISTS bench_worker" -c "CREATE DATABASE bench_worker"
+psql_rig -q -d bench_worker -c "CREATE EXTENSION alipayplus_cancel"
+# the worker's concurrency: a server-wide setting, read by the worker on SIGHUP
+worker_concurrency() {	# in_flight
+	psql_rig -qAt -d postgres -c "ALTER SYSTEM SET alipayplus.max_concurrency = $1" \
+		-c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+}
+# queue CALLS rows in one transaction; the time from just before its COMMIT
+# until the last of them is visible as CANCELLED
+ext_worker() {	# latency in_flight calls
+	local tag
+	tag="$(prefix_for "$1")-wk-$2-$RANDOM"
+	worker_concurrency "$2"
+	echo "$3 $(psql_rig -qAt -d bench_worker <<SQL
+BEGIN;
+SELECT count(*) FROM alipayplus_request_cancel_all(ARRAY(SELECT '$tag-' || i FROM generate_series(1, $3) i)) \g /dev/null
+SELECT min(cancellation_id) AS lo, max(cancellation_id) AS hi FROM alipayplus.cancellations
+	WHERE payment_request_id IN ('$tag-1', '$tag-$3') \gset
+SELECT extract(epoch FROM clock_timestamp()) AS t \gset
+COMMIT;
+SELECT format('DO \$d\$ BEGIN WHILE EXISTS (SELECT FROM alipayplus.cancellations'
+	' WHERE cancellation_id BETWEEN %s AND %s AND state <> %L) LOOP PERFORM pg_sleep(0.01);'
+	' END LOOP; END \$d\$', :lo, :hi, 'CANCELLED') \gexec
+SELECT round((extract(epoch FROM clock_timestamp()) - :t)::numeric, 3);
+SQL
+)"
+}
+for lat in 0 100; do
+	for c in 1 4 16 64 256; do
+		read -r calls secs < <(ext_worker $lat $c "$(calls_for $lat $c)")
+		record "extension worker" $lat $c "$calls" "$secs"
+	done
+done
+
+# commit-to-CANCELLED: each request committed alone, after the previous one
+# is CANCELLED; timed from just before its COMMIT until its row is visible
+# as CANCELLED to another session (polled every millisecond)
+WORKER_LATENCY_N=${WORKER_LATENCY_N:-30}
+worker_latency() {	# requests; prints "p50 p95 max" in ms
+	worker_concurrency 16
+	psql_rig -qAt -d bench_worker <<SQL
+CREATE TEMP TABLE latency (ms float8);
+DO \$\$
+DECLARE
+	t0 timestamptz;
+	id text;
+BEGIN
+	FOR i IN 1 .. $1 LOOP
+		id := 'bench-latency-$RANDOM-' || i;
+		PERFORM alipayplus_request_cancel(payment_request_id => id);
+		t0 := clock_timestamp();
+		COMMIT;
+		WHILE NOT EXISTS (SELECT FROM alipayplus.cancellations
+				WHERE payment_request_id = id AND state = 'CANCELLED') LOOP
+			PERFORM pg_sleep(0.001);
+		END LOOP;
+		INSERT INTO latency VALUES (extract(epoch FROM clock_timestamp() - t0) * 1000);
+		COMMIT;
+	END LOOP;
+END \$\$;
+SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' ||
+	round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1) || ' ' ||
+	round(max(ms)::numeric, 1) FROM latency;
+SQL
+}
+read -r lat_p50 lat_p95 lat_max < <(worker_latency "$WORKER_LATENCY_N")
+printf '  commit to CANCELLED over %s requests committed alone: p50 %s ms, p95 %s ms, max %s ms\n' \
+	"$WORKER_LATENCY_N" "$lat_p50" "$lat_p95" "$lat_max"
+LCSV=$OUT/worker_latency.csv
+echo "requests,p50_ms,p95_ms,max_ms" >"$LCSV"
+echo "$WORKER_LATENCY_N,$lat_p50,$lat_p95,$lat_max" >>"$LCSV"
+
 say "PL/Python, written without the extension"
 psql_rig -q -d bench <<SQL
 CREATE FUNCTION bench_plpy_cancel(request_id text, careful boolean) RETURNS text
@@ -206,7 +289,7 @@ done
 ROUNDS=${BENCH_ROUNDS:-5}
 say "the targets: $ROUNDS interleaved rounds"
 TCSV=$OUT/targets.csv
-echo "round,bare_seq,ext_seq,plpy_careful_seq,bare_100_64,processor_100_64,call_100_64,bare_100_256,call_100_256" >"$TCSV"
+echo "round,bare_seq,ext_seq,plpy_careful_seq,bare_100_64,processor_100_64,call_100_64,bare_100_256,call_100_256,worker_100_64,worker_100_256" >"$TCSV"
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }'; }
 for r in $(seq 1 "$ROUNDS"); do
 	b=$(rate $(bare 0 1 1000))
@@ -217,14 +300,18 @@ for r in $(seq 1 "$ROUNDS"); do
 	c100=$(rate $(ext_call 100 64 1280))
 	b256=$(rate $(bare 100 256 2560))
 	c256=$(rate $(ext_call 100 256 2560))
-	echo "$r,$b,$e,$p,$b100,$p100,$c100,$b256,$c256" >>"$TCSV"
+	w100=$(rate $(ext_worker 100 64 1280))
+	w256=$(rate $(ext_worker 100 256 2560))
+	echo "$r,$b,$e,$p,$b100,$p100,$c100,$b256,$c256,$w100,$w256" >>"$TCSV"
 	printf '  round %s: bare %s/s, extension %s/s, careful PL/Python %s/s (0 ms, one by one); bare %s/s, processor %s/s, CALL %s/s (100 ms, 64 in flight); bare %s/s, CALL %s/s (100 ms, 256)\n' \
 		"$r" "$b" "$e" "$p" "$b100" "$p100" "$c100" "$b256" "$c256"
+	printf '  round %s: worker %s/s (100 ms, 64 in flight), %s/s (256)\n' "$r" "$w100" "$w256"
 done
 seq100=$(awk -F, '$1 == "extension sequential" && $2 == 100 {print $6}' "$CSV")
 plpy100=$(awk -F, '$1 == "PL/Python careful" && $2 == 100 {print $6}' "$CSV")
 TARGETS=$OUT/targets.txt
-awk -F, -v seq100="$seq100" -v plpy100="$plpy100" '
+awk -F, -v seq100="$seq100" -v plpy100="$plpy100" \
+	-v lat_n="$WORKER_LATENCY_N" -v lat_p95="$lat_p95" -v lat_max="$lat_max" '
 function median(a, n,    i, j, t) {
 	for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
@@ -232,7 +319,7 @@ function median(a, n,    i, j, t) {
 NR > 1 {
 	n++
 	r1[n] = $3 / $2; r2[n] = $3 / $4; r3[n] = $6 / $5; r4[n] = $6 / seq100; r5[n] = $6 / plpy100
-	r6[n] = $7 / $5; r7[n] = $9 / $8
+	r6[n] = $7 / $5; r7[n] = $9 / $8; r8[n] = $10 / $5; r9[n] = $11 / $8
 }
 function row(what, v, goal, ok, fmt) {
 	printf "%-62s %10s %8s %s\n", what, sprintf(fmt, v), goal, ok ? "met" : "NOT met"
@@ -246,7 +333,12 @@ END {
 	row("100 ms, 64 in flight: processor / careful PL/Python", median(r5, n), ">= 30x", median(r5, n) >= 30, "%.0fx")
 	row("100 ms, 64 in flight: processor (CALL) / bare client", 100 * median(r6, n), ">= 80%", median(r6, n) >= 0.8, "%.0f%%")
 	row("100 ms, 256 in flight: processor (CALL) / bare client", 100 * median(r7, n), ">= 85%", median(r7, n) >= 0.85, "%.0f%%")
+	row("100 ms, 64 in flight: background worker / bare client", 100 * median(r8, n), ">= 80%", median(r8, n) >= 0.8, "%.0f%%")
+	row("100 ms, 256 in flight: background worker / bare client", 100 * median(r9, n), ">= 85%", median(r9, n) >= 0.85, "%.0f%%")
+	row("worker, commit to CANCELLED, p95 of " lat_n " (0 ms gateway)", lat_p95, "<= 50 ms", lat_p95 <= 50, "%.1f ms")
+	row("worker, commit to CANCELLED, max of " lat_n " (0 ms gateway)", lat_max, "<= 250 ms", lat_max <= 250, "%.1f ms")
 }' "$TCSV" >"$TARGETS"
+
 
 say "the plot"
 rm -f "$OUT"/series-*.dat
@@ -271,6 +363,7 @@ do for [lat in "0 100"] {
 	set title sprintf("gateway latency %s ms", lat)
 	plot "$OUT/series-".lat."-bare.dat" using 3:6 with linespoints title "bare libcurl + OpenSSL", \
 	     "$OUT/series-".lat."-extension_processor.dat" using 3:6 with linespoints title "extension (processor)", \
+	     "$OUT/series-".lat."-extension_worker.dat" using 3:6 with linespoints title "extension (background worker)", \
 	     "$OUT/series-".lat."-extension_sequential.dat" using 3:6 with points pt 7 ps 1.5 title "extension, one by one", \
 	     "$OUT/series-".lat."-PL_Python_careful.dat" using 3:6 with points pt 5 ps 1.5 title "PL/Python careful", \
 	     "$OUT/series-".lat."-PL_Python_naive.dat" using 3:6 with points pt 9 ps 1.5 title "PL/Python naive", \
@@ -284,11 +377,11 @@ column -s, -t "$CSV"
 echo
 cat "$TARGETS"
 echo
-echo "figures: $CSV, $TCSV"
+echo "figures: $CSV, $TCSV, $LCSV"
 echo "plot: $OUT/throughput.png"
 if [ "$PUBLISH" = --publish ]; then
 	mkdir -p "$REPO/docs/bench"
-	cp "$CSV" "$TCSV" "$TARGETS" "$OUT/throughput.png" "$REPO/docs/bench/"
+	cp "$CSV" "$TCSV" "$LCSV" "$TARGETS" "$OUT/throughput.png" "$REPO/docs/bench/"
 	echo "copied to docs/bench/"
 fi
 rig_stop

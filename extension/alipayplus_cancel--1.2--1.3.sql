@@ -65,6 +65,10 @@
  *  - the views alipayplus.attention and alipayplus.stats are created with
  *    pg_catalog alone on the search_path, so that no look-alike function
  *    or operator in the extension's schema is bound into them.
+ *  - issue 14: the background worker (src/worker.c) is woken when a
+ *    transaction that made a row due commits: the trigger
+ *    cancellations_wake_worker on alipayplus.cancellations
+ *    (alipayplus._wake_worker) notes such rows.
  * Functions that change are replaced (alipayplus_bind_orders,
  * alipayplus_request_cancel_all and alipayplus._mark_cancelling, which gain
  * an argument, are dropped and created again); alipayplus.order_binding
@@ -1735,3 +1739,17 @@ REVOKE ALL ON FUNCTION alipayplus._run_begin(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._stale_attempts(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._claim(bigint, integer, text, text, interval, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._next_due() FROM PUBLIC;
+
+/* ---- issue 14: the background worker is woken by the commit ---- */
+
+CREATE FUNCTION alipayplus._wake_worker()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'alipayplus_wake_worker'
+LANGUAGE C;
+REVOKE ALL ON FUNCTION alipayplus._wake_worker() FROM PUBLIC;
+COMMENT ON FUNCTION alipayplus._wake_worker() IS
+	'Trigger: wake the background worker when the transaction commits';
+CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
+	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
+		AND NOT NEW.needs_attention)
+	EXECUTE FUNCTION alipayplus._wake_worker();

@@ -257,4 +257,8 @@ typedef struct ApsRunCounts
  */
 extern void aps_run_processor(const ApsRunOptions *opts, ApsRunCounts *counts);
 
+/* worker.c: the background worker and its wake-up */
+extern char *aps_database_name;
+extern void aps_worker_init(void);
+
 #endif							/* ALIPAYPLUS_CANCEL_H */

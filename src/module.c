@@ -6,7 +6,8 @@
  * The library needs no shared_preload_libraries entry; it is loaded by
  * the first call of one of its functions in a session.  Preloaded, it also
  * counts the executor nesting for the guard (guard.c), which a logical
- * replication subscriber needs.
+ * replication subscriber needs, and with alipayplus.database_name set it
+ * starts the background worker (worker.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -29,6 +30,7 @@ _PG_init(void)
 
 	aps_define_settings();
 	aps_guard_init();
+	aps_worker_init();
 
 	/* libcurl's global set-up is not thread-safe; do it once, here */
 	rc = curl_global_init(CURL_GLOBAL_ALL);

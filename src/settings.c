@@ -3,8 +3,10 @@
  * settings.c
  *	  The alipayplus.* configuration parameters.
  *
- * Every parameter is PGC_SUSET: only superusers (or roles granted SET on
- * the parameter) can change it, in postgresql.conf, ALTER SYSTEM or SET.
+ * Every parameter but alipayplus.database_name (PGC_POSTMASTER: set in
+ * postgresql.conf or ALTER SYSTEM, read at server start) is PGC_SUSET:
+ * only superusers (or roles granted SET on the parameter) can change it,
+ * in postgresql.conf, ALTER SYSTEM or SET.
  * The key file names are GUC_SUPERUSER_ONLY so that other roles cannot even
  * read them.  Values are read afresh on every call, so a pg_reload_conf()
  * takes effect in running sessions at their next statement.
@@ -15,6 +17,7 @@
 
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "alipayplus_cancel.h"
@@ -31,6 +34,9 @@ char	   *aps_proxy = NULL;
 int			aps_connect_timeout_ms = 3000;
 int			aps_timeout_ms = 10000;
 int			aps_max_concurrency = 16;
+
+/* The database the background worker serves (worker.c); empty: no worker */
+char	   *aps_database_name = NULL;
 
 /* Read by the SQL ledger functions through current_setting() */
 int			aps_max_attempts = 10;
@@ -252,6 +258,22 @@ aps_define_settings(void)
 							900000, 0, INT_MAX,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	/*
+	 * Read once, when the postmaster loads the library from
+	 * shared_preload_libraries: it decides whether the worker exists.
+	 * PostgreSQL refuses (FATAL) a PGC_POSTMASTER setting defined after
+	 * start-up, so a library loaded later does not define it (a value in
+	 * postgresql.conf then draws the WARNING of MarkGUCPrefixReserved).
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("alipayplus.database_name",
+								   "Database whose queue the background worker serves; empty means no worker.",
+								   "Takes effect only with alipayplus_cancel in shared_preload_libraries, at server start.",
+								   &aps_database_name,
+								   "",
+								   PGC_POSTMASTER, GUC_SUPERUSER_ONLY,
+								   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("alipayplus");
 }

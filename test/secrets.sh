@@ -123,7 +123,8 @@ fi
 # ---------------------------------------------------------------------------
 echo "# 2. non-superuser with the library loaded"
 SETTINGS=$(q "$DB" "SELECT alipayplus_cancel_deadline(now()) IS NOT NULL; LOAD 'alipayplus_cancel';
-	SELECT string_agg(name, ' ' ORDER BY name) FROM pg_settings WHERE name LIKE 'alipayplus.%'" | tail -n 1)
+	SELECT string_agg(name, ' ' ORDER BY name) FROM pg_settings
+	WHERE name LIKE 'alipayplus.%' AND context <> 'postmaster'" | tail -n 1)
 nset=$(echo "$SETTINGS" | wc -w)
 if [ "$nset" -ge 10 ]; then
 	ok "found $nset alipayplus.* settings"
@@ -133,10 +134,13 @@ fi
 {
 	# loads the library: alipayplus_verify is a C function open to PUBLIC
 	echo "SELECT 'LOADED=' || alipayplus_verify('/p', 'c', 't', '{}', 'x');"
-	for s in private_key_file public_key_file ca_file proxy; do
+	for s in private_key_file public_key_file ca_file proxy database_name; do
 		echo "SHOW alipayplus.$s;"
 		echo "\\echo SHOW_$s=:SQLSTATE"
 	done
+	# read at server start only (the rig preloads the library)
+	echo "SET alipayplus.database_name TO DEFAULT;"
+	echo "\\echo SET_database_name=:SQLSTATE"
 	for s in $SETTINGS; do
 		echo "SET $s TO DEFAULT;"
 		echo "\\echo SET_$s=:SQLSTATE"
@@ -160,9 +164,11 @@ fi
 	echo "\\echo SHOWALL_END"
 } | session "$ROLE" >"$TMP/user.out" 2>&1
 expect "library loaded in the non-superuser session" "LOADED=false" "$(grep '^LOADED=' "$TMP/user.out")"
-for s in private_key_file public_key_file ca_file proxy; do
+for s in private_key_file public_key_file ca_file proxy database_name; do
 	expect "non-superuser: SHOW alipayplus.$s refused" 42501 "$(line_value "$TMP/user.out" "SHOW_$s")"
 done
+expect "non-superuser: SET alipayplus.database_name refused (55P02, a server-start setting)" 55P02 \
+	"$(line_value "$TMP/user.out" "SET_database_name")"
 bad=""
 for s in $SETTINGS; do
 	[ "$(line_value "$TMP/user.out" "SET_$s")" = 42501 ] || bad+=" SET:$s=$(line_value "$TMP/user.out" "SET_$s")"

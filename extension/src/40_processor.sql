@@ -540,3 +540,20 @@ AS $$
 	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
 		AND x.next_attempt_at IS NOT NULL
 $$;
+
+/*
+ * The background worker (alipayplus.database_name, src/worker.c) is woken
+ * when a transaction that made a row due commits: this trigger notes each
+ * such row, and the library sets the worker's latch at the commit.  A
+ * no-op when no worker serves this database.
+ */
+CREATE FUNCTION alipayplus._wake_worker()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'alipayplus_wake_worker'
+LANGUAGE C;
+COMMENT ON FUNCTION alipayplus._wake_worker() IS
+	'Trigger: wake the background worker when the transaction commits';
+CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
+	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
+		AND NOT NEW.needs_attention)
+	EXECUTE FUNCTION alipayplus._wake_worker();
