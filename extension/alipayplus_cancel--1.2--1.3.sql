@@ -50,6 +50,9 @@
  *  - issue 18.6 (no SQL here): the refusal (55000) of sessions that have
  *    temporary tables or types names the pooler's reset settings in its
  *    hint (src/orders.c).
+ *  - issue 15 (foundations): alipayplus_inquire_payment(), the signed
+ *    inquiryPayment call on the cancel call's path, every inquiry recorded
+ *    in the new table alipayplus.inquiries; setting alipayplus.inquiry_path.
  *  - issue 18.8: every function that sends or queues a cancellation
  *    refuses first, with 25006, in a read-only transaction or on a server
  *    in recovery (src/cancel.c, aps_refuse_read_only);
@@ -1455,3 +1458,120 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION alipayplus._refuse_read_only() FROM PUBLIC;
+
+/* ---- issue 15: inquiryPayment ---- */
+
+/*
+ * alipayplus_inquire_payment(): one signed inquiryPayment call through the
+ * cancel call's path (src/cancel.c, an operation of its own), recorded in
+ * the new table alipayplus.inquiries.  The setting alipayplus.inquiry_path
+ * (src/settings.c) holds its path.
+ */
+/*
+ * One row per inquiryPayment call (alipayplus_inquire_payment): what was
+ * asked, what came back and whether its signature verified.  An inquiry
+ * changes nothing at Alipay+, so these rows are a log the DBA may prune;
+ * only the extension's SECURITY DEFINER code writes them.
+ */
+CREATE TABLE alipayplus.inquiries (
+	inquiry_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sent_field text NOT NULL CHECK (sent_field IN ('paymentRequestId', 'paymentId')),
+	sent_id text NOT NULL,
+	request_time text NOT NULL,
+	inquired_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	inquired_by name NOT NULL DEFAULT session_user,
+	/* the inquiry call itself; U with a local.* code when no trusted answer came */
+	result_status text NOT NULL CHECK (result_status IN ('S', 'F', 'U')),
+	result_code text NOT NULL,
+	result_message text,
+	/* the payment's result, given only with a result S */
+	payment_status text CHECK (payment_status IN ('S', 'F', 'U')),
+	payment_code text,
+	payment_message text,
+	payment_id text,
+	payment_request_id text,
+	payment_time timestamptz,
+	amount_currency text,
+	amount_value bigint,
+	acquirer_id text,
+	psp_id text,
+	http_status integer,
+	signature_verified boolean,
+	latency_ms double precision,
+	error_detail text,
+	CHECK (result_status = 'S' OR payment_status IS NULL),
+	CHECK ((payment_status IS NULL) = (payment_code IS NULL))
+);
+CREATE INDEX inquiries_sent_id ON alipayplus.inquiries (sent_id, inquired_at);
+CREATE INDEX inquiries_inquired_at ON alipayplus.inquiries (inquired_at);
+COMMENT ON TABLE alipayplus.inquiries IS
+	'One row per inquiryPayment call; never key material or signatures';
+COMMENT ON COLUMN alipayplus.inquiries.amount_value IS
+	'paymentAmount.value as Alipay+ sends it: in the currency''s minor unit (SGD 1250 = 12.50)';
+
+REVOKE ALL ON TABLE alipayplus.inquiries FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('alipayplus.inquiries', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('alipayplus.inquiries', 'inquiry_id'), '');
+
+/*
+ * One inquiryPayment call: the columns of _call_cancel, then the payment's
+ * result and fields (src/cancel.c, the same call path as cancelPayment)
+ */
+CREATE FUNCTION alipayplus._call_inquiry(payment_id text, payment_request_id text,
+	OUT sent_field text, OUT sent_id text, OUT request_time text,
+	OUT http_status integer, OUT result_status text, OUT result_code text,
+	OUT result_message text, OUT acquirer_id text, OUT psp_id text,
+	OUT signature_verified boolean, OUT latency_ms double precision,
+	OUT error_detail text,
+	OUT payment_status text, OUT payment_code text, OUT payment_message text,
+	OUT payment_id text, OUT payment_request_id text,
+	OUT payment_time timestamptz, OUT amount_currency text,
+	OUT amount_value bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'alipayplus_call_inquiry'
+LANGUAGE C VOLATILE;
+
+/*
+ * Ask Alipay+ about a payment and record the inquiry
+ * (alipayplus.inquiries), in the caller's transaction.  Changes nothing
+ * else: no ledger row, no order.
+ */
+CREATE FUNCTION @extschema@.alipayplus_inquire_payment(payment_id text DEFAULT NULL,
+	payment_request_id text DEFAULT NULL)
+RETURNS TABLE (result_status text, result_code text, result_message text,
+	payment_status text, payment_code text, payment_message text,
+	payment_id text, payment_request_id text, payment_time timestamptz,
+	amount_currency text, amount_value bigint, acquirer_id text, psp_id text,
+	signature_verified boolean, inquiry_id bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+ROWS 1
+BEGIN ATOMIC
+	WITH answer AS (
+		SELECT * FROM alipayplus._call_inquiry($1, $2)
+	), recorded AS (
+		INSERT INTO alipayplus.inquiries (sent_field, sent_id, request_time,
+			result_status, result_code, result_message, payment_status,
+			payment_code, payment_message, payment_id, payment_request_id,
+			payment_time, amount_currency, amount_value, acquirer_id, psp_id,
+			http_status, signature_verified, latency_ms, error_detail)
+		SELECT a.sent_field, a.sent_id, a.request_time, a.result_status,
+			a.result_code, a.result_message, a.payment_status, a.payment_code,
+			a.payment_message, a.payment_id, a.payment_request_id,
+			a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
+			a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
+			a.error_detail
+		FROM answer a
+		RETURNING *
+	)
+	SELECT r.result_status, r.result_code, r.result_message, r.payment_status,
+		r.payment_code, r.payment_message, r.payment_id, r.payment_request_id,
+		r.payment_time, r.amount_currency, r.amount_value, r.acquirer_id,
+		r.psp_id, r.signature_verified, r.inquiry_id
+	FROM recorded r;
+END;
+COMMENT ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) IS
+	'Call inquiryPayment now for one id and record it in alipayplus.inquiries: the inquiry''s result, and the payment''s result when Alipay+ gave one';
+REVOKE ALL ON FUNCTION alipayplus._call_inquiry(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) FROM PUBLIC;

@@ -17,6 +17,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA alipayplus FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA alipayplus FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_signature(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_cancel_payment(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE @extschema@.alipayplus_run_cancellations(integer, interval) FROM PUBLIC;
