@@ -1533,6 +1533,37 @@ AS 'MODULE_PATHNAME', 'alipayplus_call_inquiry'
 LANGUAGE C VOLATILE;
 
 /*
+ * One inquiry, recorded: the call, then its row in alipayplus.inquiries
+ * (the call refuses first, with its own words, where the row could not be
+ * written: a read-only transaction, a standby)
+ */
+CREATE FUNCTION alipayplus._inquire(p_payment_id text, p_payment_request_id text)
+RETURNS alipayplus.inquiries
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a record;
+	r alipayplus.inquiries;
+BEGIN
+	SELECT * INTO STRICT a FROM alipayplus._call_inquiry(p_payment_id, p_payment_request_id);
+	INSERT INTO alipayplus.inquiries (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, payment_status,
+		payment_code, payment_message, payment_id, payment_request_id,
+		payment_time, amount_currency, amount_value, acquirer_id, psp_id,
+		http_status, signature_verified, latency_ms, error_detail)
+	VALUES (a.sent_field, a.sent_id, a.request_time, a.result_status,
+		a.result_code, a.result_message, a.payment_status, a.payment_code,
+		a.payment_message, a.payment_id, a.payment_request_id,
+		a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
+		a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
+		a.error_detail)
+	RETURNING * INTO r;
+	RETURN r;
+END;
+$$;
+
+/*
  * Ask Alipay+ about a payment and record the inquiry
  * (alipayplus.inquiries), in the caller's transaction.  Changes nothing
  * else: no ledger row, no order.
@@ -1548,30 +1579,14 @@ LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 ROWS 1
 BEGIN ATOMIC
-	WITH answer AS (
-		SELECT * FROM alipayplus._call_inquiry($1, $2)
-	), recorded AS (
-		INSERT INTO alipayplus.inquiries (sent_field, sent_id, request_time,
-			result_status, result_code, result_message, payment_status,
-			payment_code, payment_message, payment_id, payment_request_id,
-			payment_time, amount_currency, amount_value, acquirer_id, psp_id,
-			http_status, signature_verified, latency_ms, error_detail)
-		SELECT a.sent_field, a.sent_id, a.request_time, a.result_status,
-			a.result_code, a.result_message, a.payment_status, a.payment_code,
-			a.payment_message, a.payment_id, a.payment_request_id,
-			a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
-			a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
-			a.error_detail
-		FROM answer a
-		RETURNING *
-	)
-	SELECT r.result_status, r.result_code, r.result_message, r.payment_status,
-		r.payment_code, r.payment_message, r.payment_id, r.payment_request_id,
-		r.payment_time, r.amount_currency, r.amount_value, r.acquirer_id,
-		r.psp_id, r.signature_verified, r.inquiry_id
-	FROM recorded r;
+	SELECT i.result_status, i.result_code, i.result_message, i.payment_status,
+		i.payment_code, i.payment_message, i.payment_id, i.payment_request_id,
+		i.payment_time, i.amount_currency, i.amount_value, i.acquirer_id,
+		i.psp_id, i.signature_verified, i.inquiry_id
+	FROM alipayplus._inquire($1, $2) i;
 END;
 COMMENT ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) IS
 	'Call inquiryPayment now for one id and record it in alipayplus.inquiries: the inquiry''s result, and the payment''s result when Alipay+ gave one';
 REVOKE ALL ON FUNCTION alipayplus._call_inquiry(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._inquire(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) FROM PUBLIC;
