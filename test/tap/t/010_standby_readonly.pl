@@ -1,6 +1,8 @@
 # A hot standby refuses every function that sends or queues a cancellation
-# (issue 18.8), before anything else: SQLSTATE 25006, "cannot cancel
+# (issue 18.8) before anything else: SQLSTATE 25006, "cannot cancel
 # Alipay+ payments in a read-only transaction", hint "Run on the primary.";
+# an inquiry (issue 15) the same way, "cannot inquire about Alipay+
+# payments in a read-only transaction";
 # nothing reaches the gateway.  The same queue is then worked off on the
 # primary.
 use strict;
@@ -51,6 +53,22 @@ for my $name (sort keys %calls)
 	isnt($ret, 0, "standby: $name fails");
 	like($err,
 		qr/ERROR:  25006: cannot cancel Alipay\+ payments in a read-only transaction\n/,
+		"standby: $name refuses with 25006");
+	like($err, qr/HINT:  Run on the primary\./, "standby: $name says to run on the primary");
+}
+# an inquiry is recorded, so it is refused there too, in its own words (issue 15)
+my %inquiries = (
+	'alipayplus_inquire_payment' =>
+	  "SELECT * FROM alipayplus_inquire_payment(payment_request_id => '$tag-new')",
+	'alipayplus._call_inquiry' =>
+	  "SELECT * FROM alipayplus._call_inquiry(NULL, '$tag-direct')");
+for my $name (sort keys %inquiries)
+{
+	my ($ret, $out, $err) =
+	  $standby->psql('postgres', "\\set VERBOSITY verbose\n$inquiries{$name}");
+	isnt($ret, 0, "standby: $name fails");
+	like($err,
+		qr/ERROR:  25006: cannot inquire about Alipay\+ payments in a read-only transaction\n/,
 		"standby: $name refuses with 25006");
 	like($err, qr/HINT:  Run on the primary\./, "standby: $name says to run on the primary");
 }
