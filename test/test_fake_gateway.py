@@ -4,8 +4,9 @@ test_fake_gateway.py -- self-test for test/fake_gateway.py.
 
   /usr/bin/python3 test/test_fake_gateway.py
 
-(a) Reproduces test vector B (test/vectors/, see its README.md) with the
-    gateway's own signing/verification helpers.
+(a) Reproduces test vectors B (cancelPayment) and C (inquiryPayment)
+    (test/vectors/, see its README.md) with the gateway's own
+    signing/verification helpers.
 (b) Starts the gateway in a subprocess with a throw-away CA and server
     certificate made by the openssl CLI, and talks to it over HTTPS.
 
@@ -90,6 +91,50 @@ class VectorB(unittest.TestCase):
         self.assertFalse(fg.verify(self.pub, content + b" ", sig))
         # Lowercase hex must decode to the same bytes.
         self.assertEqual(fg.decode_signature_value(B2_SIGNATURE.replace("%2B", "%2b")), sig)
+
+
+# ---- vector C: inquiryPayment with vector B's keys (test/vectors/README.md) ----
+with open(os.path.join(VECTORS, "vector_c.json"), encoding="utf-8") as _f:
+    _VC = json.load(_f)
+
+
+class VectorC(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.priv, cls.pub = vector_b_keys()
+
+    def test_c1_request_signing(self):
+        c1 = _VC["c1_request"]
+        self.assertEqual(_VC["path"], INQUIRY_PATH)
+        content = fg.content_to_sign(INQUIRY_PATH, _VC["client_id"], c1["request_time"],
+                                     c1["body"])
+        self.assertEqual(len(content), c1["content_length"])
+        self.assertEqual(hashlib.sha256(content).hexdigest(), c1["content_sha256"])
+        self.assertEqual(fg.signature_header(fg.sign_b64(self.priv, content)),
+                         c1["signature_header"])
+        # the same request signed over the cancel path is another signature
+        other = fg.content_to_sign(PATH, _VC["client_id"], c1["request_time"], c1["body"])
+        self.assertNotEqual(fg.signature_header(fg.sign_b64(self.priv, other)),
+                            c1["signature_header"])
+
+    def test_c2_response_verification(self):
+        c2 = _VC["c2_response"]
+        content = fg.content_to_sign(INQUIRY_PATH, _VC["client_id"], c2["response_time"],
+                                     c2["body"])
+        self.assertEqual(len(content), c2["content_length"])
+        self.assertEqual(hashlib.sha256(content).hexdigest(), c2["content_sha256"])
+        sig = fg.decode_signature_value(c2["signature_value"])
+        self.assertTrue(fg.verify(self.pub, content, sig))
+        wrong_path = fg.content_to_sign(PATH, _VC["client_id"], c2["response_time"],
+                                        c2["body"])
+        self.assertFalse(fg.verify(self.pub, wrong_path, sig))
+        body = json.loads(c2["body"])
+        want = c2["payment"]
+        self.assertEqual((body["paymentResult"]["resultStatus"],
+                          body["paymentResult"]["resultCode"]), (want["status"], want["code"]))
+        self.assertEqual(body["paymentId"], want["payment_id"])
+        self.assertEqual(body["paymentAmount"], {"currency": want["currency"],
+                                                 "value": str(want["value_minor_units"])})
 
 
 def _run(*cmd, cwd):
