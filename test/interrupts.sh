@@ -14,6 +14,8 @@
 #    due to user request", promptly; the call was waiting with
 #    wait_event_type 'Extension'; the same session then calls again fine.
 # 3. pg_terminate_backend(): the session ends with 57P01, promptly.
+# 4. pg_cancel_backend() during an inquiry (alipayplus_inquire_payment, the
+#    same call path): 57014, nothing recorded, the session inquires again.
 #
 # Run as root from the repository:  bash test/interrupts.sh
 
@@ -30,6 +32,8 @@ ID_CB="slow-30000-cb-$TAG"
 ID_CB_AFTER="cb-after-$TAG"
 ID_CB_AFTER_SLOW="slow-300-cb-after-$TAG"
 ID_TERM="slow-30000-term-$TAG"
+ID_IQ="slow-30000-iq-$TAG"
+ID_IQ_AFTER="paid-iq-after-$TAG"
 TMP=$(mktemp -d /tmp/apc_interrupts.XXXXXX)
 BG_PIDS=()
 
@@ -242,6 +246,47 @@ expect "pg_terminate_backend: backend $pid gone from pg_stat_activity within 5 s
 expect "pg_terminate_backend: no ledger row or attempt for the id" "0|0" \
 	"$(q "$DB" "SELECT (SELECT count(*) FROM alipayplus.cancellations WHERE payment_request_id = '$ID_TERM')
 		|| '|' || (SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id = '$ID_TERM')")"
+# ---------------------------------------------------------------------------
+echo "# 4. pg_cancel_backend() during an inquiry, then the same session again"
+psql_session >"$TMP/iq.out" 2>&1 <<SQL &
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+\pset format unaligned
+\pset tuples_only on
+SET alipayplus.timeout_ms = 60000;
+SELECT result_status FROM alipayplus_inquire_payment(payment_request_id => '$ID_IQ');
+\echo IQ_SQLSTATE=:SQLSTATE
+\echo IQ_MESSAGE=:LAST_ERROR_MESSAGE
+SELECT 'IQ_AFTER=' || result_status || '/' || payment_status || '/' || payment_code
+	FROM alipayplus_inquire_payment(payment_request_id => '$ID_IQ_AFTER');
+SQL
+bg=$!
+BG_PIDS+=("$bg")
+row=$(backend_waiting "$ID_IQ")
+pid=${row%%|*}
+expect "inquiry, pg_cancel_backend: the waiting call reports wait_event_type/wait_event" \
+	"Extension|Extension" "${row#*|}"
+t0=$(now_ms)
+if [[ "$pid" =~ ^[0-9]+$ ]]; then
+	expect "inquiry, pg_cancel_backend: signal sent" t "$(q "$DB" "SELECT pg_cancel_backend($pid)")"
+else
+	not_ok "inquiry, pg_cancel_backend: no backend found running $ID_IQ"
+fi
+if wait_exit "$bg" 10; then
+	ok "inquiry, pg_cancel_backend: the session finished $(($(now_ms) - t0)) ms after the cancel (< 10 s)"
+else
+	not_ok "inquiry, pg_cancel_backend: the session still runs 10 s after the cancel"
+	kill "$bg" 2>/dev/null
+fi
+wait "$bg" 2>/dev/null
+sed 's/^/#   /' "$TMP/iq.out"
+expect "inquiry, pg_cancel_backend: SQLSTATE" 57014 "$(line_value "$TMP/iq.out" IQ_SQLSTATE)"
+expect "inquiry, pg_cancel_backend: same session then learns a payment was paid" \
+	"IQ_AFTER=S/S/SUCCESS" "$(grep '^IQ_AFTER=' "$TMP/iq.out")"
+expect "inquiry, pg_cancel_backend: no inquiry recorded for the cancelled call, one for the next" "0|1" \
+	"$(q "$DB" "SELECT (SELECT count(*) FROM alipayplus.inquiries WHERE sent_id = '$ID_IQ')
+		|| '|' || (SELECT count(*) FROM alipayplus.inquiries WHERE sent_id = '$ID_IQ_AFTER')")"
+
 expect "after all that, a fresh session still cancels" "S|CANCELLED" \
 	"$(q "$DB" "SELECT result_status || '|' || state FROM alipayplus_cancel_payment(payment_request_id => 'fresh-$TAG')")"
 
