@@ -154,6 +154,7 @@ typedef struct ApsOperation
 	const char *api;			/* "cancelPayment", in messages */
 	char	  **path;			/* the setting holding its request path */
 	bool		payment_fields; /* the answer has paymentResult and more */
+	const char *not_a_result;	/* the message of local.bad_response */
 } ApsOperation;
 
 extern const ApsOperation aps_cancel_operation;

@@ -19,11 +19,12 @@
  *	local.unsigned_success
  *
  * so a cancellation (or a payment's result) is never reported unless
- * Alipay+ signed it.  An answer that could be read more than one way (a Signature, Response-Time or
- * Client-Id header given twice, a Response-Time that is not a time, a
- * body in a Content-Encoding that was never asked for) is not taken either;
- * nor is an inquiry's answer about another payment than the one asked
- * about, or one whose payment fields are malformed.
+ * Alipay+ signed it.  An answer that could be read more than one way (a
+ * Signature, Response-Time or Client-Id header given twice, a
+ * Response-Time that is not a time, a body in a Content-Encoding that was
+ * never asked for) is not taken either; nor is an inquiry's answer about
+ * another payment than the one asked about, or one whose payment fields
+ * are malformed.
  *
  *-------------------------------------------------------------------------
  */
@@ -59,8 +60,14 @@ PG_FUNCTION_INFO_V1(alipayplus_check_config);
 PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only);
 
 /* The two operations of the call path */
-const ApsOperation aps_cancel_operation = {"cancelPayment", &aps_cancel_path, false};
-const ApsOperation aps_inquiry_operation = {"inquiryPayment", &aps_inquiry_path, true};
+const ApsOperation aps_cancel_operation = {
+	"cancelPayment", &aps_cancel_path, false,
+	"the response is not a cancelPayment result; the outcome is unknown"
+};
+const ApsOperation aps_inquiry_operation = {
+	"inquiryPayment", &aps_inquiry_path, true,
+	"the response is not an inquiryPayment result; the outcome is unknown"
+};
 
 /* The columns of alipayplus._call_cancel's result, in order */
 const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
@@ -348,19 +355,14 @@ request_time_now(void)
 	return pstrdup(buf);
 }
 
-/* A verdict of our own: U with a local code */
+/* A verdict of our own: U with a local code, nothing else */
 static void
 local_verdict(ApsResult *r, const char *code, const char *message)
 {
+	memset(r, 0, sizeof(*r));
 	r->result_status = "U";
 	r->result_code = (char *) code;
 	r->result_message = (char *) message;
-	r->acquirer_id = NULL;
-	r->psp_id = NULL;
-	r->saw_payment_result = false;
-	r->payment_status = r->payment_code = r->payment_message = NULL;
-	r->payment_id = r->payment_request_id = r->payment_time = NULL;
-	r->amount_currency = r->amount_value = NULL;
 }
 
 /* The value of n decimal digits at s (the caller has checked they are digits) */
@@ -493,10 +495,14 @@ payment_fields_problem(ApsResult *r, const char *field, const char *value)
 
 	if (r->result_status[0] != 'S')
 	{
-		r->saw_payment_result = false;
-		r->payment_status = r->payment_code = r->payment_message = NULL;
-		r->payment_id = r->payment_request_id = r->payment_time = NULL;
-		r->amount_currency = r->amount_value = NULL;
+		ApsResult	kept = *r;
+
+		memset(r, 0, sizeof(*r));
+		r->result_status = kept.result_status;
+		r->result_code = kept.result_code;
+		r->result_message = kept.result_message;
+		r->acquirer_id = kept.acquirer_id;
+		r->psp_id = kept.psp_id;
 		return NULL;
 	}
 	if (!r->saw_payment_result)
@@ -530,8 +536,6 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 	bool		parsed_ok;
 	bool		has_sig = ex->hdr_signature != NULL;
 	bool		has_time = ex->hdr_response_time != NULL;
-	char	   *not_a_result = psprintf("the response is not a%s %s result; the outcome is unknown",
-										op->api[0] == 'i' ? "n" : "", op->api);
 
 	*verified_known = false;
 	*detail = NULL;
@@ -574,7 +578,7 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 		if (strcmp(ex->hdr_repeated, "Client-Id") == 0)
 			local_verdict(r, "local.client_id_mismatch", "the response names its client id more than once; the outcome is unknown");
 		else if (strcmp(ex->hdr_repeated, "Content-Encoding") == 0)
-			local_verdict(r, "local.bad_response", not_a_result);
+			local_verdict(r, "local.bad_response", op->not_a_result);
 		else if (strcmp(ex->hdr_repeated, "Response-Time") == 0)
 			local_verdict(r, "local.bad_signature", "the response gives its Response-Time more than once; the outcome is unknown");
 		else
@@ -636,7 +640,7 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 	if (ex->hdr_content_encoding != NULL &&
 		pg_strcasecmp(ex->hdr_content_encoding, "identity") != 0)
 	{
-		local_verdict(r, "local.bad_response", not_a_result);
+		local_verdict(r, "local.bad_response", op->not_a_result);
 		*detail = psprintf("response has Content-Encoding \"%s\", which was not asked for",
 						   ex->hdr_content_encoding);
 		return;
@@ -644,7 +648,7 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 
 	if (!parsed_ok)
 	{
-		local_verdict(r, "local.bad_response", not_a_result);
+		local_verdict(r, "local.bad_response", op->not_a_result);
 		*detail = problem;
 		return;
 	}
@@ -659,7 +663,7 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 	if (op->payment_fields &&
 		(problem = payment_fields_problem(&parsed, field, value)) != NULL)
 	{
-		local_verdict(r, "local.bad_response", not_a_result);
+		local_verdict(r, "local.bad_response", op->not_a_result);
 		*detail = problem;
 		return;
 	}
