@@ -58,6 +58,7 @@ PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
 PG_FUNCTION_INFO_V1(alipayplus_call_inquiry);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only);
+PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only_to);
 
 /* The two operations of the call path */
 const ApsOperation aps_cancel_operation = {
@@ -232,6 +233,21 @@ Datum
 alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
 {
 	aps_refuse_read_only();
+	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus._refuse_read_only_to(what text): the same refusal for another
+ * action, "cannot <what> in a read-only transaction"
+ */
+Datum
+alipayplus_refuse_read_only_to(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("what must not be null")));
+	aps_refuse_read_only_to(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 

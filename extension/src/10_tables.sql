@@ -140,6 +140,8 @@ CREATE TABLE alipayplus.inquiries (
 	signature_verified boolean,
 	latency_ms double precision,
 	error_detail text,
+	/* the resolution (alipayplus.resolutions) it was made for, if any */
+	resolution_id bigint,
 	CHECK (result_status = 'S' OR payment_status IS NULL),
 	CHECK ((payment_status IS NULL) = (payment_code IS NULL))
 );

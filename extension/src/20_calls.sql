@@ -48,6 +48,12 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
 LANGUAGE C VOLATILE;
 
+/* The same refusal for another action: "cannot <what> in a read-only transaction" */
+CREATE FUNCTION alipayplus._refuse_read_only_to(what text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only_to'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION alipayplus._call_cancel(payment_id text, payment_request_id text,
 	OUT sent_field text, OUT sent_id text, OUT request_time text,
 	OUT http_status integer, OUT result_status text, OUT result_code text,
@@ -91,9 +97,11 @@ LANGUAGE C VOLATILE;
 /*
  * One inquiry, recorded: the call, then its row in alipayplus.inquiries
  * (the call refuses first, with its own words, where the row could not be
- * written: a read-only transaction, a standby)
+ * written: a read-only transaction, a standby); p_resolution_id links it
+ * to the resolution it was made for
  */
-CREATE FUNCTION alipayplus._inquire(p_payment_id text, p_payment_request_id text)
+CREATE FUNCTION alipayplus._inquire(p_payment_id text, p_payment_request_id text,
+	p_resolution_id bigint DEFAULT NULL)
 RETURNS alipayplus.inquiries
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -107,13 +115,13 @@ BEGIN
 		result_status, result_code, result_message, payment_status,
 		payment_code, payment_message, payment_id, payment_request_id,
 		payment_time, amount_currency, amount_value, acquirer_id, psp_id,
-		http_status, signature_verified, latency_ms, error_detail)
+		http_status, signature_verified, latency_ms, error_detail, resolution_id)
 	VALUES (a.sent_field, a.sent_id, a.request_time, a.result_status,
 		a.result_code, a.result_message, a.payment_status, a.payment_code,
 		a.payment_message, a.payment_id, a.payment_request_id,
 		a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
 		a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
-		a.error_detail)
+		a.error_detail, p_resolution_id)
 	RETURNING * INTO r;
 	RETURN r;
 END;
