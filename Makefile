@@ -10,6 +10,7 @@ OBJS = \
 	src/cancel.o \
 	src/orders.o \
 	src/ledger.o \
+	src/processor.o \
 	src/guard.o
 
 EXTENSION = alipayplus_cancel

@@ -1463,6 +1463,287 @@ AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION alipayplus._refuse_read_only() FROM PUBLIC;
 
+/* ---- issue 16: every request on record before it leaves; the claim-then-call pipeline (issue 14) ---- */
+
+/*
+ * An attempt is put on record, committed, before its request leaves
+ * (result_code 'local.no_answer_yet', completed_at NULL) and completed once
+ * with its answer or the reason there is none.  Attempts recorded before
+ * 1.3 keep completed_at NULL (not known).
+ */
+ALTER TABLE alipayplus.cancel_attempts
+	ADD COLUMN completed_at timestamptz,
+	ADD COLUMN run_id bigint;
+ALTER TABLE alipayplus.cancel_attempts
+	ALTER COLUMN completed_at SET DEFAULT pg_catalog.clock_timestamp();
+CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (attempt_id)
+	WHERE result_code = 'local.no_answer_yet';
+
+/* a run's row is written when it starts; pid and backend_start name its backend */
+ALTER TABLE alipayplus.processor_runs
+	ALTER COLUMN finished_at DROP NOT NULL,
+	ADD COLUMN pid integer,
+	ADD COLUMN backend_start timestamptz,
+	ADD COLUMN caller text;
+COMMENT ON TABLE alipayplus.processor_runs IS
+	'One row per processor run, written when it starts (stopped_because ''running'') and finished when it stops; ''ended unfinished: ...'' is a run whose backend ended';
+
+INSERT INTO alipayplus.result_policy (result_code, action, note, builtin) VALUES
+	('local.no_answer_yet', 'retry', 'the request is on its way; its answer is not recorded yet', true),
+	('local.interrupted', 'retry', 'no answer: a query cancel or shutdown ended the call after the request left; the outcome is unknown', true),
+	('local.statement_timeout', 'retry', 'no answer before the caller''s statement_timeout ended the call; the outcome is unknown', true),
+	('local.time_budget', 'retry', 'no answer before the run''s time_budget ended the call; the outcome is unknown', true),
+	('local.crashed', 'retry', 'no answer: the backend making the call ended (pg_terminate_backend, a crash) or its claim expired before the answer was recorded; the outcome is unknown', true);
+
+/* the guard lets a request on record be completed once, and nothing else */
+CREATE OR REPLACE FUNCTION alipayplus._guard_attempts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = 'cannot truncate alipayplus.cancel_attempts: the ledger keeps every attempt',
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot delete attempt %s of alipayplus.cancel_attempts: the ledger keeps every attempt', OLD.attempt_id),
+			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF OLD.result_code = 'local.no_answer_yet' AND OLD.completed_at IS NULL
+		  AND NEW.completed_at IS NOT NULL AND NEW.result_code <> 'local.no_answer_yet'
+		  AND (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id,
+			   NEW.request_time, NEW.caller, NEW.run_id)
+			  IS NOT DISTINCT FROM
+			  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id,
+			   OLD.request_time, OLD.caller, OLD.run_id) THEN
+		/* a request on record gets its answer, once */
+		RETURN NEW;
+	ELSIF (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.request_time,
+		   NEW.result_status, NEW.result_code, NEW.result_message, NEW.http_status,
+		   NEW.signature_verified, NEW.latency_ms, NEW.error_detail, NEW.acquirer_id,
+		   NEW.psp_id, NEW.caller, NEW.completed_at, NEW.run_id)
+		  IS DISTINCT FROM
+		  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.request_time,
+		   OLD.result_status, OLD.result_code, OLD.result_message, OLD.http_status,
+		   OLD.signature_verified, OLD.latency_ms, OLD.error_detail, OLD.acquirer_id,
+		   OLD.psp_id, OLD.caller, OLD.completed_at, OLD.run_id) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA001',
+			MESSAGE = format('cannot change attempt %s of alipayplus.cancel_attempts: it records a request and its answer', OLD.attempt_id),
+			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed, and a request on record without an answer yet is completed once by the processor.';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+/*
+ * The processor: the claim-then-call pipeline of src/processor.c.  Up to
+ * alipayplus.max_concurrency calls in flight; each slot is refilled as
+ * soon as its answer is settled.  A row is claimed (SKIP LOCKED, the bound
+ * order taken without waiting, busy ones left, unusable ones flagged),
+ * leased, and given an attempt row "no answer yet" with the parameters it
+ * will send, before its request leaves; the answer completes it.  This
+ * form runs in the caller's transaction: it never commits, so everything
+ * rolls back with the caller.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
+RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
+	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
+	last_error text)
+AS 'MODULE_PATHNAME', 'alipayplus_process_cancellations'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) IS
+	'Call cancelPayment for due CANCELLING rows (SKIP LOCKED) in the caller''s transaction, bounded by max_count and time_budget';
+
+/*
+ * The pipeline's steps in SQL (called by src/processor.c as the
+ * extension's owner; not for PUBLIC).
+ *
+ * A run's row, written when it starts: pid and backend_start name the
+ * backend, so that a run whose backend ended without finishing it is
+ * recognised.
+ */
+CREATE FUNCTION alipayplus._run_begin(p_caller text)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	INSERT INTO alipayplus.processor_runs
+		(started_at, finished_at, claimed, cancelled, retrying, attention,
+		 unanswered, busy, stopped_because, pid, backend_start, caller)
+	SELECT pg_catalog.clock_timestamp(), NULL, 0, 0, 0, 0, 0, 0, 'running',
+		pg_catalog.pg_backend_pid(), s.backend_start, p_caller
+	FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) s
+	RETURNING run_id;
+END;
+
+/*
+ * Runs whose backend is gone (or this backend's own earlier runs, which an
+ * error ended) are said to have ended unfinished, and the
+ * attempts nobody will complete (their run ended, or their lease expired)
+ * are returned, their ledger rows locked (SKIP LOCKED: one being settled
+ * right now is left), to be completed as local.crashed.  p_run's own
+ * attempts are never among them.
+ */
+CREATE FUNCTION alipayplus._stale_attempts(p_run bigint)
+RETURNS TABLE (attempt_id bigint, cancellation_id bigint, sent_field text,
+	sent_id text, request_time text, why text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE alipayplus.processor_runs x SET
+		finished_at = pg_catalog.clock_timestamp(),
+		stopped_because = CASE WHEN x.pid = pg_catalog.pg_backend_pid()
+			THEN 'ended unfinished: an error ended the run; its calls without an answer are recorded as local.crashed'
+			ELSE 'ended unfinished: its backend exited during the run (pg_terminate_backend, a crash or kill); its calls without an answer are recorded as local.crashed' END
+	WHERE x.finished_at IS NULL AND x.stopped_because = 'running'
+		AND x.run_id IS DISTINCT FROM p_run
+		AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
+						 WHERE s.backend_start = x.backend_start)
+			 OR x.pid = pg_catalog.pg_backend_pid());
+	RETURN QUERY
+	SELECT a.attempt_id, a.cancellation_id, a.sent_field, a.sent_id, a.request_time,
+		CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
+			 THEN pg_catalog.format('processor run %s ended before the answer was recorded', a.run_id)
+			 ELSE pg_catalog.format('the claim expired at %s without an answer recorded', c.next_attempt_at) END
+	FROM alipayplus.cancel_attempts a
+	JOIN alipayplus.cancellations c ON c.cancellation_id = a.cancellation_id
+	LEFT JOIN alipayplus.processor_runs p ON p.run_id = a.run_id
+	WHERE a.result_code = 'local.no_answer_yet' AND a.completed_at IS NULL
+		AND a.run_id IS DISTINCT FROM p_run
+		AND (c.next_attempt_at <= pg_catalog.clock_timestamp()
+			 OR p.finished_at IS NOT NULL OR p.run_id IS NULL)
+	ORDER BY a.attempt_id
+	FOR UPDATE OF c SKIP LOCKED;
+END;
+$$;
+
+/*
+ * Claim up to p_width due rows for run p_run: SKIP LOCKED; each one's
+ * bound order taken without waiting (by its request id when known): a
+ * locked order is left for later ('busy'), one that cannot be used is
+ * flagged ('flagged'); the others ('call') are leased (next_attempt_at
+ * moved ahead by alipayplus.timeout_ms and p_margin) and given an attempt
+ * row "no answer yet" with the request they will send (p_request_time).
+ * Rows of p_skip are not claimed.
+ */
+CREATE FUNCTION alipayplus._claim(p_run bigint, p_width integer,
+	p_request_time text, p_caller text, p_lease interval, p_skip bigint[])
+RETURNS TABLE (kind text, cancellation_id bigint, attempt_id bigint,
+	sent_field text, sent_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_rows alipayplus.cancellations[];
+	c alipayplus.cancellations;
+	v_ok bigint[] := '{}';
+	v_err text;
+	v_bound boolean := EXISTS (SELECT 1 FROM alipayplus.order_binding);
+BEGIN
+	v_rows := ARRAY(
+		SELECT x FROM alipayplus.cancellations x
+		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+			AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+			AND x.cancellation_id <> ALL (p_skip)
+		ORDER BY x.next_attempt_at, x.cancellation_id
+		LIMIT p_width
+		FOR UPDATE SKIP LOCKED);
+	FOREACH c IN ARRAY v_rows LOOP
+		IF v_bound THEN
+			v_err := NULL;
+			BEGIN
+				/* by its request id when known (issue 19, item 3) */
+				PERFORM alipayplus._lock_order(
+					CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+					coalesce(c.payment_request_id, c.sent_id), true);
+			EXCEPTION
+				WHEN lock_not_available THEN
+					kind := 'busy';
+					cancellation_id := c.cancellation_id;
+					attempt_id := NULL;
+					sent_field := c.sent_field;
+					sent_id := c.sent_id;
+					RETURN NEXT;
+					CONTINUE;
+				WHEN OTHERS THEN
+					GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
+			END;
+			IF v_err IS NOT NULL THEN
+				UPDATE alipayplus.cancellations x SET
+					needs_attention = true, next_attempt_at = NULL,
+					attention_reason = format('the bound order cannot be used: %s; fix the order row, then run alipayplus_requeue_cancellation(%s)',
+											  v_err, x.cancellation_id)
+				WHERE x.cancellation_id = c.cancellation_id;
+				kind := 'flagged';
+				cancellation_id := c.cancellation_id;
+				attempt_id := NULL;
+				sent_field := c.sent_field;
+				sent_id := c.sent_id;
+				RETURN NEXT;
+				CONTINUE;
+			END IF;
+		END IF;
+		v_ok := v_ok || c.cancellation_id;
+	END LOOP;
+	UPDATE alipayplus.cancellations x SET
+		next_attempt_at = pg_catalog.clock_timestamp() + p_lease
+	WHERE x.cancellation_id = ANY (v_ok);
+	RETURN QUERY
+	INSERT INTO alipayplus.cancel_attempts AS x
+		(cancellation_id, sent_field, sent_id, request_time, result_status, result_code,
+		 result_message, caller, run_id, completed_at)
+	SELECT y.cancellation_id, y.sent_field, y.sent_id, p_request_time, 'U', 'local.no_answer_yet',
+		'no answer yet: the request is on its way', p_caller, p_run, NULL
+	FROM alipayplus.cancellations y
+	WHERE y.cancellation_id = ANY (v_ok)
+	ORDER BY y.next_attempt_at, y.cancellation_id
+	RETURNING 'call'::text, x.cancellation_id, x.attempt_id, x.sent_field, x.sent_id;
+END;
+$$;
+
+/*
+ * The earliest due time of a row the processor would claim (for the
+ * background worker's sleep)
+ */
+CREATE FUNCTION alipayplus._next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
+		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention);
+
+/*
+ * For long queues: the pipeline, committing as it goes (each claim and
+ * each group of settled answers in a short transaction of its own), so
+ * that a crash, a cancel or a timeout loses nothing that was settled and
+ * other sessions see the progress.  With progress set, a NOTICE every that
+ * often: done, left, rate, and the time the rest will take at that rate.
+ * Raises ZA004 at the end (after committing) when the gateway answered
+ * none of its calls.
+ */
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_process_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+AS 'MODULE_PATHNAME', 'alipayplus_process_backlog'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_process_backlog(integer, interval, interval) IS
+	'For long queues: the processor (alipayplus.max_concurrency calls in flight), committing as it goes, with progress NOTICEs';
+
+/* pg_cron's procedure: the same pipeline, without progress NOTICEs */
+CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT '50 seconds')
+AS 'MODULE_PATHNAME', 'alipayplus_run_cancellations'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_run_cancellations(integer, interval) IS
+	'For pg_cron: the processor, committing as it goes; fails (ZA004) when the gateway answered nothing';
+
+REVOKE ALL ON FUNCTION alipayplus._run_begin(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._stale_attempts(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._claim(bigint, integer, text, text, interval, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._next_due() FROM PUBLIC;
 /* ---- issue 15: inquiryPayment ---- */
 
 /*

@@ -56,7 +56,8 @@ UPDATE alipayplus.cancellations SET next_attempt_at = now() + interval '1 day'
 WHERE next_attempt_at IS NOT NULL;
 
 -- a run claims no more than it can finish within its time budget: the
--- calls of a window end when the budget does, as local.timeout
+-- calls in flight end when the budget does, as local.time_budget (the
+-- run's own limit, never the gateway's local.timeout)
 SELECT count(*) FROM (
 	SELECT alipayplus_request_cancel(payment_request_id => 'slow-3000-budget-' || i)
 	FROM generate_series(1, 4) i) x;

@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 
 struct curl_slist;
 
@@ -137,6 +138,12 @@ typedef struct ApsHttpExchange
 	bool		not_sent;		/* its deadline passed before it could start */
 } ApsHttpExchange;
 
+extern int	aps_http_begin(int want);
+extern int	aps_http_in_flight(void);
+extern void aps_http_add(ApsHttpExchange *ex);
+extern int	aps_http_wait(int timeout_ms);
+extern void aps_http_abandon_all(void);
+extern bool aps_interrupt_pending(void);
 extern void aps_http_post(ApsHttpExchange *exchange);
 extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
 							   int concurrency);
@@ -196,8 +203,9 @@ enum
 
 typedef struct ApsCallResult
 {
-	Datum		values[APS_CALL_NUM_COLS];
-	bool		nulls[APS_CALL_NUM_COLS];
+	Datum		values[APS_INQ_NUM_COLS];	/* a cancel uses the first
+											 * APS_CALL_NUM_COLS */
+	bool		nulls[APS_INQ_NUM_COLS];
 } ApsCallResult;
 
 typedef struct ApsCallColumn
@@ -212,11 +220,34 @@ extern void aps_refuse_read_only(void);
 extern void aps_refuse_read_only_to(const char *what);
 extern EVP_PKEY *aps_check_config(void);
 extern void aps_warn_durability(void);
+extern char *aps_operation_url(const ApsOperation *op);
+extern ApsHttpExchange *aps_prepare_exchange(const ApsOperation *op,
+											 const char *field,
+											 const char *value, EVP_PKEY *key,
+											 const char *url,
+											 const char *request_time);
+extern void aps_operation_result(ApsHttpExchange *ex, const ApsOperation *op,
+								 const char *field, const char *value,
+								 ApsCallResult *result);
+extern char *aps_cancel_url(void);
+extern ApsHttpExchange *aps_prepare_cancel(const char *field, const char *value,
+										   EVP_PKEY *key, const char *url,
+										   const char *request_time);
+extern char *aps_request_time_now(void);
+extern void aps_cancel_result(ApsHttpExchange *ex, const char *field,
+							  const char *value, ApsCallResult *result);
 extern void aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 						 ApsCallResult *result);
 
 /* guard.c */
 extern void aps_guard_init(void);
+
+/* ledger.c */
+extern void aps_require_top_level(FunctionCallInfo fcinfo, const char *name);
+extern char *aps_settle_claimed(int64 cancellation_id, int64 attempt_id,
+								const ApsCallResult *r, TimestampTz answered_at,
+								const char *caller, bool interrupted,
+								bool *attention);
 
 /* orders.c */
 extern bool aps_ledger_write_allows(const char *field, const char *id,
@@ -224,5 +255,59 @@ extern bool aps_ledger_write_allows(const char *field, const char *id,
 extern char *aps_ledger_state(Oid relid, const char *request_id,
 							  const char *payment_id, bool *bound,
 							  char **key_field, char **key_id);
+
+/* processor.c: the claim-then-call pipeline every processor form runs */
+typedef enum ApsTxnMode
+{
+	APS_TXN_CALLER,				/* the caller's transaction: never commits */
+	APS_TXN_PROCEDURE,			/* a CALLed procedure: commits with SPI_commit */
+	APS_TXN_WORKER				/* a background worker: own transactions */
+} ApsTxnMode;
+
+typedef enum ApsPollVerdict
+{
+	APS_POLL_GO_ON,
+	APS_POLL_LOOK_FOR_WORK,		/* claim again now (the worker's latch was set) */
+	APS_POLL_STOP				/* no more claims; settle, abandon, return */
+} ApsPollVerdict;
+
+typedef struct ApsRunOptions
+{
+	ApsTxnMode	mode;
+	int64		max_count;		/* claims at most this many */
+	int			time_budget_ms;
+	const char *caller;			/* processor_runs.caller */
+	/*
+	 * Called between waits (<= 10 ms apart while calls are in flight).
+	 * Worker: latch set -> LOOK_FOR_WORK, SIGTERM -> STOP; NULL elsewhere.
+	 */
+	ApsPollVerdict (*poll) (void *arg);
+	void	   *poll_arg;
+	int			progress_ms;	/* backlog's progress NOTICEs; 0: none */
+} ApsRunOptions;
+
+typedef struct ApsRunCounts
+{
+	int64		run_id;			/* 0 when the run claimed nothing and wrote no
+								 * row (worker) */
+	int			claimed,
+				cancelled,
+				retrying,
+				attention,
+				unanswered,
+				busy;
+	double		elapsed_ms;
+	char	   *last_error;
+	const char *stopped_because;
+	TimestampTz next_due;		/* earliest next_attempt_at of a CANCELLING
+								 * row not flagged; 0 if none */
+} ApsRunCounts;
+
+/*
+ * Runs the pipeline.  In APS_TXN_WORKER mode it is called and returns
+ * outside any transaction; every curl resource is freed on every path; an
+ * ERROR propagates.
+ */
+extern void aps_run_processor(const ApsRunOptions *opts, ApsRunCounts *counts);
 
 #endif							/* ALIPAYPLUS_CANCEL_H */

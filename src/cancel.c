@@ -358,8 +358,8 @@ alipayplus_check_config(PG_FUNCTION_ARGS)
 }
 
 /* The current time as ISO 8601 in UTC+8, e.g. 2025-01-15T10:30:00+08:00 */
-static char *
-request_time_now(void)
+char *
+aps_request_time_now(void)
 {
 	pg_time_t	t = timestamptz_to_time_t(GetCurrentTimestamp()) + 8 * 3600;
 	time_t		tt = (time_t) t;
@@ -691,8 +691,8 @@ classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
  * The URL of an operation's API: alipayplus.gateway_url + its path
  * (alipayplus.cancel_path, alipayplus.inquiry_path)
  */
-static char *
-operation_url(const ApsOperation *op)
+char *
+aps_operation_url(const ApsOperation *op)
 {
 	size_t		baselen = strlen(aps_gateway_url);
 
@@ -701,24 +701,30 @@ operation_url(const ApsOperation *op)
 	return psprintf("%.*s%s", (int) baselen, aps_gateway_url, *op->path);
 }
 
-/* A signed request of operation op for one id, ready for the transport */
-static ApsHttpExchange *
-prepare_exchange(const ApsOperation *op, const char *field, const char *value,
-				 EVP_PKEY *key, const char *url)
+/*
+ * A signed request of operation op for one id, ready for the transport.
+ * request_time: the Request-Time to sign (the pipeline fixes it in the
+ * claimed attempt before sending); NULL: now.
+ */
+ApsHttpExchange *
+aps_prepare_exchange(const ApsOperation *op, const char *field,
+					 const char *value, EVP_PKEY *key, const char *url,
+					 const char *request_time)
 {
 	ApsHttpExchange *ex = palloc0(sizeof(ApsHttpExchange));
 	char	   *body = aps_cancel_body(field, value);
-	char	   *request_time = request_time_now();
 	char	   *content;
 	size_t		content_len;
 
+	if (request_time == NULL)
+		request_time = aps_request_time_now();
 	content = aps_content_to_sign(*op->path, aps_client_id, request_time,
 								  body, strlen(body), &content_len);
 	ex->url = url;
 	ex->body = body;
 	ex->body_len = strlen(body);
 	ex->client_id = aps_client_id;
-	ex->request_time = request_time;
+	ex->request_time = pstrdup(request_time);
 	ex->signature = aps_signature_header(aps_sign(key, content, content_len));
 	return ex;
 }
@@ -791,6 +797,40 @@ result_values(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
 }
 
 /*
+ * The result columns of one finished exchange of operation op, as
+ * aps_call_one() gives them (the payment's columns too for an inquiry)
+ */
+void
+aps_operation_result(ApsHttpExchange *ex, const ApsOperation *op,
+					 const char *field, const char *value,
+					 ApsCallResult *result)
+{
+	result_values(ex, op, field, value, result->values, result->nulls);
+}
+
+/* The cancelPayment forms of the three above, as the pipeline names them */
+char *
+aps_cancel_url(void)
+{
+	return aps_operation_url(&aps_cancel_operation);
+}
+
+ApsHttpExchange *
+aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
+				   const char *url, const char *request_time)
+{
+	return aps_prepare_exchange(&aps_cancel_operation, field, value, key, url,
+								request_time);
+}
+
+void
+aps_cancel_result(ApsHttpExchange *ex, const char *field, const char *value,
+				  ApsCallResult *result)
+{
+	aps_operation_result(ex, &aps_cancel_operation, field, value, result);
+}
+
+/*
  * One signed call for one id, with the configuration already checked
  * (key from aps_check_config()): what was sent and what it means, in the
  * columns of alipayplus._call_cancel.
@@ -799,12 +839,11 @@ void
 aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 			 ApsCallResult *result)
 {
-	ApsHttpExchange *ex = prepare_exchange(&aps_cancel_operation, field, value,
-										   key, operation_url(&aps_cancel_operation));
+	ApsHttpExchange *ex = aps_prepare_cancel(field, value, key,
+											 aps_cancel_url(), NULL);
 
 	aps_http_post(ex);
-	result_values(ex, &aps_cancel_operation, field, value, result->values,
-				  result->nulls);
+	aps_cancel_result(ex, field, value, result);
 }
 
 /*
@@ -840,7 +879,7 @@ call_one(FunctionCallInfo fcinfo, const ApsOperation *op,
 	check_ids(fcinfo, &field, &value);
 	key = check_config();
 
-	ex = prepare_exchange(op, field, value, key, operation_url(op));
+	ex = aps_prepare_exchange(op, field, value, key, aps_operation_url(op), NULL);
 	aps_http_post(ex);
 	result_values(ex, op, field, value, values, nulls);
 
@@ -929,7 +968,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 	max_ms = PG_ARGISNULL(2) ? 0 : Max(PG_GETARG_INT32(2), 1);
 	deadline = max_ms > 0 ? GetCurrentTimestamp() + (TimestampTz) max_ms * 1000 : 0;
 	key = aps_check_config();
-	url = operation_url(&aps_cancel_operation);
+	url = aps_cancel_url();
 	exs = palloc(sizeof(ApsHttpExchange *) * nids);
 	fieldstr = palloc(sizeof(char *) * nids);
 	idstr = palloc(sizeof(char *) * nids);
@@ -950,8 +989,7 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("field must be paymentRequestId or paymentId, not \"%s\"",
 							fieldstr[i])));
-		exs[i] = prepare_exchange(&aps_cancel_operation, fieldstr[i], idstr[i],
-								  key, url);
+		exs[i] = aps_prepare_cancel(fieldstr[i], idstr[i], key, url, NULL);
 		exs[i]->deadline = deadline;
 	}
 

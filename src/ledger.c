@@ -53,6 +53,7 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/datum.h"
@@ -113,6 +114,8 @@ enum
 	Q_INSERT,
 	Q_SET_ORDER,
 	Q_RECORD,
+	Q_COMPLETE,
+	Q_LOCK_ROW,
 	Q_APPLY_S,
 	Q_POLICY,
 	Q_APPLY_OTHER,
@@ -126,7 +129,7 @@ typedef struct LedgerQuery
 {
 	const char *sql;			/* @extschema@ stands for the extension's schema */
 	int			nargs;
-	Oid			argtypes[14];
+	Oid			argtypes[16];
 } LedgerQuery;
 
 static const LedgerQuery queries[NUM_QUERIES] = {
@@ -279,10 +282,41 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		14, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID}
 	},
-	/* S: cancelled, final */
+	/*
+	 * An attempt put on record before its request left (the pipeline's
+	 * claim: result_code 'local.no_answer_yet', completed_at NULL) is
+	 * completed, once, with what came back: the answer, or the reason there
+	 * is none.  $15 is the attempt, $16 when the answer came.  Prepared on
+	 * first use: it names a 1.3 column, and the library also runs on 1.2's
+	 * tables until ALTER EXTENSION ... UPDATE.
+	 */
+	[Q_COMPLETE] = {
+		"UPDATE alipayplus.cancel_attempts x SET"
+		" http_status = $5, result_status = $6, result_code = $7,"
+		" result_message = $8, acquirer_id = $9, psp_id = $10,"
+		" signature_verified = $11, latency_ms = $12, error_detail = $13,"
+		" completed_at = $16"
+		" WHERE x.attempt_id OPERATOR(pg_catalog.=) $15"
+		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND x.sent_field OPERATOR(pg_catalog.=) $2 AND x.sent_id OPERATOR(pg_catalog.=) $3"
+		" AND x.request_time OPERATOR(pg_catalog.=) $4"
+		" AND x.result_code OPERATOR(pg_catalog.=) 'local.no_answer_yet'"
+		" AND x.completed_at IS NULL AND $14 IS NOT NULL"
+		" RETURNING x",
+		16, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, BOOLOID, FLOAT8OID, TEXTOID, TEXTOID, INT8OID,
+		TIMESTAMPTZOID}
+	},
+	/* the pipeline settles a claimed row: locked only now */
+	[Q_LOCK_ROW] = {
+		"SELECT x FROM alipayplus.cancellations x"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+		1, {INT8OID}
+	},
+	/* S: cancelled, final, at the time the verified S arrived ($3) */
 	[Q_APPLY_S] = {
 		"UPDATE alipayplus.cancellations x SET"
-		" state = 'CANCELLED', cancelled_at = pg_catalog.now(),"
+		" state = 'CANCELLED', cancelled_at = $3,"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
 		" unanswered_streak = 0,"
 		" last_result_status = a.result_status, last_result_code = a.result_code,"
@@ -293,7 +327,7 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" WHERE a.attempt_id OPERATOR(pg_catalog.=) $2"
 		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
 		" RETURNING x.state, x.needs_attention, x.attention_reason",
-		2, {INT8OID, INT8OID}
+		3, {INT8OID, INT8OID, TIMESTAMPTZOID}
 	},
 	/* a DBA row (builtin = false) overrides the built-in one */
 	[Q_POLICY] = {
@@ -354,7 +388,8 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	[Q_NOT_APPLIED] = {
 		"UPDATE alipayplus.cancellations x SET"
 		" state = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN 'CANCELLED' ELSE x.state END,"
-		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN pg_catalog.now() END,"
+		" cancelled_at = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S'"
+		"   THEN COALESCE(x.cancelled_at, $4) ELSE x.cancelled_at END,"
 		" acquirer_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.acquirer_id ELSE x.acquirer_id END,"
 		" psp_id = CASE WHEN a.result_status OPERATOR(pg_catalog.=) 'S' THEN a.psp_id ELSE x.psp_id END,"
 		" attempt_count = x.attempt_count OPERATOR(pg_catalog.+) 1,"
@@ -375,12 +410,15 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" WHERE a.attempt_id OPERATOR(pg_catalog.=) $2"
 		" AND x.cancellation_id OPERATOR(pg_catalog.=) $1"
 		" RETURNING x.state, x.needs_attention, x.attention_reason",
-		3, {INT8OID, INT8OID, TEXTOID}
+		4, {INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID}
 	},
-	/* tells the processor that a cancel arrived while an answer was applied */
+	/*
+	 * tells the processor that a cancel arrived while an answer was
+	 * applied, and which (its message)
+	 */
 	[Q_INTERRUPTED] = {
-		"SELECT pg_catalog.set_config('alipayplus_cancel.interrupted', 'true', true)",
-		0, {0}
+		"SELECT pg_catalog.set_config('alipayplus_cancel.interrupted', $1, true)",
+		1, {TEXTOID}
 	},
 	/* an already cancelled payment answers with its own verified S */
 	[Q_STORED_S] = {
@@ -421,6 +459,8 @@ typedef struct Settled
 {
 	Datum		attempt;		/* the alipayplus.cancel_attempts row */
 	char	   *state;			/* the ledger row's state afterwards */
+	bool		attention;		/* and whether it is flagged for a person */
+	bool		recorded;		/* false: the claimed attempt was no longer waiting */
 } Settled;
 
 /* The schema the extension was created in (PostgreSQL 15 has no function for it) */
@@ -481,6 +521,9 @@ prepare_plans(void)
 		StringInfoData text;
 		SPIPlanPtr	plan;
 
+		/* made on first use (see Q_COMPLETE) */
+		if (i == Q_COMPLETE)
+			continue;
 		initStringInfo(&text);
 		while ((at = strstr(sql, "@extschema@")) != NULL)
 		{
@@ -505,7 +548,22 @@ prepare_plans(void)
 static uint64
 run(int q, Datum *values, const char *nulls)
 {
-	int			rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
+	int			rc;
+
+	if (plans[q] == NULL)
+	{
+		/* a statement made on first use (no @extschema@ in it) */
+		SPIPlanPtr	plan = SPI_prepare(queries[q].sql, queries[q].nargs,
+									   (Oid *) queries[q].argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a ledger statement: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep a ledger statement");
+		plans[q] = plan;
+	}
+	rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
 
 	if (rc < 0)
 		elog(ERROR, "ledger statement %d failed: %s", q,
@@ -1173,14 +1231,18 @@ mark_cancelling(const char *payment_id, const char *request_id,
 
 /*
  * Record one attempt (what the call returned, in the columns of
- * alipayplus._call_cancel) and return it; *attempt_id is its id.
+ * alipayplus._call_cancel) and return it; *attempt_id is its id.  With
+ * pending (not 0), the attempt put on record before the request left is
+ * completed instead, once: returns (Datum) 0 if it is not waiting for an
+ * answer any more.
  */
 static Datum
 record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
+			   int64 pending, TimestampTz answered_at,
 			   int64 *attempt_id, char **result_code, MemoryContext mcxt)
 {
-	Datum		v[14];
-	char		n[14];
+	Datum		v[16];
+	char		n[16];
 	int			i;
 	bool		isnull;
 	MemoryContext old;
@@ -1196,7 +1258,16 @@ record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	}
 	v[13] = CStringGetTextDatum(caller);
 	n[13] = ' ';
-	if (run(Q_RECORD, v, n) != 1)
+	if (pending != 0)
+	{
+		v[14] = Int64GetDatum(pending);
+		n[14] = ' ';
+		v[15] = TimestampTzGetDatum(answered_at);
+		n[15] = ' ';
+		if (run(Q_COMPLETE, v, n) != 1)
+			return (Datum) 0;
+	}
+	else if (run(Q_RECORD, v, n) != 1)
 		elog(ERROR, "an attempt was not recorded");
 	old = MemoryContextSwitchTo(mcxt);
 	a = datumCopy(col_datum(0, 1, &isnull), false, -1);
@@ -1209,16 +1280,17 @@ record_attempt(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 
 /*
  * Apply a recorded attempt to the ledger row and the bound order: S makes
- * both CANCELLED; otherwise the result policy decides between a retry
- * after backoff and a flag for a person.  Returns the row's state.
+ * both CANCELLED (cancelled_at: answered_at); otherwise the result policy
+ * decides between a retry after backoff and a flag for a person.  Sets
+ * out->state and out->attention.
  */
-static char *
+static void
 apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
-			 const char *code, MemoryContext mcxt)
+			 const char *code, TimestampTz answered_at, Settled *out,
+			 MemoryContext mcxt)
 {
 	Datum		v[6];
 	char		n[6] = "      ";
-	char	   *state;
 	MemoryContext old;
 
 	v[0] = Int64GetDatum(c->cancellation_id);
@@ -1229,6 +1301,7 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 		char	   *cancelled = c->cancelled_value;
 		bool		bound = c->bound;
 
+		v[2] = TimestampTzGetDatum(answered_at);
 		if (run(Q_APPLY_S, v, n) != 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION),
@@ -1236,7 +1309,8 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 							(long long) c->cancellation_id),
 					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
 		old = MemoryContextSwitchTo(mcxt);
-		state = col_text(0, 1);
+		out->state = col_text(0, 1);
+		out->attention = strcmp(col_text(0, 2), "t") == 0;
 		MemoryContextSwitchTo(old);
 		if (!c->binding_known)
 			bound = binding(&cancelling, &cancelled, mcxt);
@@ -1249,7 +1323,6 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 							 cancelled, c->sent_field, c->sent_id);
 		else if (bound)
 			set_order_status(c->sent_field, c->sent_id, cancelled, NULL, NULL);
-		return state;
 	}
 	else
 	{
@@ -1281,9 +1354,9 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
 							(long long) c->cancellation_id),
 					 errdetail("A trigger or rule on alipayplus.cancellations skipped it.")));
 		old = MemoryContextSwitchTo(mcxt);
-		state = col_text(0, 1);
+		out->state = col_text(0, 1);
+		out->attention = strcmp(col_text(0, 2), "t") == 0;
 		MemoryContextSwitchTo(old);
-		return state;
 	}
 }
 
@@ -1296,10 +1369,20 @@ apply_result(const LedgerRow *c, int64 attempt_id, const char *status,
  * statement with the error, like any error in the caller's transaction.
  * The call itself was made before, not in the subtransaction, so that an
  * interrupt during it ends the statement.
+ *
+ * pending, when not 0, is the attempt the pipeline put on record before
+ * the request left: it is completed (once) instead of a new one being
+ * added.  A row already CANCELLED (another path cancelled it while this
+ * call was in flight) keeps its state: the answer is only recorded.  With
+ * interrupted (the pipeline's run was interrupted and is winding up), an
+ * S is not applied to the bound order, whose owner's triggers may be what
+ * is slow: the ledger row becomes CANCELLED and is flagged instead, so
+ * that the run ends within the ledger's own time.
  * SPI must be connected; *out is allocated in mcxt.
  */
 static void
 settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
+	   int64 pending, TimestampTz answered_at, bool interrupted,
 	   Settled *out, MemoryContext mcxt)
 {
 	ResourceOwner owner = CurrentResourceOwner;
@@ -1307,12 +1390,29 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	int64		attempt_id;
 	char	   *code;
 
+	out->recorded = true;
+	out->attention = false;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(mcxt);
 	PG_TRY();
 	{
-		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
-		out->state = apply_result(c, attempt_id, status, code, mcxt);
+		out->attempt = record_attempt(c, r, caller, pending, answered_at,
+									  &attempt_id, &code, mcxt);
+		if (out->attempt == (Datum) 0)
+		{
+			out->recorded = false;
+			out->state = MemoryContextStrdup(mcxt, c->state);
+		}
+		else if (pending != 0 && strcmp(c->state, "CANCELLED") == 0)
+			out->state = MemoryContextStrdup(mcxt, c->state);
+		else
+		{
+			if (interrupted && strcmp(status, "S") == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("the run was interrupted before this answer could be applied to the bound order")));
+			apply_result(c, attempt_id, status, code, answered_at, out, mcxt);
+		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(mcxt);
 		CurrentResourceOwner = owner;
@@ -1321,8 +1421,8 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 	{
 		ErrorData  *edata;
 		char	   *why;
-		Datum		v[3];
-		char		n[3] = "   ";
+		Datum		v[4];
+		char		n[4] = "    ";
 
 		MemoryContextSwitchTo(mcxt);
 		edata = CopyErrorData();
@@ -1331,15 +1431,32 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		MemoryContextSwitchTo(mcxt);
 		CurrentResourceOwner = owner;
 
-		/* a cancel while applying: the answer is kept and the run told to stop */
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-			run(Q_INTERRUPTED, NULL, NULL);
-		out->attempt = record_attempt(c, r, caller, &attempt_id, &code, mcxt);
+		/*
+		 * a cancel while applying: the answer is kept and the run told to
+		 * stop, with the cancel's own message
+		 */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !interrupted)
+		{
+			Datum		m[1];
+
+			m[0] = CStringGetTextDatum(edata->message);
+			run(Q_INTERRUPTED, m, " ");
+		}
+		out->attempt = record_attempt(c, r, caller, pending, answered_at,
+									  &attempt_id, &code, mcxt);
+		if (out->attempt == (Datum) 0)
+		{
+			out->recorded = false;
+			out->state = MemoryContextStrdup(mcxt, c->state);
+			FreeErrorData(edata);
+			return;
+		}
 		why = psprintf("%s (SQLSTATE %s)", edata->message,
 					   unpack_sql_state(edata->sqlerrcode));
 		v[0] = Int64GetDatum(c->cancellation_id);
 		v[1] = Int64GetDatum(attempt_id);
 		v[2] = CStringGetTextDatum(why);
+		v[3] = TimestampTzGetDatum(answered_at);
 		if (run(Q_NOT_APPLIED, v, n) != 1)
 		{
 			/*
@@ -1356,12 +1473,43 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		else
 		{
 			out->state = MemoryContextStrdup(mcxt, col_text(0, 1));
+			out->attention = true;
 			ereport(WARNING,
 					(errmsg("%s", col_text(0, 3))));
 		}
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * The pipeline's settle step (processor.c): lock ledger row
+ * cancellation_id, complete its claimed attempt attempt_id with r (the
+ * answer, or U with the reason there is none) and apply it under the
+ * rules above.  SPI must be connected.  Returns the row's state, or NULL
+ * when the attempt was not waiting for an answer any more (then nothing
+ * was written); *attention says whether the row is flagged.
+ */
+char *
+aps_settle_claimed(int64 cancellation_id, int64 attempt_id,
+				   const ApsCallResult *r, TimestampTz answered_at,
+				   const char *caller, bool interrupted, bool *attention)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	LedgerRow	c;
+	Settled		s;
+	Datum		v[1];
+
+	prepare_plans();
+	v[0] = Int64GetDatum(cancellation_id);
+	if (run(Q_LOCK_ROW, v, " ") != 1)
+		return NULL;
+	memset(&c, 0, sizeof(c));
+	ledger_row_from_result(&c, outer);
+	c.binding_known = false;
+	settle(&c, r, caller, attempt_id, answered_at, interrupted, &s, outer);
+	*attention = s.attention;
+	return s.recorded ? s.state : NULL;
 }
 
 static char *
@@ -1433,7 +1581,7 @@ alipayplus_settle(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-	settle(&c, &r, caller, &s, outer);
+	settle(&c, &r, caller, 0, GetCurrentTimestamp(), false, &s, outer);
 	SPI_finish();
 	PG_RETURN_DATUM(s.attempt);
 }
@@ -1504,7 +1652,8 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
 		 */
 		key = aps_private_key();
 		aps_call_one(c.sent_field, c.sent_id, key, &r);
-		settle(&c, &r, "alipayplus_cancel_payment", &s, outer);
+		settle(&c, &r, "alipayplus_cancel_payment", 0, GetCurrentTimestamp(),
+			   false, &s, outer);
 		c.state = s.state;
 		h = DatumGetHeapTupleHeader(s.attempt);
 		values[0] = field(h, "result_status", TEXTOID, &nulls[0]);
@@ -1535,20 +1684,24 @@ alipayplus_cancel_payment(PG_FUNCTION_ARGS)
  * the procedures it calls, so the CallContext this procedure gets says
  * whether its caller can commit.
  */
-Datum
-alipayplus_require_top_level(PG_FUNCTION_ARGS)
+void
+aps_require_top_level(FunctionCallInfo fcinfo, const char *name)
 {
-	const char *name = PG_ARGISNULL(0) ? "this procedure" :
-		text_to_cstring(PG_GETARG_TEXT_PP(0));
-
 	if (fcinfo->context == NULL || !IsA(fcinfo->context, CallContext) ||
 		castNode(CallContext, fcinfo->context)->atomic)
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("%s must be called as a top-level statement by itself", name),
-				 errdetail("It commits after each window of calls, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
+				 errdetail("It commits as it goes, which it cannot do inside a transaction block, a function, a DO block in a transaction, a procedure with SET or SECURITY DEFINER, or a query string of several statements (such as a pg_cron command \"CALL ...; SELECT 1\"). Nothing was claimed or sent."),
 				 errhint("Run CALL %s() as a statement of its own, outside BEGIN ... COMMIT; inside a transaction, use SELECT * FROM alipayplus_process_cancellations().",
 						 name)));
+}
+
+Datum
+alipayplus_require_top_level(PG_FUNCTION_ARGS)
+{
+	aps_require_top_level(fcinfo, PG_ARGISNULL(0) ? "this procedure" :
+						  text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 

@@ -5,14 +5,16 @@
  *
  * Each backend keeps one curl multi handle and a pool of easy handles (one
  * per call in flight, up to alipayplus.max_concurrency) for its whole life,
- * so connections and TLS sessions are reused from call to call.  A batch
- * adds a transfer to every idle handle, drives them all with
- * curl_multi_poll() in slices of at most 100 ms, and starts the next
- * transfer as soon as one finishes; between slices it looks at PostgreSQL's
- * pending-interrupt flags and at postmaster death.  When one is set, every
- * transfer in flight is abandoned and its curl resources released, and only
- * then does CHECK_FOR_INTERRUPTS() raise PostgreSQL's own error (57014 for
- * a query cancel).  No callback ever raises an error or allocates with
+ * so connections and TLS sessions are reused from call to call.  The API is
+ * incremental: aps_http_add() starts a transfer on an idle handle,
+ * aps_http_wait() drives them all with curl_multi_poll() for a slice of at
+ * most 10 ms and marks the finished ones done, aps_http_abandon_all()
+ * releases whatever is still in flight.  The caller (the pipeline of
+ * processor.c, or aps_http_post_many() for a batch) looks at PostgreSQL's
+ * pending-interrupt flags between slices; postmaster death is looked at
+ * here.  On an interrupt every transfer in flight is abandoned and its
+ * curl resources released before PostgreSQL's own error (57014 for a
+ * query cancel) is raised.  No callback ever raises an error or allocates with
  * palloc's error-raising variants, so no longjmp crosses libcurl.  Each
  * call's time is capped by alipayplus.timeout_ms, its batch's deadline and
  * what is left of statement_timeout.
@@ -46,7 +48,7 @@
 #define APS_STATEMENT_MARGIN_MS 250
 
 /* longest slice of waiting before interrupts are looked at again */
-#define APS_POLL_SLICE_MS 100
+#define APS_POLL_SLICE_MS 10
 
 static CURLM *aps_multi = NULL;
 
@@ -352,6 +354,159 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 }
 
 /*
+ * The transfers in flight: the exchange each easy handle of the pool
+ * carries, NULL when the handle is idle
+ */
+static ApsHttpExchange *aps_pool_ex[APS_MAX_CONCURRENCY];
+static int	aps_in_flight = 0;
+static int	aps_concurrency = 0;
+
+/*
+ * Get ready to keep up to "want" transfers in flight; returns how many
+ * can be (fewer when the process may not open that many files).
+ */
+int
+aps_http_begin(int want)
+{
+	int			concurrency = Max(1, Min(want, max_in_flight()));
+
+	Assert(aps_in_flight == 0);
+	ensure_handles(concurrency);
+	/* keep one connection per handle in use, also from run to run */
+	curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) concurrency);
+	aps_concurrency = concurrency;
+	return concurrency;
+}
+
+/* Transfers in flight now */
+int
+aps_http_in_flight(void)
+{
+	return aps_in_flight;
+}
+
+/*
+ * Start exchange ex on an idle handle.  The exchange's memory must stay
+ * until it is done or abandoned.  Raises an error only for local resource
+ * failure, with nothing of ex left in libcurl.
+ */
+void
+aps_http_add(ApsHttpExchange *ex)
+{
+	for (int h = 0; h < aps_concurrency; h++)
+	{
+		if (aps_pool_ex[h] != NULL)
+			continue;
+		start_transfer(aps_pool[h], ex);
+		aps_pool_ex[h] = ex;
+		aps_in_flight++;
+		return;
+	}
+	elog(ERROR, "no idle libcurl handle for another call");
+}
+
+/*
+ * Drive the transfers for at most timeout_ms (returning as soon as one
+ * finishes) and mark each finished one done, its resources released.
+ * Returns the number that finished.  Interrupts are not looked at here:
+ * the caller does between calls, so that it can record first what it
+ * must; no error is raised for them or for network trouble (in
+ * ex->curl_code).  A dead postmaster abandons every transfer and ends the
+ * backend.
+ */
+int
+aps_http_wait(int timeout_ms)
+{
+	CURLMcode	mc;
+	CURLMsg    *msg;
+	int			running;
+	int			left;
+	int			finished = 0;
+
+	if (aps_in_flight == 0)
+		return 0;
+	mc = curl_multi_perform(aps_multi, &running);
+	if (mc == CURLM_OK && running == aps_in_flight && timeout_ms > 0)
+	{
+		pgstat_report_wait_start(PG_WAIT_EXTENSION);
+		mc = curl_multi_poll(aps_multi, NULL, 0,
+							 Min(timeout_ms, APS_POLL_SLICE_MS), NULL);
+		pgstat_report_wait_end();
+		if (mc == CURLM_OK)
+			mc = curl_multi_perform(aps_multi, &running);
+	}
+	if (mc != CURLM_OK)
+	{
+		aps_http_abandon_all();
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("libcurl failed: %s", curl_multi_strerror(mc))));
+	}
+
+	while ((msg = curl_multi_info_read(aps_multi, &left)) != NULL)
+	{
+		ApsHttpExchange *ex = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &ex);
+		if (ex == NULL || ex->done)
+			continue;
+		finish_transfer(msg->easy_handle, ex, msg->data.result);
+		release_transfer(msg->easy_handle, ex);
+		for (int h = 0; h < aps_concurrency; h++)
+			if (aps_pool_ex[h] == ex)
+				aps_pool_ex[h] = NULL;
+		ex->easy = NULL;
+		aps_in_flight--;
+		finished++;
+	}
+
+	if (!PostmasterIsAlive())
+	{
+		aps_http_abandon_all();
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("terminating connection because the postmaster died during an Alipay+ call")));
+	}
+	return finished;
+}
+
+/*
+ * Abandon every transfer in flight and release its libcurl resources; its
+ * exchange stays not done.  Safe to call at any time, also while an error
+ * is being handled.
+ */
+void
+aps_http_abandon_all(void)
+{
+	for (int h = 0; h < aps_concurrency; h++)
+	{
+		ApsHttpExchange *ex = aps_pool_ex[h];
+
+		if (ex == NULL)
+			continue;
+		aps_pool_ex[h] = NULL;
+		if (ex->easy != NULL)
+			release_transfer((CURL *) ex->easy, ex);
+		else if (ex->headers != NULL)
+		{
+			curl_slist_free_all(ex->headers);
+			ex->headers = NULL;
+		}
+		ex->easy = NULL;
+	}
+	aps_in_flight = 0;
+}
+
+/* Whether a query cancel or a terminate is pending */
+bool
+aps_interrupt_pending(void)
+{
+	return QueryCancelPending || ProcDiePending;
+}
+
+/*
  * POST every exchange's body to its URL with the signed Alipay+ headers,
  * at most "concurrency" at once, and fill in the outcomes.  Each transfer
  * has its own timeouts; a finished one makes room for the next at once.
@@ -362,131 +517,48 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 void
 aps_http_post_many(ApsHttpExchange **exs, int n, int want)
 {
-	volatile int concurrency = Max(1, Min(want, Min(n, max_in_flight())));
 	volatile int next = 0;
-	volatile int active = 0;
-	volatile bool interrupted = false;
-	volatile bool postmaster_died = false;
-	bool	   *busy;
+	volatile int concurrency;
 
 	if (n <= 0)
 		return;
-	ensure_handles(concurrency);
-	/* keep one connection per handle in use, also between windows */
-	curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) concurrency);
-	busy = palloc0(sizeof(bool) * concurrency);
-
+	concurrency = aps_http_begin(Min(want, n));
 	PG_TRY();
 	{
-		CURLMcode	mc = CURLM_OK;
-
-		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		while (next < n || active > 0)
+		while (next < n || aps_in_flight > 0)
 		{
-			int			running;
-			CURLMsg    *msg;
-			int			left;
-
-			/* fill the free handles; a call whose deadline has passed is not sent */
-			for (int h = 0; h < concurrency && next < n; h++)
+			/* fill the idle handles; a call whose deadline has passed is not sent */
+			while (next < n && aps_in_flight < concurrency)
 			{
-				if (busy[h])
-					continue;
 				if (exs[next]->deadline != 0 &&
 					GetCurrentTimestamp() >= exs[next]->deadline)
 				{
 					exs[next]->not_sent = true;
 					exs[next]->done = true;
-					next++;
-					h--;		/* the handle is still free */
-					continue;
 				}
-				start_transfer(aps_pool[h], exs[next]);
-				busy[h] = true;
+				else
+					aps_http_add(exs[next]);
 				next++;
-				active++;
 			}
-
-			mc = curl_multi_perform(aps_multi, &running);
-			if (mc != CURLM_OK)
+			if (aps_in_flight == 0)
 				break;
-
-			/* collect what finished */
-			while ((msg = curl_multi_info_read(aps_multi, &left)) != NULL)
+			aps_http_wait(APS_POLL_SLICE_MS);
+			if (aps_interrupt_pending())
 			{
-				ApsHttpExchange *ex = NULL;
-
-				if (msg->msg != CURLMSG_DONE)
-					continue;
-				curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &ex);
-				if (ex == NULL || ex->done)
-					continue;
-				finish_transfer(msg->easy_handle, ex, msg->data.result);
-				release_transfer(msg->easy_handle, ex);
-				for (int h = 0; h < concurrency; h++)
-					if (aps_pool[h] == msg->easy_handle)
-						busy[h] = false;
-				ex->easy = NULL;
-				active--;
-			}
-			if (active == 0 && next >= n)
-				break;
-
-			if (QueryCancelPending || ProcDiePending)
-			{
-				interrupted = true;
-				break;
-			}
-			if (!PostmasterIsAlive())
-			{
-				postmaster_died = true;
-				break;
-			}
-			if (active > 0)
-			{
-				mc = curl_multi_poll(aps_multi, NULL, 0, APS_POLL_SLICE_MS, NULL);
-				if (mc != CURLM_OK)
-					break;
+				aps_http_abandon_all();
+				CHECK_FOR_INTERRUPTS();
+				/* interrupts were held off by our caller: report the cancel anyway */
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("canceling Alipay+ call because of a pending interrupt")));
 			}
 		}
-
-		if (mc != CURLM_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("libcurl failed: %s", curl_multi_strerror(mc))));
 	}
 	PG_FINALLY();
 	{
-		pgstat_report_wait_end();
-		/* abandon whatever is still in flight */
-		for (int i = 0; i < n; i++)
-		{
-			if (exs[i]->easy != NULL)
-			{
-				release_transfer(exs[i]->easy, exs[i]);
-				exs[i]->easy = NULL;
-			}
-			else if (exs[i]->headers != NULL)
-			{
-				curl_slist_free_all(exs[i]->headers);
-				exs[i]->headers = NULL;
-			}
-		}
+		aps_http_abandon_all();
 	}
 	PG_END_TRY();
-
-	if (postmaster_died)
-		ereport(FATAL,
-				(errcode(ERRCODE_ADMIN_SHUTDOWN),
-				 errmsg("terminating connection because the postmaster died during an Alipay+ call")));
-	if (interrupted)
-	{
-		CHECK_FOR_INTERRUPTS();
-		/* interrupts were held off by our caller: report the cancel anyway */
-		ereport(ERROR,
-				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("canceling Alipay+ call because of a pending interrupt")));
-	}
 }
 
 /* One exchange */

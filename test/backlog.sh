@@ -6,9 +6,11 @@
 # another session already sees the first two windows' cancellations, the
 # gateway sees both calls of the window in flight at once, and the backlog
 # has reported its progress.  Then a query cancel stops both calls
-# promptly: the committed windows stay, the interrupted one left nothing
-# behind, and the same session goes on working.  Then the same with
-# pg_terminate_backend.  Needs the rig up.
+# promptly: the committed windows stay, the two requests that left are on
+# record (U local.interrupted), and the same session goes on working.  Then
+# the same with pg_terminate_backend: the requests stay "no answer yet"
+# until the next run's claim completes them as local.crashed and says the
+# run ended unfinished.  Needs the rig up.
 source "$(dirname "${BASH_SOURCE[0]}")/shell_common.bash"
 
 DB=apc_backlog
@@ -99,11 +101,35 @@ run_case() {
 	fi
 	states=$(q "$DB" "SELECT string_agg(split_part(sent_id, '-$TAG', 1) || ':' || state || ':' || attempt_count, ' ' ORDER BY cancellation_id)
 		FROM alipayplus.cancellations WHERE sent_id LIKE '%bk-$name-%' AND sent_id NOT LIKE '%after%'")
-	expect "$name: the committed windows stay, the interrupted one left no attempt" \
-		"bk-$name-1:CANCELLED:1 bk-$name-2:CANCELLED:1 bk-$name-3:CANCELLED:1 bk-$name-4:CANCELLED:1 slow-30000-bk-$name-5:CANCELLING:0 slow-30000-bk-$name-6:CANCELLING:0" \
+	# issue 16: the requests that left are on record.  A query cancel: the
+	# CALL records them as U local.interrupted before it fails; a
+	# terminate: they stay "no answer yet" until the next run's claim
+	# completes them as local.crashed.
+	local n_attempts=1 code=local.interrupted
+	[ "$name" = terminate ] && n_attempts=0 && code=local.no_answer_yet
+	expect "$name: the committed work stays, the interrupted calls are on record" \
+		"bk-$name-1:CANCELLED:1 bk-$name-2:CANCELLED:1 bk-$name-3:CANCELLED:1 bk-$name-4:CANCELLED:1 slow-30000-bk-$name-5:CANCELLING:$n_attempts slow-30000-bk-$name-6:CANCELLING:$n_attempts" \
 		"$states"
-	expect "$name: the interrupted rows are still due" "2" \
-		"$(q "$DB" "SELECT count(*) FROM alipayplus.cancellations WHERE sent_id LIKE 'slow-30000-bk-$name-%' AND next_attempt_at <= now() AND NOT needs_attention")"
+	expect "$name: one attempt per request that left, $code" "2|$code" \
+		"$(q "$DB" "SELECT count(*), string_agg(DISTINCT a.result_code, ',') FROM alipayplus.cancel_attempts a WHERE a.sent_id LIKE 'slow-30000-bk-$name-%'")"
+	if [ "$name" = cancel ]; then
+		expect "$name: the run says it was interrupted" \
+			"interrupted: canceling statement due to user request" \
+			"$(q "$DB" "SELECT stopped_because FROM alipayplus.processor_runs WHERE caller = 'alipayplus_process_backlog' AND finished_at IS NOT NULL ORDER BY run_id DESC LIMIT 1")"
+	else
+		# the next run's claim finds the attempts of the dead backend (once
+		# it has left pg_stat_activity)
+		local gone=$(($(now_ms) + 10000))
+		while [ "$(now_ms)" -lt $gone ] &&
+			[ "$(q postgres "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid")" != 0 ]; do
+			sleep 0.05
+		done
+		q "$DB" "SELECT claimed FROM alipayplus_process_cancellations(1, '1 s')" >/dev/null
+		expect "$name: the next claim completes them as local.crashed" "2|local.crashed" \
+			"$(q "$DB" "SELECT count(*), string_agg(DISTINCT a.result_code, ',') FROM alipayplus.cancel_attempts a WHERE a.sent_id LIKE 'slow-30000-bk-$name-%'")"
+		expect "$name: the run of the ended backend reads ended unfinished" "t" \
+			"$(q "$DB" "SELECT stopped_because LIKE 'ended unfinished: its backend exited%' FROM alipayplus.processor_runs WHERE caller = 'alipayplus_process_backlog' ORDER BY run_id DESC LIMIT 1")"
+	fi
 }
 
 echo "# setting up database $DB"

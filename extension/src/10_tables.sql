@@ -99,10 +99,19 @@ CREATE TABLE alipayplus.cancel_attempts (
 	error_detail text,
 	acquirer_id text,
 	psp_id text,
-	caller text NOT NULL
+	caller text NOT NULL,
+	/*
+	 * An attempt is put on record, committed, before its request leaves
+	 * (result_code 'local.no_answer_yet', completed_at NULL) and completed
+	 * once with the answer or the reason there is none (issue 16)
+	 */
+	completed_at timestamptz DEFAULT pg_catalog.clock_timestamp(),
+	run_id bigint
 );
 CREATE INDEX cancel_attempts_cancellation ON alipayplus.cancel_attempts (cancellation_id);
 CREATE INDEX cancel_attempts_attempted_at ON alipayplus.cancel_attempts (attempted_at);
+CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (attempt_id)
+	WHERE result_code = 'local.no_answer_yet';
 COMMENT ON TABLE alipayplus.cancel_attempts IS
 	'One row per cancelPayment HTTP attempt; never key material or signatures';
 COMMENT ON COLUMN alipayplus.cancel_attempts.cancellation_id IS
@@ -194,7 +203,12 @@ INSERT INTO alipayplus.result_policy (result_code, action, note) VALUES
 	('local.bad_response', 'retry', 'the response body was not a cancelPayment result'),
 	('local.bad_signature', 'retry', 'the response signature was missing in part or did not verify: check our settings alipayplus.public_key_file (it must hold Alipay+''s public key), alipayplus.response_key_version, alipayplus.private_key_file and alipayplus.client_id'),
 	('local.client_id_mismatch', 'retry', 'the response named another Client-Id: check our setting alipayplus.client_id'),
-	('local.unsigned_success', 'retry', 'an unsigned response claimed success');
+	('local.unsigned_success', 'retry', 'an unsigned response claimed success'),
+	('local.no_answer_yet', 'retry', 'the request is on its way; its answer is not recorded yet'),
+	('local.interrupted', 'retry', 'no answer: a query cancel or shutdown ended the call after the request left; the outcome is unknown'),
+	('local.statement_timeout', 'retry', 'no answer before the caller''s statement_timeout ended the call; the outcome is unknown'),
+	('local.time_budget', 'retry', 'no answer before the run''s time_budget ended the call; the outcome is unknown'),
+	('local.crashed', 'retry', 'no answer: the backend making the call ended (pg_terminate_backend, a crash) or its claim expired before the answer was recorded; the outcome is unknown');
 UPDATE alipayplus.result_policy SET builtin = true;
 
 CREATE FUNCTION alipayplus._result_policy_builtin()
@@ -260,17 +274,21 @@ COMMENT ON TABLE alipayplus.known_refunds IS
 CREATE TABLE alipayplus.processor_runs (
 	run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	started_at timestamptz NOT NULL,
-	finished_at timestamptz NOT NULL,
+	finished_at timestamptz,
 	claimed integer NOT NULL,
 	cancelled integer NOT NULL,
 	retrying integer NOT NULL,
 	attention integer NOT NULL,
 	unanswered integer NOT NULL,
 	busy integer NOT NULL,
-	stopped_because text NOT NULL
+	stopped_because text NOT NULL,
+	/* the backend running it: a run whose backend is gone ended unfinished */
+	pid integer,
+	backend_start timestamptz,
+	caller text
 );
 COMMENT ON TABLE alipayplus.processor_runs IS
-	'One summary row per alipayplus_process_cancellations() run that committed';
+	'One row per processor run, written when it starts (stopped_because ''running'') and finished when it stops; ''ended unfinished: ...'' is a run whose backend ended';
 
 /* user data survives pg_dump */
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.cancellations', '');

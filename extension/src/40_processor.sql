@@ -11,104 +11,125 @@
 \echo Use "CREATE EXTENSION alipayplus_cancel" to load this file. \quit
 
 /*
- * The processor, a window at a time.  A window is up to
- * alipayplus.max_concurrency due rows, claimed one by one (SKIP LOCKED,
- * the bound order taken without waiting, trouble with the order flagged
- * on the row), called all at once, and settled one by one.  A run claims a
- * window only while its time budget lasts, and every call of the window
- * ends within what is left of it.
+ * The processor: the claim-then-call pipeline of src/processor.c.  Up to
+ * alipayplus.max_concurrency calls in flight; each slot is refilled as
+ * soon as its answer is settled.  A row is claimed (SKIP LOCKED, the bound
+ * order taken without waiting, busy ones left, unusable ones flagged),
+ * leased, and given an attempt row "no answer yet" with the parameters it
+ * will send, before its request leaves; the answer completes it.  This
+ * form runs in the caller's transaction: it never commits, so everything
+ * rolls back with the caller.
  */
 CREATE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
 RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
 	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
 	last_error text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'alipayplus_process_cancellations'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) IS
+	'Call cancelPayment for due CANCELLING rows (SKIP LOCKED) in the caller''s transaction, bounded by max_count and time_budget';
+
+/*
+ * The pipeline's steps in SQL (called by src/processor.c as the
+ * extension's owner; not for PUBLIC).
+ *
+ * A run's row, written when it starts: pid and backend_start name the
+ * backend, so that a run whose backend ended without finishing it is
+ * recognised.
+ */
+CREATE FUNCTION alipayplus._run_begin(p_caller text)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	INSERT INTO alipayplus.processor_runs
+		(started_at, finished_at, claimed, cancelled, retrying, attention,
+		 unanswered, busy, stopped_because, pid, backend_start, caller)
+	SELECT pg_catalog.clock_timestamp(), NULL, 0, 0, 0, 0, 0, 0, 'running',
+		pg_catalog.pg_backend_pid(), s.backend_start, p_caller
+	FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) s
+	RETURNING run_id;
+END;
+
+/*
+ * Runs whose backend is gone (or this backend's own earlier runs, which an
+ * error ended) are said to have ended unfinished, and the
+ * attempts nobody will complete (their run ended, or their lease expired)
+ * are returned, their ledger rows locked (SKIP LOCKED: one being settled
+ * right now is left), to be completed as local.crashed.  p_run's own
+ * attempts are never among them.
+ */
+CREATE FUNCTION alipayplus._stale_attempts(p_run bigint)
+RETURNS TABLE (attempt_id bigint, cancellation_id bigint, sent_field text,
+	sent_id text, request_time text, why text)
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_done bigint[] := '{}';
-	v_window alipayplus.cancellations[];
-	v_claimed alipayplus.cancellations[];
-	v_width integer;
-	v_nothing_due boolean;
-	v_left_ms integer;
-	c alipayplus.cancellations;
-	a alipayplus.cancel_attempts;
-	r record;
-	n_claimed integer := 0;
-	n_cancelled integer := 0;
-	n_retrying integer := 0;
-	n_attention integer := 0;
-	n_unanswered integer := 0;
-	n_busy integer := 0;
-	v_stop text := 'nothing due';
-	v_claim_error text;
-	v_last_error text;
-	v_run bigint;
-	v_statement_timeout interval := current_setting('statement_timeout')::interval;
-	v_concurrency integer;
-	v_interrupted boolean := false;
 BEGIN
-	IF $1 IS NULL OR $1 < 1 THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'max_count must be at least 1';
-	END IF;
-	IF $2 IS NULL OR $2 <= interval '0' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'time_budget must be positive';
-	END IF;
-	/* the calls' time limits are milliseconds in an integer */
-	IF $2 > interval '24 days' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'time_budget must be at most 24 days',
-			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
-			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
-	END IF;
-	PERFORM alipayplus._check_config();
-	/* read only now: the line above loads the library that defines it */
-	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
-	PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'false', true);
+	UPDATE alipayplus.processor_runs x SET
+		finished_at = pg_catalog.clock_timestamp(),
+		stopped_because = CASE WHEN x.pid = pg_catalog.pg_backend_pid()
+			THEN 'ended unfinished: an error ended the run; its calls without an answer are recorded as local.crashed'
+			ELSE 'ended unfinished: its backend exited during the run (pg_terminate_backend, a crash or kill); its calls without an answer are recorded as local.crashed' END
+	WHERE x.finished_at IS NULL AND x.stopped_because = 'running'
+		AND x.run_id IS DISTINCT FROM p_run
+		AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
+						 WHERE s.backend_start = x.backend_start)
+			 OR x.pid = pg_catalog.pg_backend_pid());
+	RETURN QUERY
+	SELECT a.attempt_id, a.cancellation_id, a.sent_field, a.sent_id, a.request_time,
+		CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
+			 THEN pg_catalog.format('processor run %s ended before the answer was recorded', a.run_id)
+			 ELSE pg_catalog.format('the claim expired at %s without an answer recorded', c.next_attempt_at) END
+	FROM alipayplus.cancel_attempts a
+	JOIN alipayplus.cancellations c ON c.cancellation_id = a.cancellation_id
+	LEFT JOIN alipayplus.processor_runs p ON p.run_id = a.run_id
+	WHERE a.result_code = 'local.no_answer_yet' AND a.completed_at IS NULL
+		AND a.run_id IS DISTINCT FROM p_run
+		AND (c.next_attempt_at <= pg_catalog.clock_timestamp()
+			 OR p.finished_at IS NOT NULL OR p.run_id IS NULL)
+	ORDER BY a.attempt_id
+	FOR UPDATE OF c SKIP LOCKED;
+END;
+$$;
 
-	LOOP
-		IF n_claimed >= $1 THEN
-			v_stop := 'max_count reached';
-			EXIT;
-		END IF;
-		v_left_ms := (extract(epoch FROM $2 - (pg_catalog.clock_timestamp() - v_start)) * 1000)::integer;
-		IF v_left_ms <= 0 THEN
-			v_stop := 'time budget used';
-			EXIT;
-		END IF;
-		IF v_statement_timeout > interval '0'
-		   AND pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
-			   > v_statement_timeout - interval '500 ms' THEN
-			v_stop := 'statement_timeout near';
-			EXIT;
-		END IF;
-
-		/*
-		 * Claim a window of due rows in one statement (SKIP LOCKED), then
-		 * take each one's bound order row without waiting.  A row whose
-		 * order is locked (a notification or request in progress) is left
-		 * for a later run; one whose order cannot be used is flagged.
-		 */
-		v_width := least(v_concurrency, $1 - n_claimed);
-		v_window := '{}';
-		v_claimed := ARRAY(
-			SELECT x FROM alipayplus.cancellations x
-			WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-				AND x.next_attempt_at <= pg_catalog.clock_timestamp()
-				AND x.cancellation_id <> ALL (v_done)
-			ORDER BY x.next_attempt_at, x.cancellation_id
-			LIMIT v_width
-			FOR UPDATE SKIP LOCKED);
-		v_nothing_due := cardinality(v_claimed) < v_width;
-		FOREACH c IN ARRAY v_claimed LOOP
-			v_done := v_done || c.cancellation_id;
-			v_claim_error := NULL;
+/*
+ * Claim up to p_width due rows for run p_run: SKIP LOCKED; each one's
+ * bound order taken without waiting (by its request id when known): a
+ * locked order is left for later ('busy'), one that cannot be used is
+ * flagged ('flagged'); the others ('call') are leased (next_attempt_at
+ * moved ahead by alipayplus.timeout_ms and p_margin) and given an attempt
+ * row "no answer yet" with the request they will send (p_request_time).
+ * Rows of p_skip are not claimed.
+ */
+CREATE FUNCTION alipayplus._claim(p_run bigint, p_width integer,
+	p_request_time text, p_caller text, p_lease interval, p_skip bigint[])
+RETURNS TABLE (kind text, cancellation_id bigint, attempt_id bigint,
+	sent_field text, sent_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_rows alipayplus.cancellations[];
+	c alipayplus.cancellations;
+	v_ok bigint[] := '{}';
+	v_err text;
+	v_bound boolean := EXISTS (SELECT 1 FROM alipayplus.order_binding);
+BEGIN
+	v_rows := ARRAY(
+		SELECT x FROM alipayplus.cancellations x
+		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+			AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+			AND x.cancellation_id <> ALL (p_skip)
+		ORDER BY x.next_attempt_at, x.cancellation_id
+		LIMIT p_width
+		FOR UPDATE SKIP LOCKED);
+	FOREACH c IN ARRAY v_rows LOOP
+		IF v_bound THEN
+			v_err := NULL;
 			BEGIN
 				/* by its request id when known (issue 19, item 3) */
 				PERFORM alipayplus._lock_order(
@@ -116,113 +137,59 @@ BEGIN
 					coalesce(c.payment_request_id, c.sent_id), true);
 			EXCEPTION
 				WHEN lock_not_available THEN
-					n_busy := n_busy + 1;
+					kind := 'busy';
+					cancellation_id := c.cancellation_id;
+					attempt_id := NULL;
+					sent_field := c.sent_field;
+					sent_id := c.sent_id;
+					RETURN NEXT;
 					CONTINUE;
 				WHEN OTHERS THEN
-					GET STACKED DIAGNOSTICS v_claim_error = MESSAGE_TEXT;
+					GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
 			END;
-			IF v_claim_error IS NOT NULL THEN
-				n_claimed := n_claimed + 1;
+			IF v_err IS NOT NULL THEN
 				UPDATE alipayplus.cancellations x SET
 					needs_attention = true, next_attempt_at = NULL,
 					attention_reason = format('the bound order cannot be used: %s; fix the order row, then run alipayplus_requeue_cancellation(%s)',
-											  v_claim_error, x.cancellation_id)
+											  v_err, x.cancellation_id)
 				WHERE x.cancellation_id = c.cancellation_id;
-				n_attention := n_attention + 1;
+				kind := 'flagged';
+				cancellation_id := c.cancellation_id;
+				attempt_id := NULL;
+				sent_field := c.sent_field;
+				sent_id := c.sent_id;
+				RETURN NEXT;
 				CONTINUE;
 			END IF;
-			v_window := v_window || c;
-		END LOOP;
-
-		/*
-		 * Under a statement_timeout, the calls must leave time to record
-		 * and apply their answers before the statement would be cancelled.
-		 */
-		IF v_statement_timeout > interval '0' THEN
-			v_left_ms := least(v_left_ms,
-				(extract(epoch FROM v_statement_timeout
-						 - (pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())) * 1000)::integer
-				- 500 - 5 * cardinality(v_window));
 		END IF;
-		IF cardinality(v_window) > 0 THEN
-			n_claimed := n_claimed + cardinality(v_window);
-			/* call them all at once, then settle each */
-			FOR r IN
-				SELECT * FROM alipayplus._call_cancel_many(
-					ARRAY(SELECT w.sent_field FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
-					ARRAY(SELECT w.sent_id FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
-					v_left_ms)
-			LOOP
-				c := v_window[r.ord];
-				IF r.result_code = 'local.not_sent' THEN
-					/* the run's time ran out before this call started: left due */
-					n_claimed := n_claimed - 1;
-					CONTINUE;
-				END IF;
-				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
-				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
-					v_interrupted := true;
-				END IF;
-				IF alipayplus._unanswered(a.result_code) THEN
-					n_unanswered := n_unanswered + 1;
-					v_last_error := format('%s: %s', a.result_code, a.error_detail);
-				END IF;
-				SELECT * INTO c FROM alipayplus.cancellations x
-				WHERE x.cancellation_id = c.cancellation_id;
-				IF c.needs_attention THEN
-					n_attention := n_attention + 1;
-				ELSIF c.state = 'CANCELLED' THEN
-					n_cancelled := n_cancelled + 1;
-				ELSE
-					n_retrying := n_retrying + 1;
-				END IF;
-			END LOOP;
-		END IF;
-
-		IF v_interrupted THEN
-			/* a cancel or statement_timeout came while an answer was applied */
-			v_stop := 'interrupted';
-			EXIT;
-		END IF;
-		IF v_nothing_due THEN
-			v_stop := 'nothing due';
-			EXIT;
-		END IF;
-		/* a gateway that answers nothing: do not spend the run on it */
-		IF n_claimed >= 3 AND n_unanswered = n_claimed THEN
-			v_stop := 'gateway not answering';
-			EXIT;
-		END IF;
+		v_ok := v_ok || c.cancellation_id;
 	END LOOP;
-
-	IF $3 IS NOT NULL THEN
-		UPDATE alipayplus.processor_runs x SET
-			finished_at = pg_catalog.clock_timestamp(),
-			claimed = x.claimed + n_claimed, cancelled = x.cancelled + n_cancelled,
-			retrying = x.retrying + n_retrying, attention = x.attention + n_attention,
-			unanswered = x.unanswered + n_unanswered, busy = x.busy + n_busy,
-			stopped_because = v_stop
-		WHERE x.run_id = $3
-		RETURNING x.run_id INTO v_run;
-	END IF;
-	IF v_run IS NULL THEN
-		INSERT INTO alipayplus.processor_runs AS x
-			(started_at, finished_at, claimed, cancelled, retrying, attention,
-			 unanswered, busy, stopped_because)
-		VALUES (v_start, pg_catalog.clock_timestamp(), n_claimed, n_cancelled,
-				n_retrying, n_attention, n_unanswered, n_busy, v_stop)
-		RETURNING x.run_id INTO v_run;
-	END IF;
-
-	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
-		n_unanswered, n_busy,
-		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1),
-		v_last_error;
+	UPDATE alipayplus.cancellations x SET
+		next_attempt_at = pg_catalog.clock_timestamp() + p_lease
+	WHERE x.cancellation_id = ANY (v_ok);
+	RETURN QUERY
+	INSERT INTO alipayplus.cancel_attempts AS x
+		(cancellation_id, sent_field, sent_id, request_time, result_status, result_code,
+		 result_message, caller, run_id, completed_at)
+	SELECT y.cancellation_id, y.sent_field, y.sent_id, p_request_time, 'U', 'local.no_answer_yet',
+		'no answer yet: the request is on its way', p_caller, p_run, NULL
+	FROM alipayplus.cancellations y
+	WHERE y.cancellation_id = ANY (v_ok)
+	ORDER BY y.next_attempt_at, y.cancellation_id
+	RETURNING 'call'::text, x.cancellation_id, x.attempt_id, x.sent_field, x.sent_id;
 END;
 $$;
 
-COMMENT ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) IS
-	'Call cancelPayment for due CANCELLING rows (SKIP LOCKED) in the caller''s transaction, bounded by max_count and time_budget';
+/*
+ * The earliest due time of a row the processor would claim (for the
+ * background worker's sleep)
+ */
+CREATE FUNCTION alipayplus._next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
+		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention);
 
 /*
  * Raises 25001 unless its caller can commit: see src/ledger.c.  Public:
@@ -237,139 +204,28 @@ COMMENT ON PROCEDURE @extschema@.alipayplus_require_top_level(text) IS
 	'Internal: raises 25001 unless the calling procedure can commit (a CALL of its own, outside a transaction block)';
 
 /*
- * For long queues: the processor a window at a time, committing after
- * each, so that a crash, a cancel or a timeout loses at most one window
- * and other sessions see the progress.  With progress set, a NOTICE every
- * that often: done, left, rate, and the time the rest will take at that
- * rate.  Raises ZA004 at the end (after committing) when the gateway
- * answered none of its attempts.
+ * For long queues: the pipeline, committing as it goes (each claim and
+ * each group of settled answers in a short transaction of its own), so
+ * that a crash, a cancel or a timeout loses nothing that was settled and
+ * other sessions see the progress.  With progress set, a NOTICE every that
+ * often: done, left, rate, and the time the rest will take at that rate.
+ * Raises ZA004 at the end (after committing) when the gateway answered
+ * none of its calls.
  */
 CREATE PROCEDURE @extschema@.alipayplus_process_backlog(max_count integer DEFAULT 1000000,
 	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_said timestamptz := pg_catalog.clock_timestamp();
-	v_left interval;
-	v_run bigint;
-	r record;
-	n integer := 0;
-	n_cancelled integer := 0;
-	n_unanswered integer := 0;
-	v_last_error text;
-	v_due bigint;
-	v_rate float8;
-	v_interrupted boolean := false;
-BEGIN
-	/* before anything is claimed or sent: it must be able to commit */
-	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
-	/*
-	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
-	 * a loop over a query that is not read-only, lets CallContext say it
-	 * can commit, yet makes the first COMMIT fail; it must fail here
-	 */
-	COMMIT;
-	LOOP
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
-		EXIT WHEN n >= max_count OR v_left <= interval '0';
-		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
-			least(max_count - n,
-				  /* one at first if the library is not loaded in this session yet */
-				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
-			v_left, v_run) x;
-		v_run := r.run_id;
-		n := n + r.claimed;
-		n_cancelled := n_cancelled + r.cancelled;
-		n_unanswered := n_unanswered + r.unanswered;
-		v_last_error := coalesce(r.last_error, v_last_error);
-		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
-		COMMIT;
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		IF progress IS NOT NULL AND pg_catalog.clock_timestamp() - v_said >= progress THEN
-			v_said := pg_catalog.clock_timestamp();
-			v_rate := n / greatest(extract(epoch FROM v_said - v_start), 0.001);
-			IF pg_catalog.has_function_privilege('@extschema@.alipayplus_queue_depth()', 'EXECUTE') THEN
-				SELECT q.due INTO v_due FROM @extschema@.alipayplus_queue_depth() q;
-			END IF;
-			RAISE NOTICE '% done (% cancelled), % per second, % still due, about % left',
-				n, n_cancelled, round(v_rate::numeric, 1), coalesce(v_due::text, 'how many'),
-				CASE WHEN v_rate > 0 AND v_due IS NOT NULL
-					 THEN pg_catalog.make_interval(secs => round((v_due / v_rate)::numeric))::text
-					 ELSE 'unknown' END;
-		END IF;
-		EXIT WHEN r.claimed = 0 OR v_interrupted;
-	END LOOP;
-	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-	IF progress IS NOT NULL THEN
-		RAISE NOTICE '% done (% cancelled) in %, processor run %',
-			n, n_cancelled, date_trunc('second', pg_catalog.clock_timestamp() - v_start), v_run;
-	END IF;
-	IF n > 0 AND n_unanswered = n THEN
-		RAISE EXCEPTION USING
-			ERRCODE = 'ZA004',
-			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
-			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
-			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
-	END IF;
-END;
-$$;
+AS 'MODULE_PATHNAME', 'alipayplus_process_backlog'
+LANGUAGE C;
 COMMENT ON PROCEDURE @extschema@.alipayplus_process_backlog(integer, interval, interval) IS
-	'For long queues: the processor a window at a time (alipayplus.max_concurrency calls in flight), committing after each window, with progress NOTICEs';
+	'For long queues: the processor (alipayplus.max_concurrency calls in flight), committing as it goes, with progress NOTICEs';
 
-/* pg_cron's procedure: the same, a window at a time, without progress NOTICEs */
+/* pg_cron's procedure: the same pipeline, without progress NOTICEs */
 CREATE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT '50 seconds')
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_left interval;
-	v_run bigint;
-	r record;
-	n integer := 0;
-	n_unanswered integer := 0;
-	v_last_error text;
-	v_interrupted boolean := false;
-BEGIN
-	/* before anything is claimed or sent: it must be able to commit */
-	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
-	/*
-	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
-	 * a loop over a query that is not read-only, lets CallContext say it
-	 * can commit, yet makes the first COMMIT fail; it must fail here
-	 */
-	COMMIT;
-	LOOP
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
-		EXIT WHEN n >= max_count OR v_left <= interval '0';
-		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
-			least(max_count - n,
-				  /* one at first if the library is not loaded in this session yet */
-				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
-			v_left, v_run) x;
-		v_run := r.run_id;
-		n := n + r.claimed;
-		n_unanswered := n_unanswered + r.unanswered;
-		v_last_error := coalesce(r.last_error, v_last_error);
-		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
-		COMMIT;
-		EXIT WHEN r.claimed = 0 OR v_interrupted;
-	END LOOP;
-	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-	IF n > 0 AND n_unanswered = n THEN
-		RAISE EXCEPTION USING
-			ERRCODE = 'ZA004',
-			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
-			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
-			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
-	END IF;
-END;
-$$;
+AS 'MODULE_PATHNAME', 'alipayplus_run_cancellations'
+LANGUAGE C;
 COMMENT ON PROCEDURE @extschema@.alipayplus_run_cancellations(integer, interval) IS
-	'For pg_cron: the processor, committing after each cancellation; fails (ZA004) when the gateway answered nothing';
+	'For pg_cron: the processor, committing as it goes; fails (ZA004) when the gateway answered nothing';
 
 CREATE FUNCTION @extschema@.alipayplus_requeue_cancellation(cancellation_id bigint)
 RETURNS alipayplus.cancellations

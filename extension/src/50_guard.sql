@@ -638,10 +638,12 @@ ALTER TABLE alipayplus.cancellations ENABLE ALWAYS TRIGGER cancellations_key_fix
 /*
  * The attempts too.  With no foreign key to their ledger rows (pg_restore
  * -j), nothing else would stop a superuser's UPDATE or DELETE from leaving
- * attempts without their ledger row.  The ledger's code only ever
- * inserts attempts, and a restore only inserts (COPY), so the attempts
- * guard refuses DELETE, TRUNCATE and any UPDATE of what an attempt
- * recorded: its ledger row, the id it sent and Alipay+'s answer.  Only
+ * attempts without their ledger row.  The ledger's code inserts attempts
+ * and completes, once, an attempt the processor put on record before its
+ * request left ('local.no_answer_yet', completed_at NULL) with its answer;
+ * a restore only inserts (COPY).  So the attempts guard refuses DELETE,
+ * TRUNCATE and any other UPDATE of what an attempt recorded: its ledger
+ * row, the request it sent, its run and Alipay+'s answer.  Only
  * attempted_at may be moved (as when testing the hourly figures).
  */
 CREATE FUNCTION alipayplus._guard_attempts()
@@ -658,18 +660,27 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'ZA001',
 			MESSAGE = format('cannot delete attempt %s of alipayplus.cancel_attempts: the ledger keeps every attempt', OLD.attempt_id),
 			HINT = 'Attempts belong to their ledger rows, which are never deleted.';
+	ELSIF OLD.result_code = 'local.no_answer_yet' AND OLD.completed_at IS NULL
+		  AND NEW.completed_at IS NOT NULL AND NEW.result_code <> 'local.no_answer_yet'
+		  AND (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id,
+			   NEW.request_time, NEW.caller, NEW.run_id)
+			  IS NOT DISTINCT FROM
+			  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id,
+			   OLD.request_time, OLD.caller, OLD.run_id) THEN
+		/* a request on record gets its answer, once */
+		RETURN NEW;
 	ELSIF (NEW.attempt_id, NEW.cancellation_id, NEW.sent_field, NEW.sent_id, NEW.request_time,
 		   NEW.result_status, NEW.result_code, NEW.result_message, NEW.http_status,
 		   NEW.signature_verified, NEW.latency_ms, NEW.error_detail, NEW.acquirer_id,
-		   NEW.psp_id, NEW.caller)
+		   NEW.psp_id, NEW.caller, NEW.completed_at, NEW.run_id)
 		  IS DISTINCT FROM
 		  (OLD.attempt_id, OLD.cancellation_id, OLD.sent_field, OLD.sent_id, OLD.request_time,
 		   OLD.result_status, OLD.result_code, OLD.result_message, OLD.http_status,
 		   OLD.signature_verified, OLD.latency_ms, OLD.error_detail, OLD.acquirer_id,
-		   OLD.psp_id, OLD.caller) THEN
+		   OLD.psp_id, OLD.caller, OLD.completed_at, OLD.run_id) THEN
 		RAISE EXCEPTION USING ERRCODE = 'ZA001',
 			MESSAGE = format('cannot change attempt %s of alipayplus.cancel_attempts: it records a request and its answer', OLD.attempt_id),
-			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed.';
+			DETAIL = 'Its ledger row, the id it sent and Alipay+''s answer are kept as they were; only attempted_at can be changed, and a request on record without an answer yet is completed once by the processor.';
 	END IF;
 	RETURN NEW;
 END;
