@@ -1786,11 +1786,23 @@ CREATE TABLE alipayplus.inquiries (
 	error_detail text,
 	/* the resolution (alipayplus.resolutions) it was made for, if any */
 	resolution_id bigint,
+	/*
+	 * A resolver's inquiry is on record before its request leaves: U
+	 * local.no_answer_yet, completed_at NULL, run_id the processor run
+	 * (alipayplus.processor_runs) that sends it; completed once with the
+	 * answer or the reason there is none.  A direct inquiry
+	 * (alipayplus_inquire_payment) is recorded complete.
+	 */
+	completed_at timestamptz DEFAULT pg_catalog.clock_timestamp(),
+	run_id bigint,
 	CHECK (result_status = 'S' OR payment_status IS NULL),
-	CHECK ((payment_status IS NULL) = (payment_code IS NULL))
+	CHECK ((payment_status IS NULL) = (payment_code IS NULL)),
+	CHECK (completed_at IS NOT NULL OR result_code = 'local.no_answer_yet')
 );
 CREATE INDEX inquiries_sent_id ON alipayplus.inquiries (sent_id, inquired_at);
 CREATE INDEX inquiries_inquired_at ON alipayplus.inquiries (inquired_at);
+CREATE INDEX inquiries_open ON alipayplus.inquiries (resolution_id)
+	WHERE completed_at IS NULL;
 COMMENT ON TABLE alipayplus.inquiries IS
 	'One row per inquiryPayment call; never key material or signatures';
 COMMENT ON COLUMN alipayplus.inquiries.amount_value IS
@@ -2143,66 +2155,350 @@ END;
 $$;
 
 /* ------------------------------------------------------------------
- * The simplest worker
+ * The resolutions on the claim-then-call pipeline (src/processor.c)
  * ------------------------------------------------------------------ */
 
 /*
- * Work the due resolutions one inquiry after the other, in the caller's
- * transaction: each due row at most once per run, up to max_count
- * inquiries or until time_budget is spent.  Returns the counts of the
- * run's decisions.
+ * Claim up to p_width due resolutions for run p_run (SKIP LOCKED; rows of
+ * p_skip are not claimed): each is leased (next_inquiry_at moved ahead by
+ * p_lease) and given an inquiry row "no answer yet" (U
+ * local.no_answer_yet, completed_at NULL) with the request it will send
+ * (p_request_time), committed by the caller before the request leaves.
+ * An inquiry of a claimed row still open is one whose lease expired (its
+ * run ended or never answered): it is completed as U local.crashed.
+ */
+CREATE FUNCTION alipayplus._claim_resolutions(p_run bigint, p_width integer,
+	p_request_time text, p_lease interval, p_skip bigint[])
+RETURNS TABLE (resolution_id bigint, inquiry_id bigint, sent_field text, sent_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_ids bigint[];
+BEGIN
+	v_ids := ARRAY(
+		SELECT x.resolution_id FROM alipayplus.resolutions x
+		WHERE x.state = 'RESOLVING' AND x.next_inquiry_at <= pg_catalog.clock_timestamp()
+			AND x.resolution_id <> ALL (p_skip)
+		ORDER BY x.next_inquiry_at, x.resolution_id
+		LIMIT p_width
+		FOR UPDATE SKIP LOCKED);
+	IF pg_catalog.cardinality(v_ids) = 0 THEN
+		RETURN;
+	END IF;
+	UPDATE alipayplus.inquiries i SET
+		result_code = 'local.crashed',
+		result_message = 'no answer recorded; the outcome is unknown',
+		error_detail = pg_catalog.format('processor run %s did not record an answer before its claim expired', i.run_id),
+		completed_at = pg_catalog.clock_timestamp()
+	WHERE i.resolution_id = ANY (v_ids) AND i.completed_at IS NULL;
+	UPDATE alipayplus.resolutions x SET
+		next_inquiry_at = pg_catalog.clock_timestamp() + p_lease
+	WHERE x.resolution_id = ANY (v_ids);
+	RETURN QUERY
+	INSERT INTO alipayplus.inquiries AS i (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, resolution_id, run_id, completed_at)
+	SELECT y.sent_field, y.sent_id, p_request_time, 'U', 'local.no_answer_yet',
+		'no answer yet: the request is on its way', y.resolution_id, p_run, NULL
+	FROM alipayplus.resolutions y
+	WHERE y.resolution_id = ANY (v_ids)
+	ORDER BY y.next_inquiry_at, y.resolution_id
+	RETURNING i.resolution_id, i.inquiry_id, i.sent_field, i.sent_id;
+END;
+$$;
+
+/*
+ * Complete a claimed inquiry with its answer (or the reason there is
+ * none) and, with p_decide, apply what it decides (alipayplus._resolve_step):
+ * returns the decision and the resolution's next inquiry time.  Without
+ * p_decide (no answer: an interrupt, the time budget, a shutdown) nothing
+ * is decided and the resolution is due again at once ('unanswered').  An
+ * inquiry completed meanwhile (its lease expired and another run took the
+ * row) is left as it is ('not_open').
+ */
+CREATE FUNCTION alipayplus._settle_inquiry(p_inquiry_id bigint, p_decide boolean,
+	p_answered_at timestamptz, p_http_status integer, p_result_status text,
+	p_result_code text, p_result_message text, p_acquirer_id text, p_psp_id text,
+	p_signature_verified boolean, p_latency_ms double precision, p_error_detail text,
+	p_payment_status text, p_payment_code text, p_payment_message text,
+	p_payment_id text, p_payment_request_id text, p_payment_time timestamptz,
+	p_amount_currency text, p_amount_value bigint)
+RETURNS TABLE (decision text, next_inquiry_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	i alipayplus.inquiries;
+BEGIN
+	UPDATE alipayplus.inquiries x SET
+		result_status = p_result_status, result_code = p_result_code,
+		result_message = p_result_message, payment_status = p_payment_status,
+		payment_code = p_payment_code, payment_message = p_payment_message,
+		payment_id = p_payment_id, payment_request_id = p_payment_request_id,
+		payment_time = p_payment_time, amount_currency = p_amount_currency,
+		amount_value = p_amount_value, acquirer_id = p_acquirer_id, psp_id = p_psp_id,
+		http_status = p_http_status, signature_verified = p_signature_verified,
+		latency_ms = p_latency_ms, error_detail = p_error_detail,
+		completed_at = p_answered_at
+	WHERE x.inquiry_id = p_inquiry_id AND x.completed_at IS NULL
+	RETURNING * INTO i;
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT 'not_open'::text, NULL::timestamptz;
+		RETURN;
+	END IF;
+	IF p_decide THEN
+		decision := alipayplus._resolve_step(i.resolution_id, i);
+	ELSE
+		UPDATE alipayplus.resolutions x SET
+			next_inquiry_at = pg_catalog.clock_timestamp(),
+			last_inquiry_id = i.inquiry_id,
+			last_result = i.result_status || ' ' || i.result_code
+		WHERE x.resolution_id = i.resolution_id AND x.state = 'RESOLVING';
+		decision := 'unanswered';
+	END IF;
+	SELECT x.next_inquiry_at INTO next_inquiry_at
+	FROM alipayplus.resolutions x WHERE x.resolution_id = i.resolution_id;
+	RETURN NEXT;
+END;
+$$;
+
+/*
+ * The due resolutions, at most one inquiry each, through the pipeline in
+ * the caller's transaction (max_concurrency calls in flight): the counts
+ * of what the answers decided.  A cancellation it requests is processed
+ * by the cancellation processors, as any other.
  */
 CREATE FUNCTION @extschema@.alipayplus_process_resolutions(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT interval '50 seconds')
 RETURNS TABLE (inquired integer, paid integer, failed integer, cancel integer,
 	attention integer, waiting integer)
+AS 'MODULE_PATHNAME', 'alipayplus_process_resolutions'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) IS
+	'Inquire about the due resolutions (at most once each, max_concurrency in flight) and apply what each answer decides, in the caller''s transaction';
+
+/*
+ * A DBA's single statement over many orders: the resolution of every
+ * bound order still pending and initiated longer than older_than ago
+ * (alipayplus_stale_orders), each queued by alipayplus_request_resolve in a
+ * subtransaction of its own; one row per order: queued, already_resolving,
+ * or why not (cancel_requested, window_closed, refund, error).
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_resolve_stale(older_than interval,
+	inquiry_interval interval DEFAULT interval '3 seconds',
+	inquiry_total interval DEFAULT interval '60 seconds')
+RETURNS TABLE (id text, outcome text, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
+	v_id text;
+	v_open boolean;
 	r alipayplus.resolutions;
-	i alipayplus.inquiries;
-	v_done bigint[] := '{}';
-	v_stop timestamptz;
-	v_decision text;
+	v_state text;
+	v_msg text;
 BEGIN
+	/* refused as a whole, before anything else */
 	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
-	IF $1 IS NULL OR $1 < 1 OR $2 IS NULL OR $2 <= interval '0' OR $2 > interval '1 day' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'max_count must be at least 1 and time_budget between 0 and 1 day';
-	END IF;
-	v_stop := pg_catalog.clock_timestamp() + $2;
-	inquired := 0; paid := 0; failed := 0; cancel := 0; attention := 0; waiting := 0;
-	WHILE inquired < $1 AND pg_catalog.clock_timestamp() < v_stop LOOP
-		SELECT * INTO r FROM alipayplus.resolutions x
-		WHERE x.state = 'RESOLVING' AND x.next_inquiry_at <= pg_catalog.clock_timestamp()
-			AND x.resolution_id <> ALL (v_done)
-		ORDER BY x.next_inquiry_at, x.resolution_id
-		LIMIT 1 FOR UPDATE SKIP LOCKED;
-		EXIT WHEN NOT FOUND;
-		v_done := v_done || r.resolution_id;
-		IF r.sent_field = 'paymentRequestId' THEN
-			i := alipayplus._inquire(NULL, r.sent_id, r.resolution_id);
-		ELSE
-			i := alipayplus._inquire(r.sent_id, NULL, r.resolution_id);
-		END IF;
-		inquired := inquired + 1;
-		v_decision := alipayplus._resolve_step(r.resolution_id, i);
-		CASE v_decision
-			WHEN 'paid' THEN paid := paid + 1;
-			WHEN 'failed' THEN failed := failed + 1;
-			WHEN 'cancel' THEN cancel := cancel + 1;
-			WHEN 'wait' THEN waiting := waiting + 1;
-			ELSE attention := attention + 1;
-		END CASE;
+	FOR v_id IN SELECT s FROM @extschema@.alipayplus_stale_orders($1) s LOOP
+		BEGIN
+			v_open := EXISTS (SELECT 1 FROM alipayplus.resolutions x
+							  WHERE x.state = 'RESOLVING' AND x.payment_request_id = v_id);
+			r := @extschema@.alipayplus_request_resolve(payment_request_id => v_id,
+				inquiry_interval => $2, inquiry_total => $3);
+			RETURN QUERY SELECT v_id,
+				CASE WHEN v_open THEN 'already_resolving' ELSE 'queued' END,
+				pg_catalog.format('resolution %s, %s', r.resolution_id, r.state);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			/* bad arguments and interrupts end the statement */
+			IF v_state IN ('57014', '57P01', '22023') THEN
+				RAISE;
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE v_state WHEN '55000' THEN 'cancel_requested'
+							 WHEN 'ZA002' THEN 'window_closed'
+							 WHEN 'ZA003' THEN 'refund'
+							 ELSE 'error' END,
+				pg_catalog.format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
 	END LOOP;
-	RETURN NEXT;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) IS
-	'Inquire about the due resolutions one after the other and apply what each answer decides, in the caller''s transaction';
+COMMENT ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) IS
+	'Queue the resolution of every bound order still pending and older than older_than; one row per order with what was done';
+
+/*
+ * For a DBA's backlog of payments of unknown result: the pipeline serving
+ * resolutions and the cancellations they request, committing as it goes,
+ * waiting for each resolution's next inquiry until every one is decided
+ * or time_budget is spent; progress NOTICEs (paid, failed, cancellations
+ * requested and done, for a person, still unknown, rate) every progress.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_resolve_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+AS 'MODULE_PATHNAME', 'alipayplus_resolve_backlog'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) IS
+	'Work the resolutions (and the cancellations they request) until each is decided, committing as it goes, with progress NOTICEs';
 REVOKE ALL ON TABLE alipayplus.resolutions FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._resolve_step(bigint, alipayplus.inquiries) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve(text, text, timestamptz, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._claim_resolutions(bigint, integer, text, interval, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._settle_inquiry(bigint, boolean, timestamptz, integer, text, text, text, text, text, boolean, double precision, text, text, text, text, text, text, timestamptz, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) FROM PUBLIC;
+
+/* ---- issue 15: the resolver on the pipeline: the worker's sleep, what a person and ops see ---- */
+
+/*
+ * The background worker sleeps until a resolution's next inquiry too;
+ * alipayplus.attention lists the resolutions a person must decide (and
+ * ones left waiting for their inquiry); alipayplus.stats gains the
+ * resolutions' columns at its end.  The views are created with pg_catalog
+ * alone on the search_path, as in 60_views.sql.
+ */
+/*
+ * The earliest due time of a row the processor would claim (for the
+ * background worker's sleep): a cancellation's next attempt or a
+ * resolution's next inquiry (issue 15)
+ */
+CREATE OR REPLACE FUNCTION alipayplus._next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN LEAST(
+	(SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
+	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention),
+	(SELECT min(r.next_inquiry_at) FROM alipayplus.resolutions r
+	 WHERE r.state = 'RESOLVING'));
+
+SET search_path = pg_catalog, pg_temp;
+CREATE OR REPLACE VIEW alipayplus.attention AS
+SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
+	c.payment_id, c.state, c.attempt_count, c.last_result_status,
+	c.last_result_code, c.last_result_message, c.last_attempt_at,
+	c.requested_at, c.deadline,
+	CASE
+		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
+		WHEN l.late_paid IS NOT NULL THEN l.late_paid
+		WHEN l.unanswered THEN
+			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
+				   c.unanswered_streak, c.last_result_code)
+		WHEN l.overdue THEN
+			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
+				   c.next_attempt_at)
+		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
+	END AS reason
+FROM alipayplus.cancellations c
+CROSS JOIN LATERAL (
+	SELECT
+		/* a paid notification after the request (or a paid order when it
+		   was requested), not yet seen by a person */
+		CASE WHEN c.late_payment_status = 'S'
+				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+				   CASE WHEN c.late_payment_code = 'order.paid' THEN
+						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
+					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
+								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
+				   c.state, c.cancellation_id)
+		END AS late_paid,
+		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
+		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
+		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.deadline > c.attention_closed_at) AS past_deadline
+) l
+WHERE c.needs_attention
+	OR l.late_paid IS NOT NULL
+	OR l.unanswered OR l.overdue OR l.past_deadline
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s
+UNION ALL
+/*
+ * a resolution a person must decide (an F of the inquiry itself, a cancel
+ * that was refused), or one left waiting for its inquiry: until the
+ * payment is resolved again or its cancellation is requested
+ */
+SELECT NULL, r.sent_field, r.sent_id, r.payment_request_id, r.payment_id,
+	'RESOLUTION ' || r.state, r.inquiry_count, NULL, NULL, r.last_result,
+	NULL, r.requested_at, r.deadline,
+	CASE WHEN r.state = 'ATTENTION' THEN
+		format('resolution %s: %s (%s); ask Alipay+ (alipayplus_inquire_payment) and fix what the answer says, then resolve it again (alipayplus_request_resolve) or cancel it (alipayplus_request_cancel)',
+			   r.resolution_id, r.decision, r.applied)
+	ELSE format('resolution %s: its inquiry was due at %s: no resolver is running (alipayplus_resolve_backlog, alipayplus_process_resolutions, the background worker)',
+				r.resolution_id, r.next_inquiry_at) END
+FROM alipayplus.resolutions r
+WHERE (r.state = 'ATTENTION'
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.resolutions n
+					   WHERE n.sent_field = r.sent_field AND n.sent_id = r.sent_id
+						 AND n.resolution_id > r.resolution_id)
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.cancellations c
+					   WHERE c.sent_field = r.sent_field AND c.sent_id = r.sent_id))
+	OR (r.state = 'RESOLVING' AND r.next_inquiry_at < pg_catalog.now() - interval '10 minutes');
+COMMENT ON VIEW alipayplus.attention IS
+	COMMENT ON VIEW alipayplus.attention IS
+	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+
+CREATE OR REPLACE VIEW alipayplus.stats AS
+WITH recent AS (
+	SELECT a.result_status, a.result_code, a.latency_ms
+	FROM alipayplus.cancel_attempts a
+	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
+)
+SELECT
+	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
+	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
+	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	q.queued, q.due, q.oldest_due,
+	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
+	(SELECT count(*) FROM recent) AS attempts_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
+	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
+	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
+	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms,
+	/* the resolutions (issue 15): being resolved, due, and the last hour's decisions */
+	r.resolving, r.resolving_due,
+	(SELECT count(*) FROM alipayplus.inquiries i
+	 WHERE i.inquired_at > pg_catalog.now() - interval '1 hour') AS inquiries_last_hour,
+	r.paid_last_hour, r.failed_last_hour, r.cancel_requested_last_hour,
+	r.attention_last_hour
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL) q
+CROSS JOIN (SELECT count(*) FILTER (WHERE x.state = 'RESOLVING') AS resolving,
+				   count(*) FILTER (WHERE x.state = 'RESOLVING'
+									AND x.next_inquiry_at <= pg_catalog.now()) AS resolving_due,
+				   count(*) FILTER (WHERE x.state = 'PAID' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS paid_last_hour,
+				   count(*) FILTER (WHERE x.state = 'FAILED' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS failed_last_hour,
+				   count(*) FILTER (WHERE x.state = 'CANCELLING' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS cancel_requested_last_hour,
+				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour
+			FROM alipayplus.resolutions x
+			WHERE x.state = 'RESOLVING' OR x.decided_at > pg_catalog.now() - interval '1 hour') r;
+COMMENT ON VIEW alipayplus.stats IS
+	'Queue depth, the oldest due row, the last hour''s attempts by outcome with latency percentiles, and the resolutions: being resolved, due, and the last hour''s decisions';
+SET search_path = @extschema@;

@@ -67,7 +67,10 @@ GROUP BY r.sent_id ORDER BY r.sent_id;
 SELECT count(*) FILTER (WHERE j->>'api' = 'cancelPayment') AS cancel_requests FROM gw_log();
 
 -- the cancellations requested are worked like any other; Alipay+ then says closed
+-- (the pipeline serves both kinds: it also inquires about the one resolution
+-- still due, unsigned-S-rs, which stays unknown)
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();
+SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id = 'unsigned-S-rs';
 SELECT req, status FROM rs_orders WHERE req IN ('inprocess-rs', 'notfound-rs', 'inprocess-rs-window', 'paid-rs-late') ORDER BY id;
 SELECT payment_status, payment_code FROM alipayplus_inquire_payment(payment_request_id => 'inprocess-rs');
 -- the late paid answer is on the cancellation, for a person

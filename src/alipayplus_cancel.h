@@ -284,7 +284,18 @@ typedef struct ApsRunOptions
 	ApsPollVerdict (*poll) (void *arg);
 	void	   *poll_arg;
 	int			progress_ms;	/* backlog's progress NOTICEs; 0: none */
+	/*
+	 * Issue 15: the job kinds served (APS_KIND_*; 0: all of them, so a
+	 * zeroed ApsRunOptions serves cancellations and resolutions), and
+	 * whether the run waits for the next inquiry of a resolution still
+	 * unknown (alipayplus_resolve_backlog) rather than stop "nothing due".
+	 */
+	int			kinds;
+	bool		wait_for_inquiries;
 } ApsRunOptions;
+
+#define APS_KIND_CANCEL		0x01	/* alipayplus.cancellations */
+#define APS_KIND_RESOLVE	0x02	/* alipayplus.resolutions */
 
 typedef struct ApsRunCounts
 {
@@ -300,7 +311,16 @@ typedef struct ApsRunCounts
 	char	   *last_error;
 	const char *stopped_because;
 	TimestampTz next_due;		/* earliest next_attempt_at of a CANCELLING
-								 * row not flagged; 0 if none */
+								 * row not flagged, or next_inquiry_at of a
+								 * RESOLVING resolution; 0 if none */
+	/* issue 15: the inquiries of resolutions and what they decided */
+	int			inquired,
+				paid,
+				failed,
+				to_cancel,		/* a cancellation was requested */
+				waiting,		/* still unknown: asked again later */
+				resolve_attention;	/* an F of the inquiry, a refused cancel */
+	int64		still_unknown;	/* RESOLVING resolutions at the last look */
 } ApsRunCounts;
 
 /*

@@ -151,11 +151,23 @@ CREATE TABLE alipayplus.inquiries (
 	error_detail text,
 	/* the resolution (alipayplus.resolutions) it was made for, if any */
 	resolution_id bigint,
+	/*
+	 * A resolver's inquiry is on record before its request leaves: U
+	 * local.no_answer_yet, completed_at NULL, run_id the processor run
+	 * (alipayplus.processor_runs) that sends it; completed once with the
+	 * answer or the reason there is none.  A direct inquiry
+	 * (alipayplus_inquire_payment) is recorded complete.
+	 */
+	completed_at timestamptz DEFAULT pg_catalog.clock_timestamp(),
+	run_id bigint,
 	CHECK (result_status = 'S' OR payment_status IS NULL),
-	CHECK ((payment_status IS NULL) = (payment_code IS NULL))
+	CHECK ((payment_status IS NULL) = (payment_code IS NULL)),
+	CHECK (completed_at IS NOT NULL OR result_code = 'local.no_answer_yet')
 );
 CREATE INDEX inquiries_sent_id ON alipayplus.inquiries (sent_id, inquired_at);
 CREATE INDEX inquiries_inquired_at ON alipayplus.inquiries (inquired_at);
+CREATE INDEX inquiries_open ON alipayplus.inquiries (resolution_id)
+	WHERE completed_at IS NULL;
 COMMENT ON TABLE alipayplus.inquiries IS
 	'One row per inquiryPayment call; never key material or signatures';
 COMMENT ON COLUMN alipayplus.inquiries.amount_value IS

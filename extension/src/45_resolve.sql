@@ -267,62 +267,208 @@ END;
 $$;
 
 /* ------------------------------------------------------------------
- * The simplest worker
+ * The resolutions on the claim-then-call pipeline (src/processor.c)
  * ------------------------------------------------------------------ */
 
 /*
- * Work the due resolutions one inquiry after the other, in the caller's
- * transaction: each due row at most once per run, up to max_count
- * inquiries or until time_budget is spent.  Returns the counts of the
- * run's decisions.
+ * Claim up to p_width due resolutions for run p_run (SKIP LOCKED; rows of
+ * p_skip are not claimed): each is leased (next_inquiry_at moved ahead by
+ * p_lease) and given an inquiry row "no answer yet" (U
+ * local.no_answer_yet, completed_at NULL) with the request it will send
+ * (p_request_time), committed by the caller before the request leaves.
+ * An inquiry of a claimed row still open is one whose lease expired (its
+ * run ended or never answered): it is completed as U local.crashed.
+ */
+CREATE FUNCTION alipayplus._claim_resolutions(p_run bigint, p_width integer,
+	p_request_time text, p_lease interval, p_skip bigint[])
+RETURNS TABLE (resolution_id bigint, inquiry_id bigint, sent_field text, sent_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_ids bigint[];
+BEGIN
+	v_ids := ARRAY(
+		SELECT x.resolution_id FROM alipayplus.resolutions x
+		WHERE x.state = 'RESOLVING' AND x.next_inquiry_at <= pg_catalog.clock_timestamp()
+			AND x.resolution_id <> ALL (p_skip)
+		ORDER BY x.next_inquiry_at, x.resolution_id
+		LIMIT p_width
+		FOR UPDATE SKIP LOCKED);
+	IF pg_catalog.cardinality(v_ids) = 0 THEN
+		RETURN;
+	END IF;
+	UPDATE alipayplus.inquiries i SET
+		result_code = 'local.crashed',
+		result_message = 'no answer recorded; the outcome is unknown',
+		error_detail = pg_catalog.format('processor run %s did not record an answer before its claim expired', i.run_id),
+		completed_at = pg_catalog.clock_timestamp()
+	WHERE i.resolution_id = ANY (v_ids) AND i.completed_at IS NULL;
+	UPDATE alipayplus.resolutions x SET
+		next_inquiry_at = pg_catalog.clock_timestamp() + p_lease
+	WHERE x.resolution_id = ANY (v_ids);
+	RETURN QUERY
+	INSERT INTO alipayplus.inquiries AS i (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, resolution_id, run_id, completed_at)
+	SELECT y.sent_field, y.sent_id, p_request_time, 'U', 'local.no_answer_yet',
+		'no answer yet: the request is on its way', y.resolution_id, p_run, NULL
+	FROM alipayplus.resolutions y
+	WHERE y.resolution_id = ANY (v_ids)
+	ORDER BY y.next_inquiry_at, y.resolution_id
+	RETURNING i.resolution_id, i.inquiry_id, i.sent_field, i.sent_id;
+END;
+$$;
+
+/*
+ * Complete a claimed inquiry with its answer (or the reason there is
+ * none) and, with p_decide, apply what it decides (alipayplus._resolve_step):
+ * returns the decision and the resolution's next inquiry time.  Without
+ * p_decide (no answer: an interrupt, the time budget, a shutdown) nothing
+ * is decided and the resolution is due again at once ('unanswered').  An
+ * inquiry completed meanwhile (its lease expired and another run took the
+ * row) is left as it is ('not_open').
+ */
+CREATE FUNCTION alipayplus._settle_inquiry(p_inquiry_id bigint, p_decide boolean,
+	p_answered_at timestamptz, p_http_status integer, p_result_status text,
+	p_result_code text, p_result_message text, p_acquirer_id text, p_psp_id text,
+	p_signature_verified boolean, p_latency_ms double precision, p_error_detail text,
+	p_payment_status text, p_payment_code text, p_payment_message text,
+	p_payment_id text, p_payment_request_id text, p_payment_time timestamptz,
+	p_amount_currency text, p_amount_value bigint)
+RETURNS TABLE (decision text, next_inquiry_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	i alipayplus.inquiries;
+BEGIN
+	UPDATE alipayplus.inquiries x SET
+		result_status = p_result_status, result_code = p_result_code,
+		result_message = p_result_message, payment_status = p_payment_status,
+		payment_code = p_payment_code, payment_message = p_payment_message,
+		payment_id = p_payment_id, payment_request_id = p_payment_request_id,
+		payment_time = p_payment_time, amount_currency = p_amount_currency,
+		amount_value = p_amount_value, acquirer_id = p_acquirer_id, psp_id = p_psp_id,
+		http_status = p_http_status, signature_verified = p_signature_verified,
+		latency_ms = p_latency_ms, error_detail = p_error_detail,
+		completed_at = p_answered_at
+	WHERE x.inquiry_id = p_inquiry_id AND x.completed_at IS NULL
+	RETURNING * INTO i;
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT 'not_open'::text, NULL::timestamptz;
+		RETURN;
+	END IF;
+	IF p_decide THEN
+		decision := alipayplus._resolve_step(i.resolution_id, i);
+	ELSE
+		UPDATE alipayplus.resolutions x SET
+			next_inquiry_at = pg_catalog.clock_timestamp(),
+			last_inquiry_id = i.inquiry_id,
+			last_result = i.result_status || ' ' || i.result_code
+		WHERE x.resolution_id = i.resolution_id AND x.state = 'RESOLVING';
+		decision := 'unanswered';
+	END IF;
+	SELECT x.next_inquiry_at INTO next_inquiry_at
+	FROM alipayplus.resolutions x WHERE x.resolution_id = i.resolution_id;
+	RETURN NEXT;
+END;
+$$;
+
+/*
+ * The earliest due time of a row the processor would claim (for the
+ * background worker's sleep): a cancellation's next attempt or a
+ * resolution's next inquiry (issue 15)
+ */
+CREATE FUNCTION alipayplus._next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN LEAST(
+	(SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
+	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention),
+	(SELECT min(r.next_inquiry_at) FROM alipayplus.resolutions r
+	 WHERE r.state = 'RESOLVING'));
+
+/*
+ * The due resolutions, at most one inquiry each, through the pipeline in
+ * the caller's transaction (max_concurrency calls in flight): the counts
+ * of what the answers decided.  A cancellation it requests is processed
+ * by the cancellation processors, as any other.
  */
 CREATE FUNCTION @extschema@.alipayplus_process_resolutions(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT interval '50 seconds')
 RETURNS TABLE (inquired integer, paid integer, failed integer, cancel integer,
 	attention integer, waiting integer)
+AS 'MODULE_PATHNAME', 'alipayplus_process_resolutions'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) IS
+	'Inquire about the due resolutions (at most once each, max_concurrency in flight) and apply what each answer decides, in the caller''s transaction';
+
+/*
+ * A DBA's single statement over many orders: the resolution of every
+ * bound order still pending and initiated longer than older_than ago
+ * (alipayplus_stale_orders), each queued by alipayplus_request_resolve in a
+ * subtransaction of its own; one row per order: queued, already_resolving,
+ * or why not (cancel_requested, window_closed, refund, error).
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_resolve_stale(older_than interval,
+	inquiry_interval interval DEFAULT interval '3 seconds',
+	inquiry_total interval DEFAULT interval '60 seconds')
+RETURNS TABLE (id text, outcome text, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
+	v_id text;
+	v_open boolean;
 	r alipayplus.resolutions;
-	i alipayplus.inquiries;
-	v_done bigint[] := '{}';
-	v_stop timestamptz;
-	v_decision text;
+	v_state text;
+	v_msg text;
 BEGIN
+	/* refused as a whole, before anything else */
 	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
-	IF $1 IS NULL OR $1 < 1 OR $2 IS NULL OR $2 <= interval '0' OR $2 > interval '1 day' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'max_count must be at least 1 and time_budget between 0 and 1 day';
-	END IF;
-	v_stop := pg_catalog.clock_timestamp() + $2;
-	inquired := 0; paid := 0; failed := 0; cancel := 0; attention := 0; waiting := 0;
-	WHILE inquired < $1 AND pg_catalog.clock_timestamp() < v_stop LOOP
-		SELECT * INTO r FROM alipayplus.resolutions x
-		WHERE x.state = 'RESOLVING' AND x.next_inquiry_at <= pg_catalog.clock_timestamp()
-			AND x.resolution_id <> ALL (v_done)
-		ORDER BY x.next_inquiry_at, x.resolution_id
-		LIMIT 1 FOR UPDATE SKIP LOCKED;
-		EXIT WHEN NOT FOUND;
-		v_done := v_done || r.resolution_id;
-		IF r.sent_field = 'paymentRequestId' THEN
-			i := alipayplus._inquire(NULL, r.sent_id, r.resolution_id);
-		ELSE
-			i := alipayplus._inquire(r.sent_id, NULL, r.resolution_id);
-		END IF;
-		inquired := inquired + 1;
-		v_decision := alipayplus._resolve_step(r.resolution_id, i);
-		CASE v_decision
-			WHEN 'paid' THEN paid := paid + 1;
-			WHEN 'failed' THEN failed := failed + 1;
-			WHEN 'cancel' THEN cancel := cancel + 1;
-			WHEN 'wait' THEN waiting := waiting + 1;
-			ELSE attention := attention + 1;
-		END CASE;
+	FOR v_id IN SELECT s FROM @extschema@.alipayplus_stale_orders($1) s LOOP
+		BEGIN
+			v_open := EXISTS (SELECT 1 FROM alipayplus.resolutions x
+							  WHERE x.state = 'RESOLVING' AND x.payment_request_id = v_id);
+			r := @extschema@.alipayplus_request_resolve(payment_request_id => v_id,
+				inquiry_interval => $2, inquiry_total => $3);
+			RETURN QUERY SELECT v_id,
+				CASE WHEN v_open THEN 'already_resolving' ELSE 'queued' END,
+				pg_catalog.format('resolution %s, %s', r.resolution_id, r.state);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			/* bad arguments and interrupts end the statement */
+			IF v_state IN ('57014', '57P01', '22023') THEN
+				RAISE;
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE v_state WHEN '55000' THEN 'cancel_requested'
+							 WHEN 'ZA002' THEN 'window_closed'
+							 WHEN 'ZA003' THEN 'refund'
+							 ELSE 'error' END,
+				pg_catalog.format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
 	END LOOP;
-	RETURN NEXT;
 END;
 $$;
-COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) IS
-	'Inquire about the due resolutions one after the other and apply what each answer decides, in the caller''s transaction';
+COMMENT ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) IS
+	'Queue the resolution of every bound order still pending and older than older_than; one row per order with what was done';
+
+/*
+ * For a DBA's backlog of payments of unknown result: the pipeline serving
+ * resolutions and the cancellations they request, committing as it goes,
+ * waiting for each resolution's next inquiry until every one is decided
+ * or time_budget is spent; progress NOTICEs (paid, failed, cancellations
+ * requested and done, for a person, still unknown, rate) every progress.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_resolve_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+AS 'MODULE_PATHNAME', 'alipayplus_resolve_backlog'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) IS
+	'Work the resolutions (and the cancellations they request) until each is decided, committing as it goes, with progress NOTICEs';

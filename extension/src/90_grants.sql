@@ -20,6 +20,8 @@ REVOKE ALL ON FUNCTION @extschema@.alipayplus_cancel_payment(text, text) FROM PU
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve(text, text, timestamptz, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_cancel(text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_cancellations(integer, interval, bigint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE @extschema@.alipayplus_run_cancellations(integer, interval) FROM PUBLIC;
