@@ -2441,8 +2441,8 @@ SELECT NULL, r.sent_field, r.sent_id, r.payment_request_id, r.payment_id,
 	'RESOLUTION ' || r.state, r.inquiry_count, NULL, NULL, r.last_result,
 	NULL, r.requested_at, r.deadline,
 	CASE WHEN r.state = 'ATTENTION' THEN
-		format('resolution %s: %s (%s); ask Alipay+ (alipayplus_inquire_payment) and fix what the answer says, then resolve it again (alipayplus_request_resolve) or cancel it (alipayplus_request_cancel)',
-			   r.resolution_id, r.decision, r.applied)
+		format('resolution %s: %s after the inquiry answered %s%s; ask Alipay+ (alipayplus_inquire_payment) and fix what the answer says, then resolve it again (alipayplus_request_resolve) or cancel it (alipayplus_request_cancel)',
+			   r.resolution_id, r.decision, r.last_result, coalesce(' (' || r.applied || ')', ''))
 	ELSE format('resolution %s: its inquiry was due at %s: no resolver is running (alipayplus_resolve_backlog, alipayplus_process_resolutions, the background worker)',
 				r.resolution_id, r.next_inquiry_at) END
 FROM alipayplus.resolutions r
