@@ -105,7 +105,7 @@ WHERE (r.state = 'ATTENTION'
 					   WHERE c.sent_field = r.sent_field AND c.sent_id = r.sent_id))
 	OR (r.state = 'RESOLVING' AND r.next_inquiry_at < pg_catalog.now() - interval '10 minutes');
 COMMENT ON VIEW alipayplus.attention IS
-	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+	'Each cancellation or resolution a person must look at, and why, until it is handled (alipayplus_close_attention, or a resolution resolved again)';
 
 /* ------------------------------------------------------------------
  * What the processor is doing
