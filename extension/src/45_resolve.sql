@@ -276,8 +276,11 @@ $$;
  * p_lease) and given an inquiry row "no answer yet" (U
  * local.no_answer_yet, completed_at NULL) with the request it will send
  * (p_request_time), committed by the caller before the request leaves.
- * An inquiry of a claimed row still open is one whose lease expired (its
- * run ended or never answered): it is completed as U local.crashed.
+ * A row whose inquiry is still open is claimed again once its lease
+ * expired, or at once when the run that sent it ended (its backend gone:
+ * alipayplus._stale_attempts, which the claim step runs first, says so);
+ * that inquiry is completed as U local.crashed, and the row is inquired
+ * about again.
  */
 CREATE FUNCTION alipayplus._claim_resolutions(p_run bigint, p_width integer,
 	p_request_time text, p_lease interval, p_skip bigint[])
@@ -291,8 +294,13 @@ DECLARE
 BEGIN
 	v_ids := ARRAY(
 		SELECT x.resolution_id FROM alipayplus.resolutions x
-		WHERE x.state = 'RESOLVING' AND x.next_inquiry_at <= pg_catalog.clock_timestamp()
-			AND x.resolution_id <> ALL (p_skip)
+		WHERE x.state = 'RESOLVING' AND x.resolution_id <> ALL (p_skip)
+			AND (x.next_inquiry_at <= pg_catalog.clock_timestamp()
+				 OR EXISTS (SELECT 1 FROM alipayplus.inquiries i
+							LEFT JOIN alipayplus.processor_runs p ON p.run_id = i.run_id
+							WHERE i.resolution_id = x.resolution_id AND i.completed_at IS NULL
+								AND i.run_id IS DISTINCT FROM p_run
+								AND (p.finished_at IS NOT NULL OR p.run_id IS NULL)))
 		ORDER BY x.next_inquiry_at, x.resolution_id
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
@@ -302,9 +310,14 @@ BEGIN
 	UPDATE alipayplus.inquiries i SET
 		result_code = 'local.crashed',
 		result_message = 'no answer recorded; the outcome is unknown',
-		error_detail = pg_catalog.format('processor run %s did not record an answer before its claim expired', i.run_id),
+		error_detail = CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
+			THEN pg_catalog.format('processor run %s ended before the answer was recorded', i.run_id)
+			ELSE pg_catalog.format('the claim of processor run %s expired without an answer recorded', i.run_id) END,
 		completed_at = pg_catalog.clock_timestamp()
-	WHERE i.resolution_id = ANY (v_ids) AND i.completed_at IS NULL;
+	FROM alipayplus.inquiries j
+	LEFT JOIN alipayplus.processor_runs p ON p.run_id = j.run_id
+	WHERE j.inquiry_id = i.inquiry_id
+		AND i.resolution_id = ANY (v_ids) AND i.completed_at IS NULL;
 	UPDATE alipayplus.resolutions x SET
 		next_inquiry_at = pg_catalog.clock_timestamp() + p_lease
 	WHERE x.resolution_id = ANY (v_ids);
