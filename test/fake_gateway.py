@@ -15,6 +15,9 @@ paymentRequestId, paymentAmount and, for a paid payment, paymentTime.
   (no prefix)            S SUCCESS, signed
   f-CODE-...             F CODE, signed          u-CODE-...   U CODE, signed
   slow-MS-...            sleep MS ms, then S     http500-...  HTTP 500, unsigned
+  lat-MS-REST            a gateway MS ms away: sleep MS ms, then the outcome
+                         of REST (any id below, both APIs; counts and the
+                         cancelled state stay with the whole id)
   badjson-...            signed body that is not JSON
   redirect-...           HTTP 302 to the same path, unsigned (never to be followed)
   noresult-...           signed JSON without "result"
@@ -877,6 +880,11 @@ class Handler(BaseHTTPRequestHandler):
         def reject(code, sign="none"):
             return Plan("F:" + code, status="F", code=code, sign=sign)
 
+        # lat-MS-REST: the outcome of REST, MS ms later (a distant gateway)
+        latency_ms, outcome_id = 0, ident
+        if ident and (r := re.match(r"lat-(\d+)-(.+)$", ident)):
+            latency_ms, outcome_id = int(r.group(1)), r.group(2)
+
         # Checks in this order; the first failure wins.  Only PARAM_ILLEGAL
         # is signed (the caller has been authenticated by then).
         if entry["client_id"] != gw.client_id:
@@ -889,11 +897,11 @@ class Handler(BaseHTTPRequestHandler):
             plan = reject("PARAM_ILLEGAL", sign="normal")
         elif entry["api"] == "inquiryPayment":
             entry["count"] = gw.next_count(ident, entry["api"])
-            plan = inquiry_plan_for(ident, entry["count"], gw.is_cancelled(ident),
+            plan = inquiry_plan_for(outcome_id, entry["count"], gw.is_cancelled(ident),
                                     gw.chaos, gw.chaos_stall_ms)
         else:
             entry["count"] = gw.next_count(ident, entry["api"])
-            plan = plan_for(ident, entry["count"], gw.chaos, gw.chaos_stall_ms)
+            plan = plan_for(outcome_id, entry["count"], gw.chaos, gw.chaos_stall_ms)
             # a plain S answer: the payment is cancelled from now on
             if plan.kind == "result" and plan.status == "S" and \
                     plan.body is None and plan.http_status == 200:
@@ -901,6 +909,8 @@ class Handler(BaseHTTPRequestHandler):
 
         entry["outcome"] = plan.outcome
         gw.log(entry)                   # logged before acting (reset, sleep)
+        if latency_ms:
+            time.sleep(latency_ms / 1000.0)
         self._execute(plan, entry["api"], ident, field)
 
     def _execute(self, plan, api="cancelPayment", ident=None, field=None):

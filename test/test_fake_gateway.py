@@ -573,6 +573,27 @@ class LiveGateway(unittest.TestCase):
         self.assertEqual(self.payment(self.inquire("paid-cancelled")),
                          ("F", "ORDER_IS_CLOSED"))
 
+    def test_latency_prefix(self):
+        # lat-MS-REST: REST's outcome MS ms later, for both APIs; the state
+        # (counts, cancelled) is the whole id's
+        t = time.monotonic()
+        self.assertEqual(self.payment(self.inquire("lat-150-inprocess-L1")),
+                         ("U", "PAYMENT_IN_PROCESS"))
+        self.assertGreaterEqual(time.monotonic() - t, 0.15)
+        self.assertEqual(self.payment(self.inquire("lat-150-later-1-L2")),
+                         ("U", "PAYMENT_IN_PROCESS"))
+        self.assertEqual(self.payment(self.inquire("lat-150-later-1-L2")), ("S", "SUCCESS"))
+        self.assertEqual(self.payment(self.inquire("lat-0-failed-RISK_REJECT-L3")),
+                         ("F", "RISK_REJECT"))
+        t = time.monotonic()
+        self.assert_signed_s("lat-150-inprocess-L1")      # cancelPayment answered S
+        self.assertGreaterEqual(time.monotonic() - t, 0.15)
+        self.assertEqual(self.payment(self.inquire("lat-150-inprocess-L1")),
+                         ("F", "ORDER_IS_CLOSED"))
+        status, _, body = self.call(json.dumps({"paymentRequestId": "lat-100-f-PROCESS_FAIL-L4"},
+                                               separators=(",", ":")))
+        self.assert_result(body, "F", "PROCESS_FAIL")
+
     def test_inquiry_unsigned_and_u(self):
         a = self.inquire("unsigned-S-1", signed=False)
         self.assertEqual(self.payment(a), ("S", "SUCCESS"))
