@@ -425,7 +425,8 @@ COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval
  * bound order still pending and initiated longer than older_than ago
  * (alipayplus_stale_orders), each queued by alipayplus_request_resolve in a
  * subtransaction of its own; one row per order: queued, already_resolving,
- * or why not (cancel_requested, window_closed, refund, error).
+ * or why not (not_pending: its status changed since the list was read, as
+ * seen under its row lock; cancel_requested, window_closed, refund, error).
  */
 CREATE FUNCTION @extschema@.alipayplus_request_resolve_stale(older_than interval,
 	inquiry_interval interval DEFAULT interval '3 seconds',
@@ -439,6 +440,8 @@ DECLARE
 	v_id text;
 	v_open boolean;
 	r alipayplus.resolutions;
+	o record;
+	v_pending text[];
 	v_state text;
 	v_msg text;
 BEGIN
@@ -446,6 +449,14 @@ BEGIN
 	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
 	FOR v_id IN SELECT s FROM @extschema@.alipayplus_stale_orders($1) s LOOP
 		BEGIN
+			/* still pending under the order's row lock (shipped or paid meanwhile: skipped) */
+			o := alipayplus._lock_order('paymentRequestId', v_id);
+			SELECT b.pending_values INTO v_pending FROM alipayplus.order_binding b;
+			IF NOT o.order_found OR o.status IS NULL OR o.status <> ALL (v_pending) THEN
+				RETURN QUERY SELECT v_id, 'not_pending'::text,
+					pg_catalog.format('the order is %s now, not pending', coalesce(o.status, 'gone'));
+				CONTINUE;
+			END IF;
 			v_open := EXISTS (SELECT 1 FROM alipayplus.resolutions x
 							  WHERE x.state = 'RESOLVING' AND x.payment_request_id = v_id);
 			r := @extschema@.alipayplus_request_resolve(payment_request_id => v_id,
