@@ -1606,16 +1606,17 @@ BEGIN
 			 OR x.pid = pg_catalog.pg_backend_pid());
 	RETURN QUERY
 	SELECT a.attempt_id, a.cancellation_id, a.sent_field, a.sent_id, a.request_time,
-		CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
+		CASE WHEN p.finished_at IS NOT NULL OR (a.run_id IS NOT NULL AND p.run_id IS NULL)
 			 THEN pg_catalog.format('processor run %s ended before the answer was recorded', a.run_id)
 			 ELSE pg_catalog.format('the claim expired at %s without an answer recorded', c.next_attempt_at) END
 	FROM alipayplus.cancel_attempts a
 	JOIN alipayplus.cancellations c ON c.cancellation_id = a.cancellation_id
 	LEFT JOIN alipayplus.processor_runs p ON p.run_id = a.run_id
 	WHERE a.result_code = 'local.no_answer_yet' AND a.completed_at IS NULL
-		AND a.run_id IS DISTINCT FROM p_run
+		AND (p_run IS NULL OR a.run_id IS DISTINCT FROM p_run)
 		AND (c.next_attempt_at <= pg_catalog.clock_timestamp()
-			 OR p.finished_at IS NOT NULL OR p.run_id IS NULL)
+			 OR p.finished_at IS NOT NULL
+			 OR (a.run_id IS NOT NULL AND p.run_id IS NULL))
 	ORDER BY a.attempt_id
 	FOR UPDATE OF c SKIP LOCKED;
 END;
@@ -1653,6 +1654,7 @@ BEGIN
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
 	FOREACH c IN ARRAY v_rows LOOP
+		kind := 'call';
 		IF v_bound THEN
 			v_err := NULL;
 			BEGIN
@@ -1663,12 +1665,6 @@ BEGIN
 			EXCEPTION
 				WHEN lock_not_available THEN
 					kind := 'busy';
-					cancellation_id := c.cancellation_id;
-					attempt_id := NULL;
-					sent_field := c.sent_field;
-					sent_id := c.sent_id;
-					RETURN NEXT;
-					CONTINUE;
 				WHEN OTHERS THEN
 					GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
 			END;
@@ -1679,13 +1675,15 @@ BEGIN
 											  v_err, x.cancellation_id)
 				WHERE x.cancellation_id = c.cancellation_id;
 				kind := 'flagged';
-				cancellation_id := c.cancellation_id;
-				attempt_id := NULL;
-				sent_field := c.sent_field;
-				sent_id := c.sent_id;
-				RETURN NEXT;
-				CONTINUE;
 			END IF;
+		END IF;
+		IF kind <> 'call' THEN
+			cancellation_id := c.cancellation_id;
+			attempt_id := NULL;
+			sent_field := c.sent_field;
+			sent_id := c.sent_id;
+			RETURN NEXT;
+			CONTINUE;
 		END IF;
 		v_ok := v_ok || c.cancellation_id;
 	END LOOP;

@@ -83,6 +83,9 @@ PG_FUNCTION_INFO_V1(alipayplus_resolve_backlog);
 /* answers settled in one transaction at most */
 #define APS_SETTLE_GROUP 256
 
+/* an answer waits at most this long for others to be settled with it */
+#define APS_SETTLE_DELAY_MS 5
+
 /* stale attempts are looked for at most this often */
 #define APS_REAP_INTERVAL_MS 1000
 
@@ -119,6 +122,7 @@ typedef struct Run
 	TimestampTz budget_end;
 	TimestampTz last_reap;
 	TimestampTz last_progress;
+	TimestampTz first_done_at;	/* when the first answer not settled came */
 	bool		nothing_due;
 	int			gateway_calls;	/* calls the gateway answered or not */
 	int			gateway_silent; /* of which got no answer (connect, TLS, timeout) */
@@ -1082,14 +1086,31 @@ pending_interrupt(Run *run)
 	return NULL;
 }
 
+/*
+ * Whether the answers in should be settled now.  Answers are grouped, one
+ * commit for many: settled once an eighth of the slots have answers, or
+ * the first of them has waited APS_SETTLE_DELAY_MS, or every call in
+ * flight has its answer.
+ */
 static bool
-any_done(Run *run)
+settle_due(Run *run)
 {
+	int			done = 0;
+	TimestampTz now;
+
 	for (int i = 0; i < run->width; i++)
 		if (run->slots[i].busy && run->slots[i].ex != NULL &&
 			run->slots[i].ex->done)
-			return true;
-	return false;
+			done++;
+	if (done == 0)
+		return false;
+	if (done >= Max(1, run->width / 8) || done == run->busy_slots)
+		return true;
+	now = GetCurrentTimestamp();
+	if (run->first_done_at == 0)
+		run->first_done_at = now;
+	return TimestampDifferenceExceeds(run->first_done_at, now,
+									  APS_SETTLE_DELAY_MS);
 }
 
 /*
@@ -1149,6 +1170,31 @@ progress_notice(Run *run, int64 due)
 					done, run->counts->cancelled, rate,
 					due >= 0 ? psprintf(INT64_FORMAT, due) : "how many",
 					left)));
+}
+
+/*
+ * The worker's run begins at the first claim of a busy period, not at
+ * every wake-up: its row is written only when a row is due.  In the step.
+ */
+static void
+worker_run_begin(Run *run)
+{
+	Datum		v[1];
+	bool		isnull;
+	Datum		d;
+
+	exec_plan(plan_next_due, NULL, NULL);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull || DatumGetTimestampTz(d) > GetCurrentTimestamp())
+	{
+		run->nothing_due = true;
+		return;
+	}
+	v[0] = CStringGetTextDatum(run->opts->caller);
+	exec_plan(plan_run_begin, v, " ");
+	run->counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc,
+													  1, &isnull));
 }
 
 /* not inlined: its locals live outside run_processor's PG_TRY */
@@ -1233,12 +1279,16 @@ run_pipeline(Run *run, int64 continue_run)
 				run->interrupted = "shutdown";
 			}
 			else if (verdict == APS_POLL_LOOK_FOR_WORK)
+			{
+				/* the worker was told of new work: claim again */
 				look_for_work = true;
+				run->nothing_due = false;
+			}
 		}
 
 		/* settle what came in, and claim for the free slots, in one step */
 		if (stop != NULL ||
-			any_done(run) ||
+			settle_due(run) ||
 			(look_for_work && !run->nothing_due && free_slots > 0 &&
 			 run->claims < opts->max_count))
 		{
@@ -1259,6 +1309,7 @@ run_pipeline(Run *run, int64 continue_run)
 			}
 			step_begin(run);
 			settle_slots(run, stop != NULL ? run->unanswered_code : NULL, stop);
+			run->first_done_at = 0;
 			if (stop == NULL && (run->interrupted = pending_interrupt(run)) != NULL)
 			{
 				/* a cancel caught while an answer was applied: stop now */
@@ -1280,18 +1331,9 @@ run_pipeline(Run *run, int64 continue_run)
 			if (stop == NULL && want > 0 && (look_for_work || !run->nothing_due))
 			{
 				if (counts->run_id == 0 && opts->mode == APS_TXN_WORKER)
-				{
-					/* the worker's run begins at the first claim of a busy period */
-					Datum		v[1];
-					bool		isnull;
-
-					v[0] = CStringGetTextDatum(opts->caller);
-					exec_plan(plan_run_begin, v, " ");
-					counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-																 SPI_tuptable->tupdesc,
-																 1, &isnull));
-				}
-				claim(run, want, key, url);
+					worker_run_begin(run);
+				if (counts->run_id != 0)
+					claim(run, want, key, url);
 				look_for_work = false;
 			}
 			notice = stop == NULL &&
