@@ -69,6 +69,7 @@ SELECT count(*) FILTER (WHERE j->>'api' = 'cancelPayment') AS cancel_requests FR
 -- the cancellations requested are worked like any other; Alipay+ then says closed
 -- (the pipeline serves both kinds: it also inquires about the one resolution
 -- still due, unsigned-S-rs, which stays unknown)
+SELECT pg_sleep(0.05);
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();
 SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id = 'unsigned-S-rs';
 SELECT req, status FROM rs_orders WHERE req IN ('inprocess-rs', 'notfound-rs', 'inprocess-rs-window', 'paid-rs-late') ORDER BY id;

@@ -77,18 +77,6 @@ FROM alipayplus.stats;
 SELECT sent_id, state, reason ~ 'F ACCESS_DENIED' AS says_why FROM alipayplus.attention
 WHERE state LIKE 'RESOLUTION%';
 
--- the SELECT form and the procedure serve resolutions too, in the same pipeline
-SELECT (alipayplus_request_resolve(payment_request_id => 'paid-rv-2', inquiry_total => '1 s')).state;
-SELECT (alipayplus_request_resolve(payment_request_id => 'later-5-rv-2', inquiry_total => '1 hour')).state;
-SELECT claimed, cancelled FROM alipayplus_process_cancellations();
-SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id LIKE '%-rv-2' ORDER BY 1;
-SELECT pg_sleep(3.1);
-CALL alipayplus_run_cancellations();
-SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id LIKE '%-rv-2' ORDER BY 1;
--- the worker's sleep covers the next inquiry
-SELECT alipayplus._next_due() = (SELECT next_inquiry_at FROM alipayplus.resolutions
-	WHERE sent_id = 'later-5-rv-2') AS next_due_is_the_inquiry;
-
 -- statement_timeout during the backlog (a gateway that answers in 3 s): the
 -- calls are bounded by what is left of the statement (local.timeout, see
 -- transport.c) or cut by its end (local.statement_timeout); nothing is
@@ -104,6 +92,20 @@ SELECT bool_and(result_code IN ('local.timeout', 'local.statement_timeout')) AS 
 FROM alipayplus.inquiries WHERE sent_id LIKE 'slow-%';
 SELECT caller, stopped_because FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;
 SELECT count(*) AS open_inquiries FROM alipayplus.inquiries WHERE completed_at IS NULL;
+-- (out of the way of what follows)
+UPDATE alipayplus.resolutions SET next_inquiry_at = now() + interval '1 day' WHERE sent_id LIKE 'slow-%';
+
+-- the SELECT form and the procedure serve resolutions too, in the same pipeline
+SELECT (alipayplus_request_resolve(payment_request_id => 'paid-rv-2', inquiry_total => '1 s')).state;
+SELECT (alipayplus_request_resolve(payment_request_id => 'later-5-rv-2', inquiry_total => '1 hour')).state;
+SELECT claimed, cancelled FROM alipayplus_process_cancellations();
+SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id LIKE '%-rv-2' ORDER BY 1;
+SELECT pg_sleep(3.1);
+CALL alipayplus_run_cancellations();
+SELECT sent_id, state, inquiry_count FROM alipayplus.resolutions WHERE sent_id LIKE '%-rv-2' ORDER BY 1;
+-- the worker's sleep covers the next inquiry
+SELECT alipayplus._next_due() = (SELECT next_inquiry_at FROM alipayplus.resolutions
+	WHERE sent_id = 'later-5-rv-2') AS next_due_is_the_inquiry;
 
 -- refused where it cannot commit, and read-only
 BEGIN;
