@@ -140,6 +140,7 @@ typedef struct Run
 	List	   *res_skip;		/* resolutions inquired once (no waiting) */
 	TimestampTz next_inquiry;	/* the next inquiry due; 0: none known */
 	int64		unknown;		/* RESOLVING resolutions, at the last look */
+	char	   *inquiry_url;	/* the inquiryPayment URL, in cxt */
 } Run;
 
 /* issue 15: the resolutions' part of the pipeline (see "Resolutions") */
@@ -383,6 +384,17 @@ code_gateway_silent(const char *code)
 							strcmp(code, "local.timeout") == 0);
 }
 
+/* Count a call that got no answer; it is the run's last error */
+static void
+note_unanswered(Run *run, const char *code, const char *detail)
+{
+	MemoryContext old = MemoryContextSwitchTo(run->cxt);
+
+	run->counts->unanswered++;
+	run->counts->last_error = psprintf("%s: %s", code, detail ? detail : "");
+	MemoryContextSwitchTo(old);
+}
+
 /* count one settled answer */
 static void
 count_settled(Run *run, const char *state, bool attention, const char *code,
@@ -399,13 +411,7 @@ count_settled(Run *run, const char *state, bool attention, const char *code,
 	else
 		c->retrying++;
 	if (code_unanswered(code))
-	{
-		MemoryContext old = MemoryContextSwitchTo(run->cxt);
-
-		c->unanswered++;
-		c->last_error = psprintf("%s: %s", code, detail ? detail : "");
-		MemoryContextSwitchTo(old);
-	}
+		note_unanswered(run, code, detail);
 }
 
 /* A U of our own for an attempt that got no answer */
@@ -450,6 +456,47 @@ result_text(ApsCallResult *r, int col)
 }
 
 /*
+ * The result of slot s's call (operation op) if it is to be settled now:
+ * its answer, or with abandon_code (no answer) a U of our own with how long
+ * it was in flight.  False if neither.
+ */
+static bool
+slot_result(Run *run, Slot *s, const ApsOperation *op,
+			const char *abandon_code, const char *abandon_detail,
+			ApsCallResult *r, TimestampTz *answered_at)
+{
+	MemoryContext old = MemoryContextSwitchTo(s->cxt);
+	bool		settle = true;
+
+	if (s->ex != NULL && s->ex->done)
+	{
+		aps_operation_result(s->ex, op, s->field, s->id, r);
+		*answered_at = s->ex->started_at +
+			(TimestampTz) (s->ex->latency_ms * 1000.0);
+		run->gateway_calls++;
+		if (code_gateway_silent(result_text(r, APS_CALL_RESULT_CODE)))
+			run->gateway_silent++;
+	}
+	else if (abandon_code != NULL)
+	{
+		unanswered_result(r, s->field, s->id, s->request_time,
+						  abandon_code, abandon_detail);
+		*answered_at = GetCurrentTimestamp();
+		if (s->ex != NULL && s->ex->started_at != 0)
+		{
+			/* how long it was in flight before it was abandoned */
+			r->values[APS_CALL_LATENCY_MS] =
+				Float8GetDatum((double) (*answered_at - s->ex->started_at) / 1000.0);
+			r->nulls[APS_CALL_LATENCY_MS] = false;
+		}
+	}
+	else
+		settle = false;
+	MemoryContextSwitchTo(old);
+	return settle;
+}
+
+/*
  * Settle every finished call, and with abandon_code every call still in
  * flight too (as U abandon_code); in the current step.
  */
@@ -465,7 +512,6 @@ settle_slots(Run *run, const char *abandon_code, const char *abandon_detail)
 		TimestampTz answered_at;
 		char	   *state;
 		bool		attention = false;
-		MemoryContext old;
 
 		if (!s->busy)
 			continue;
@@ -475,33 +521,8 @@ settle_slots(Run *run, const char *abandon_code, const char *abandon_detail)
 								&interrupted);
 			continue;
 		}
-		if (s->ex != NULL && s->ex->done)
-		{
-			old = MemoryContextSwitchTo(s->cxt);
-			aps_cancel_result(s->ex, s->field, s->id, &r);
-			MemoryContextSwitchTo(old);
-			answered_at = s->ex->started_at +
-				(TimestampTz) (s->ex->latency_ms * 1000.0);
-			run->gateway_calls++;
-			if (code_gateway_silent(result_text(&r, APS_CALL_RESULT_CODE)))
-				run->gateway_silent++;
-		}
-		else if (abandon_code != NULL)
-		{
-			old = MemoryContextSwitchTo(s->cxt);
-			unanswered_result(&r, s->field, s->id, s->request_time,
-							  abandon_code, abandon_detail);
-			MemoryContextSwitchTo(old);
-			answered_at = GetCurrentTimestamp();
-			if (s->ex != NULL && s->ex->started_at != 0)
-			{
-				/* how long it was in flight before it was abandoned */
-				r.values[APS_CALL_LATENCY_MS] =
-					Float8GetDatum((double) (answered_at - s->ex->started_at) / 1000.0);
-				r.nulls[APS_CALL_LATENCY_MS] = false;
-			}
-		}
-		else
+		if (!slot_result(run, s, &aps_cancel_operation, abandon_code,
+						 abandon_detail, &r, &answered_at))
 			continue;
 		state = aps_settle_claimed(s->cancellation_id, s->attempt_id, &r,
 								   answered_at, attempt_caller(run),
@@ -559,6 +580,75 @@ reap(Run *run)
  * Claiming and calling
  * --------------------------------------------------------------------- */
 
+/* Remember a row the run must not claim again */
+static void
+skip_add(Run *run, List **skip, int64 id)
+{
+	MemoryContext old = MemoryContextSwitchTo(run->cxt);
+	int64	   *p = palloc(sizeof(int64));
+
+	*p = id;
+	*skip = lappend(*skip, p);
+	MemoryContextSwitchTo(old);
+}
+
+/* The rows of a skip list, as a claim's bigint[] argument */
+static Datum
+skip_array(List *skip)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(list_length(skip), 1));
+	int			k = 0;
+	ListCell   *lc;
+
+	foreach(lc, skip)
+		d[k++] = Int64GetDatum(*(int64 *) lfirst(lc));
+	return PointerGetDatum(construct_array(d, k, INT8OID, 8, true,
+										   TYPALIGN_DOUBLE));
+}
+
+/* A claim's lease: the call's time limit and a margin */
+static Interval *
+claim_lease(void)
+{
+	Interval   *lease = palloc0(sizeof(Interval));
+
+	lease->time = ((int64) aps_timeout_ms + APS_LEASE_MARGIN_MS) * 1000;
+	return lease;
+}
+
+/*
+ * Put a claimed call in a free slot: the id it sends (columns field_col
+ * and field_col + 1 of the claim's row) and its request of operation op,
+ * signed with request_time (sent after the commit).  The caller sets the
+ * slot's row ids.
+ */
+static Slot *
+fill_slot(Run *run, const ApsOperation *op, HeapTuple t, TupleDesc d,
+		  int field_col, const char *request_time, EVP_PKEY *key,
+		  const char *url)
+{
+	for (int j = 0; j < run->width; j++)
+	{
+		Slot	   *s = &run->slots[j];
+		MemoryContext old;
+
+		if (s->busy)
+			continue;
+		old = MemoryContextSwitchTo(s->cxt);
+		s->busy = true;
+		s->field = SPI_getvalue(t, d, field_col);
+		s->id = SPI_getvalue(t, d, field_col + 1);
+		s->request_time = pstrdup(request_time);
+		s->ex = aps_prepare_exchange(op, s->field, s->id, key, url,
+									 s->request_time);
+		MemoryContextSwitchTo(old);
+		run->busy_slots++;
+		return s;
+	}
+	elog(ERROR, "no free slot for a claimed call");
+	return NULL;				/* keep compiler quiet */
+}
+
 /*
  * Claim up to "want" rows in the current step; the claimed ones are put
  * in free slots with their signed requests (sent after the commit).
@@ -570,33 +660,22 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 	Datum		v[6];
 	char		n[6] = "      ";
 	char	   *request_time = aps_request_time_now();
-	Interval   *lease;
 	int			filled = 0;
 	uint64		rows;
 	SPITupleTable *tt;
-	Datum	   *skip;
-	int			nskip = list_length(run->skip);
-	int			k = 0;
-	ListCell   *lc;
 
 	if (TimestampDifferenceExceeds(run->last_reap, GetCurrentTimestamp(),
 								   APS_REAP_INTERVAL_MS))
 		reap(run);
 
-	skip = palloc(sizeof(Datum) * Max(nskip, 1));
-	foreach(lc, run->skip)
-		skip[k++] = Int64GetDatum(*(int64 *) lfirst(lc));
-	lease = palloc0(sizeof(Interval));
-	lease->time = ((int64) aps_timeout_ms + APS_LEASE_MARGIN_MS) * 1000;
 	v[0] = Int64GetDatum(run->counts->run_id);
 	if (run->counts->run_id == 0)
 		n[0] = 'n';
 	v[1] = Int32GetDatum(want);
 	v[2] = CStringGetTextDatum(request_time);
 	v[3] = CStringGetTextDatum(attempt_caller(run));
-	v[4] = IntervalPGetDatum(lease);
-	v[5] = PointerGetDatum(construct_array(skip, nskip, INT8OID, 8, true,
-										   TYPALIGN_DOUBLE));
+	v[4] = IntervalPGetDatum(claim_lease());
+	v[5] = skip_array(run->skip);
 	if (run->kinds & APS_KIND_CANCEL)
 	{
 		exec_plan(plan_claim, v, n);
@@ -628,15 +707,11 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		bool		isnull;
 		char	   *kind = SPI_getvalue(t, d, 1);
 		int64		cid = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+		Slot	   *s;
 
 		if (strcmp(kind, "call") != 0)
 		{
-			MemoryContext old = MemoryContextSwitchTo(run->cxt);
-			int64	   *p = palloc(sizeof(int64));
-
-			*p = cid;
-			run->skip = lappend(run->skip, p);
-			MemoryContextSwitchTo(old);
+			skip_add(run, &run->skip, cid);
 			if (strcmp(kind, "busy") == 0)
 				run->counts->busy++;
 			else
@@ -650,27 +725,11 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		}
 		run->claims++;
 		run->counts->claimed++;
-		for (int j = 0; j < run->width; j++)
-		{
-			Slot	   *s = &run->slots[j];
-			MemoryContext old;
-
-			if (s->busy)
-				continue;
-			old = MemoryContextSwitchTo(s->cxt);
-			s->busy = true;
-			s->cancellation_id = cid;
-			s->attempt_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
-			s->field = SPI_getvalue(t, d, 4);
-			s->id = SPI_getvalue(t, d, 5);
-			s->request_time = pstrdup(request_time);
-			s->ex = aps_prepare_cancel(s->field, s->id, key, url,
-									   s->request_time);
-			MemoryContextSwitchTo(old);
-			run->busy_slots++;
-			filled++;
-			break;
-		}
+		s = fill_slot(run, &aps_cancel_operation, t, d, 4, request_time, key,
+					  url);
+		s->cancellation_id = cid;
+		s->attempt_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		filled++;
 	}
 	return filled;
 }
@@ -789,69 +848,42 @@ claim_resolutions(Run *run, int want, EVP_PKEY *key, const char *request_time,
 {
 	Datum		v[5];
 	char		n[5] = "     ";
-	Interval   *lease;
-	Datum	   *skip;
-	int			nskip = list_length(run->res_skip);
-	int			k = 0;
-	ListCell   *lc;
 	uint64		rows;
 	SPITupleTable *tt;
-	int			filled = 0;
-	char	   *url;
 
 	*exhausted = false;
 	if (want <= 0)
 		return 0;
 	resolve_plans();
-	skip = palloc(sizeof(Datum) * Max(nskip, 1));
-	foreach(lc, run->res_skip)
-		skip[k++] = Int64GetDatum(*(int64 *) lfirst(lc));
-	lease = palloc0(sizeof(Interval));
-	lease->time = ((int64) aps_timeout_ms + APS_LEASE_MARGIN_MS) * 1000;
+	if (run->inquiry_url == NULL)
+		run->inquiry_url = MemoryContextStrdup(run->cxt,
+											   aps_operation_url(&aps_inquiry_operation));
 	v[0] = Int64GetDatum(run->counts->run_id);
 	if (run->counts->run_id == 0)
 		n[0] = 'n';
 	v[1] = Int32GetDatum(want);
 	v[2] = CStringGetTextDatum(request_time);
-	v[3] = IntervalPGetDatum(lease);
-	v[4] = PointerGetDatum(construct_array(skip, nskip, INT8OID, 8, true,
-										   TYPALIGN_DOUBLE));
+	v[3] = IntervalPGetDatum(claim_lease());
+	v[4] = skip_array(run->res_skip);
 	exec_plan(plan_res_claim, v, n);
 	rows = SPI_processed;
 	tt = SPI_tuptable;
 	*exhausted = rows < (uint64) want;
-	url = aps_operation_url(&aps_inquiry_operation);
 	for (uint64 i = 0; i < rows; i++)
 	{
-		HeapTuple	t = tt->vals[i];
-		TupleDesc	d = tt->tupdesc;
 		bool		isnull;
+		Slot	   *s = fill_slot(run, &aps_inquiry_operation, tt->vals[i],
+								  tt->tupdesc, 3, request_time, key,
+								  run->inquiry_url);
 
-		for (int j = 0; j < run->width; j++)
-		{
-			Slot	   *s = &run->slots[j];
-			MemoryContext old;
-
-			if (s->busy)
-				continue;
-			old = MemoryContextSwitchTo(s->cxt);
-			s->busy = true;
-			s->resolve = true;
-			s->resolution_id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-			s->inquiry_id = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
-			s->field = SPI_getvalue(t, d, 3);
-			s->id = SPI_getvalue(t, d, 4);
-			s->request_time = pstrdup(request_time);
-			s->ex = aps_prepare_exchange(&aps_inquiry_operation, s->field, s->id,
-										 key, pstrdup(url), s->request_time);
-			MemoryContextSwitchTo(old);
-			run->busy_slots++;
-			run->claims++;
-			run->counts->claimed++;
-			run->counts->inquired++;
-			filled++;
-			break;
-		}
+		s->resolve = true;
+		s->resolution_id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc,
+														1, &isnull));
+		s->inquiry_id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc,
+													2, &isnull));
+		run->claims++;
+		run->counts->claimed++;
+		run->counts->inquired++;
 	}
 	SPI_freetuptable(tt);
 	if (*exhausted && run->opts->wait_for_inquiries)
@@ -862,7 +894,7 @@ claim_resolutions(Run *run, int want, EVP_PKEY *key, const char *request_time,
 		run->next_inquiry = next == 0 ? 0 :
 			Max(next, GetCurrentTimestamp() + 100 * 1000);
 	}
-	return filled;
+	return (int) rows;
 }
 
 /*
@@ -882,37 +914,11 @@ settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
 	char	   *decision = NULL;
 	TimestampTz next = 0;
 	char	   *code;
-	MemoryContext old;
 
-	if (s->ex != NULL && s->ex->done)
-	{
-		old = MemoryContextSwitchTo(s->cxt);
-		aps_operation_result(s->ex, &aps_inquiry_operation, s->field, s->id, &r);
-		MemoryContextSwitchTo(old);
-		answered_at = s->ex->started_at +
-			(TimestampTz) (s->ex->latency_ms * 1000.0);
-		run->gateway_calls++;
-		if (code_gateway_silent(result_text(&r, APS_CALL_RESULT_CODE)))
-			run->gateway_silent++;
-		/* an answer caught with an interrupt is recorded, not applied */
-		decide = !*interrupted;
-	}
-	else if (abandon_code != NULL)
-	{
-		old = MemoryContextSwitchTo(s->cxt);
-		unanswered_result(&r, s->field, s->id, s->request_time, abandon_code,
-						  abandon_detail);
-		MemoryContextSwitchTo(old);
-		answered_at = GetCurrentTimestamp();
-		if (s->ex != NULL && s->ex->started_at != 0)
-		{
-			r.values[APS_CALL_LATENCY_MS] =
-				Float8GetDatum((double) (answered_at - s->ex->started_at) / 1000.0);
-			r.nulls[APS_CALL_LATENCY_MS] = false;
-		}
-		decide = false;
-	}
-	else
+	/* an answer caught with an interrupt is recorded, not applied */
+	decide = s->ex != NULL && s->ex->done && !*interrupted;
+	if (!slot_result(run, s, &aps_inquiry_operation, abandon_code,
+					 abandon_detail, &r, &answered_at))
 		return;
 
 	resolve_plans();
@@ -958,14 +964,7 @@ settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
 		c->resolve_attention++;
 	code = result_text(&r, APS_CALL_RESULT_CODE);
 	if (code_unanswered(code))
-	{
-		char	   *detail = result_text(&r, APS_CALL_ERROR_DETAIL);
-
-		old = MemoryContextSwitchTo(run->cxt);
-		c->unanswered++;
-		c->last_error = psprintf("%s: %s", code, detail ? detail : "");
-		MemoryContextSwitchTo(old);
-	}
+		note_unanswered(run, code, result_text(&r, APS_CALL_ERROR_DETAIL));
 	if (run->opts->wait_for_inquiries)
 	{
 		if (next != 0 && (run->next_inquiry == 0 || next < run->next_inquiry))
@@ -974,12 +973,7 @@ settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
 	else
 	{
 		/* one inquiry per resolution and run, as the SQL forms promise */
-		int64	   *p = MemoryContextAlloc(run->cxt, sizeof(int64));
-
-		*p = s->resolution_id;
-		old = MemoryContextSwitchTo(run->cxt);
-		run->res_skip = lappend(run->res_skip, p);
-		MemoryContextSwitchTo(old);
+		skip_add(run, &run->res_skip, s->resolution_id);
 	}
 	if (!*interrupted && pending_interrupt(run) != NULL)
 		*interrupted = true;
