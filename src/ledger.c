@@ -485,6 +485,21 @@ extension_schema(Oid ext)
 	return schema;
 }
 
+/* Prepare statement q from its text sql and keep the plan */
+static void
+keep_plan(int q, const char *sql)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, queries[q].nargs,
+								   (Oid *) queries[q].argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare a ledger statement: %s",
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep a ledger statement");
+	plans[q] = plan;
+}
+
 /*
  * The statements' plans, made on first use and kept.  If the extension was
  * dropped and created again (its schema may differ), they are made anew:
@@ -519,7 +534,6 @@ prepare_plans(void)
 		const char *sql = queries[i].sql;
 		const char *at;
 		StringInfoData text;
-		SPIPlanPtr	plan;
 
 		/* made on first use (see Q_COMPLETE) */
 		if (i == Q_COMPLETE)
@@ -532,14 +546,7 @@ prepare_plans(void)
 			sql = at + strlen("@extschema@");
 		}
 		appendStringInfoString(&text, sql);
-		plan = SPI_prepare(text.data, queries[i].nargs,
-						   (Oid *) queries[i].argtypes);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare a ledger statement: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "could not keep a ledger statement");
-		plans[i] = plan;
+		keep_plan(i, text.data);
 	}
 	plans_schema = ledger_schema;
 }
@@ -553,15 +560,7 @@ run(int q, Datum *values, const char *nulls)
 	if (plans[q] == NULL)
 	{
 		/* a statement made on first use (no @extschema@ in it) */
-		SPIPlanPtr	plan = SPI_prepare(queries[q].sql, queries[q].nargs,
-									   (Oid *) queries[q].argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "could not prepare a ledger statement: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "could not keep a ledger statement");
-		plans[q] = plan;
+		keep_plan(q, queries[q].sql);
 	}
 	rc = SPI_execute_plan(plans[q], values, nulls, false, 0);
 
