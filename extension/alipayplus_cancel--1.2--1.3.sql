@@ -2488,7 +2488,7 @@ SELECT
 	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
 	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
 	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
-	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment|inquire_payment|process_resolutions|resolve_backlog)') AS backends_calling,
 	q.queued, q.due, q.oldest_due,
 	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
 	(SELECT count(*) FROM recent) AS attempts_last_hour,
