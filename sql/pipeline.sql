@@ -92,3 +92,19 @@ SELECT (SELECT attempted_at FROM alipayplus.cancel_attempts WHERE sent_id = 'slo
 	< (SELECT completed_at FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-1500-pl-a')
 	AS sent_before_the_first_answered;
 RESET alipayplus.max_concurrency;
+
+-- a CALL cut by the caller's statement_timeout while the gateway is still
+-- answering: the call is recorded as local.statement_timeout (never the
+-- gateway's local.timeout), the run as interrupted, then 57014
+SELECT count(*) FROM alipayplus_request_cancel(payment_request_id => 'slow-4000-pl-st');
+SET alipayplus.timeout_ms = 10000;
+SET statement_timeout = '1s';
+CALL alipayplus_run_cancellations();
+RESET statement_timeout;
+RESET alipayplus.timeout_ms;
+SELECT result_status, result_code, completed_at IS NOT NULL AS completed
+FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-4000-pl-st';
+SELECT state, needs_attention, last_result_code FROM alipayplus.cancellations
+WHERE sent_id = 'slow-4000-pl-st';
+SELECT caller, stopped_because, claimed, unanswered
+FROM alipayplus.processor_runs ORDER BY run_id DESC LIMIT 1;

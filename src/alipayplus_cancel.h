@@ -111,6 +111,9 @@ typedef struct ApsHttpExchange
 	const char *request_time;
 	const char *signature;
 	TimestampTz deadline;		/* when set, the call ends by then at the latest */
+	bool		no_statement_cap;	/* the pipeline ends it at the caller's
+									 * statement_timeout itself, as
+									 * local.statement_timeout */
 
 	/* what came back */
 	int			curl_code;		/* a CURLcode; 0 is success */

@@ -641,6 +641,8 @@ fill_slot(Run *run, const ApsOperation *op, HeapTuple t, TupleDesc d,
 		s->request_time = pstrdup(request_time);
 		s->ex = aps_prepare_exchange(op, s->field, s->id, key, url,
 									 s->request_time);
+		/* the engine itself stops at statement_timeout (see run_pipeline) */
+		s->ex->no_statement_cap = true;
 		MemoryContextSwitchTo(old);
 		run->busy_slots++;
 		return s;

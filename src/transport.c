@@ -164,6 +164,9 @@ response_header(CURL *easy, ApsHttpExchange *ex, const char *name)
  * what is left of statement_timeout (less a margin), so that a call that
  * would outlive its statement ends as local.timeout, recorded and retried
  * later, instead of cancelling the statement and taking the run with it.
+ * Not for the pipeline's calls (no_statement_cap): it records a call the
+ * caller's timeout ended as local.statement_timeout, never as the
+ * gateway's local.timeout.
  */
 static long
 call_timeout_ms(ApsHttpExchange *ex)
@@ -174,7 +177,7 @@ call_timeout_ms(ApsHttpExchange *ex)
 		timeout_ms = Min(timeout_ms,
 						 Max((long) ((ex->deadline - GetCurrentTimestamp()) / 1000), 1L));
 
-	if (StatementTimeout > 0)
+	if (StatementTimeout > 0 && !ex->no_statement_cap)
 	{
 		long		elapsed_ms;
 		long		left_ms;
