@@ -42,9 +42,11 @@ UPDATE alipayplus.resolutions SET deadline = now() + interval '1 minute'
 WHERE sent_id = 'inprocess-rs-window';
 SELECT state FROM alipayplus_request_cancel(payment_request_id => 'paid-rs-late');
 
--- the first run: one inquiry each
+-- the first run: one inquiry each (concurrently: the cancellations are
+-- requested in the order the answers come, so their ids are not shown)
 SELECT * FROM alipayplus_process_resolutions();
-SELECT r.sent_id, r.state, r.decision, r.inquiry_count, r.last_result, r.applied,
+SELECT r.sent_id, r.state, r.decision, r.inquiry_count, r.last_result,
+	regexp_replace(r.applied, '^cancellation \d+', 'cancellation N') AS applied,
 	o.status AS order_status, c.state AS cancellation
 FROM alipayplus.resolutions r JOIN rs_orders o ON o.req = r.sent_id
 LEFT JOIN alipayplus.cancellations c ON c.cancellation_id = r.cancellation_id
