@@ -50,6 +50,13 @@
  *  - issue 18.6 (no SQL here): the refusal (55000) of sessions that have
  *    temporary tables or types names the pooler's reset settings in its
  *    hint (src/orders.c).
+ *  - issue 15 (foundations): alipayplus_inquire_payment(), the signed
+ *    inquiryPayment call on the cancel call's path, every inquiry recorded
+ *    in the new table alipayplus.inquiries; setting alipayplus.inquiry_path.
+ *    The resolver's first step: alipayplus_request_resolve() queues a
+ *    payment of unknown result in alipayplus.resolutions,
+ *    alipayplus_process_resolutions() inquires and decides (paid, failed,
+ *    cancel what stays unknown).
  *  - issue 18.8: every function that sends or queues a cancellation
  *    refuses first, with 25006, in a read-only transaction or on a server
  *    in recovery (src/cancel.c, aps_refuse_read_only);
@@ -1753,3 +1760,791 @@ CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_
 	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
 		AND NOT NEW.needs_attention)
 	EXECUTE FUNCTION alipayplus._wake_worker();
+
+/* ---- issue 15: inquiryPayment ---- */
+
+/*
+ * alipayplus_inquire_payment(): one signed inquiryPayment call through the
+ * cancel call's path (src/cancel.c, an operation of its own), recorded in
+ * the new table alipayplus.inquiries.  The setting alipayplus.inquiry_path
+ * (src/settings.c) holds its path.
+ */
+/*
+ * One row per inquiryPayment call (alipayplus_inquire_payment): what was
+ * asked, what came back and whether its signature verified.  An inquiry
+ * changes nothing at Alipay+, so these rows are a log the DBA may prune;
+ * only the extension's SECURITY DEFINER code writes them.
+ */
+CREATE TABLE alipayplus.inquiries (
+	inquiry_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sent_field text NOT NULL CHECK (sent_field IN ('paymentRequestId', 'paymentId')),
+	sent_id text NOT NULL,
+	request_time text NOT NULL,
+	inquired_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	inquired_by name NOT NULL DEFAULT session_user,
+	/* the inquiry call itself; U with a local.* code when no trusted answer came */
+	result_status text NOT NULL CHECK (result_status IN ('S', 'F', 'U')),
+	result_code text NOT NULL,
+	result_message text,
+	/* the payment's result, given only with a result S */
+	payment_status text CHECK (payment_status IN ('S', 'F', 'U')),
+	payment_code text,
+	payment_message text,
+	payment_id text,
+	payment_request_id text,
+	payment_time timestamptz,
+	amount_currency text,
+	amount_value bigint,
+	acquirer_id text,
+	psp_id text,
+	http_status integer,
+	signature_verified boolean,
+	latency_ms double precision,
+	error_detail text,
+	/* the resolution (alipayplus.resolutions) it was made for, if any */
+	resolution_id bigint,
+	/*
+	 * A resolver's inquiry is on record before its request leaves: U
+	 * local.no_answer_yet, completed_at NULL, run_id the processor run
+	 * (alipayplus.processor_runs) that sends it; completed once with the
+	 * answer or the reason there is none.  A direct inquiry
+	 * (alipayplus_inquire_payment) is recorded complete.
+	 */
+	completed_at timestamptz DEFAULT pg_catalog.clock_timestamp(),
+	run_id bigint,
+	CHECK (result_status = 'S' OR payment_status IS NULL),
+	CHECK ((payment_status IS NULL) = (payment_code IS NULL)),
+	CHECK (completed_at IS NOT NULL OR result_code = 'local.no_answer_yet')
+);
+CREATE INDEX inquiries_sent_id ON alipayplus.inquiries (sent_id, inquired_at);
+CREATE INDEX inquiries_inquired_at ON alipayplus.inquiries (inquired_at);
+CREATE INDEX inquiries_open ON alipayplus.inquiries (resolution_id)
+	WHERE completed_at IS NULL;
+COMMENT ON TABLE alipayplus.inquiries IS
+	'One row per inquiryPayment call; never key material or signatures';
+COMMENT ON COLUMN alipayplus.inquiries.amount_value IS
+	'paymentAmount.value as Alipay+ sends it: in the currency''s minor unit (SGD 1250 = 12.50)';
+
+REVOKE ALL ON TABLE alipayplus.inquiries FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('alipayplus.inquiries', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('alipayplus.inquiries', 'inquiry_id'), '');
+
+/*
+ * One inquiryPayment call: the columns of _call_cancel, then the payment's
+ * result and fields (src/cancel.c, the same call path as cancelPayment)
+ */
+CREATE FUNCTION alipayplus._call_inquiry(payment_id text, payment_request_id text,
+	OUT sent_field text, OUT sent_id text, OUT request_time text,
+	OUT http_status integer, OUT result_status text, OUT result_code text,
+	OUT result_message text, OUT acquirer_id text, OUT psp_id text,
+	OUT signature_verified boolean, OUT latency_ms double precision,
+	OUT error_detail text,
+	OUT payment_status text, OUT payment_code text, OUT payment_message text,
+	OUT payment_id text, OUT payment_request_id text,
+	OUT payment_time timestamptz, OUT amount_currency text,
+	OUT amount_value bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'alipayplus_call_inquiry'
+LANGUAGE C VOLATILE;
+
+/*
+ * One inquiry, recorded: the call, then its row in alipayplus.inquiries
+ * (the call refuses first, with its own words, where the row could not be
+ * written: a read-only transaction, a standby); p_resolution_id links it
+ * to the resolution it was made for
+ */
+CREATE FUNCTION alipayplus._inquire(p_payment_id text, p_payment_request_id text,
+	p_resolution_id bigint DEFAULT NULL)
+RETURNS alipayplus.inquiries
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a record;
+	r alipayplus.inquiries;
+BEGIN
+	SELECT * INTO STRICT a FROM alipayplus._call_inquiry(p_payment_id, p_payment_request_id);
+	INSERT INTO alipayplus.inquiries (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, payment_status,
+		payment_code, payment_message, payment_id, payment_request_id,
+		payment_time, amount_currency, amount_value, acquirer_id, psp_id,
+		http_status, signature_verified, latency_ms, error_detail, resolution_id)
+	VALUES (a.sent_field, a.sent_id, a.request_time, a.result_status,
+		a.result_code, a.result_message, a.payment_status, a.payment_code,
+		a.payment_message, a.payment_id, a.payment_request_id,
+		a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
+		a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
+		a.error_detail, p_resolution_id)
+	RETURNING * INTO r;
+	RETURN r;
+END;
+$$;
+
+/*
+ * Ask Alipay+ about a payment and record the inquiry
+ * (alipayplus.inquiries), in the caller's transaction.  Changes nothing
+ * else: no ledger row, no order.
+ */
+CREATE FUNCTION @extschema@.alipayplus_inquire_payment(payment_id text DEFAULT NULL,
+	payment_request_id text DEFAULT NULL)
+RETURNS TABLE (result_status text, result_code text, result_message text,
+	payment_status text, payment_code text, payment_message text,
+	payment_id text, payment_request_id text, payment_time timestamptz,
+	amount_currency text, amount_value bigint, acquirer_id text, psp_id text,
+	signature_verified boolean, inquiry_id bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+ROWS 1
+BEGIN ATOMIC
+	SELECT i.result_status, i.result_code, i.result_message, i.payment_status,
+		i.payment_code, i.payment_message, i.payment_id, i.payment_request_id,
+		i.payment_time, i.amount_currency, i.amount_value, i.acquirer_id,
+		i.psp_id, i.signature_verified, i.inquiry_id
+	FROM alipayplus._inquire($1, $2) i;
+END;
+COMMENT ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) IS
+	'Call inquiryPayment now for one id and record it in alipayplus.inquiries: the inquiry''s result, and the payment''s result when Alipay+ gave one';
+REVOKE ALL ON FUNCTION alipayplus._call_inquiry(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._inquire(text, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) FROM PUBLIC;
+
+/* ---- issue 15: the resolver queue (first step) ---- */
+
+/*
+ * alipayplus_request_resolve() queues a payment of unknown result,
+ * alipayplus._resolve_step() applies one inquiry's answer to it (paid,
+ * failed, attention, cancel, wait), alipayplus_process_resolutions() works
+ * the queue one inquiry after the other; the table alipayplus.resolutions;
+ * alipayplus._refuse_read_only_to() (src/cancel.c).
+ */
+CREATE FUNCTION alipayplus._refuse_read_only_to(what text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only_to'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION alipayplus._refuse_read_only_to(text) FROM PUBLIC;
+
+/* ------------------------------------------------------------------
+ * The queue
+ * ------------------------------------------------------------------ */
+
+CREATE TABLE alipayplus.resolutions (
+	resolution_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	/* the one id every inquiry (and the cancellation, if any) sends */
+	sent_field text NOT NULL CHECK (sent_field IN ('paymentRequestId', 'paymentId')),
+	sent_id text NOT NULL,
+	payment_request_id text,
+	payment_id text,
+	initiated_at timestamptz,
+	/* the end of the cancel window, when the initiation time is known */
+	deadline timestamptz,
+	/*
+	 * RESOLVING: inquiries go on; PAID, FAILED: Alipay+ said so and the
+	 * order was given the answer; CANCELLING: still unknown at the end, a
+	 * cancellation was requested (cancellation_id); ATTENTION: a person
+	 * must look (an F of the inquiry itself, or a cancel that was refused)
+	 */
+	state text NOT NULL DEFAULT 'RESOLVING'
+		CHECK (state IN ('RESOLVING', 'PAID', 'FAILED', 'CANCELLING', 'ATTENTION')),
+	inquiry_interval interval NOT NULL,
+	/* no inquiry after this: a payment still unknown is cancelled */
+	give_up_at timestamptz NOT NULL,
+	/* a cancel is requested at once when the window ends sooner than this */
+	cancel_margin interval NOT NULL DEFAULT interval '5 minutes',
+	next_inquiry_at timestamptz,
+	inquiry_count integer NOT NULL DEFAULT 0,
+	last_inquiry_id bigint,
+	last_result text,
+	decided_at timestamptz,
+	decision text,
+	applied text,
+	cancellation_id bigint,
+	requested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	requested_by name NOT NULL DEFAULT session_user,
+	CHECK (sent_id = CASE sent_field WHEN 'paymentRequestId' THEN payment_request_id
+									 ELSE payment_id END),
+	CHECK ((state = 'RESOLVING') = (next_inquiry_at IS NOT NULL)),
+	CHECK ((state = 'RESOLVING') = (decided_at IS NULL)),
+	CHECK ((state = 'CANCELLING') = (cancellation_id IS NOT NULL)),
+	CHECK (inquiry_interval > interval '0'),
+	CHECK (cancel_margin >= interval '0')
+);
+CREATE UNIQUE INDEX resolutions_open ON alipayplus.resolutions (sent_field, sent_id)
+	WHERE state = 'RESOLVING';
+CREATE INDEX resolutions_due ON alipayplus.resolutions (next_inquiry_at)
+	WHERE state = 'RESOLVING';
+COMMENT ON TABLE alipayplus.resolutions IS
+	'Payments of unknown result being resolved: inquired until paid, failed or the end, then cancelled if still unknown';
+
+SELECT pg_catalog.pg_extension_config_dump('alipayplus.resolutions', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('alipayplus.resolutions', 'resolution_id'), '');
+
+/* ------------------------------------------------------------------
+ * Requesting a resolution
+ * ------------------------------------------------------------------ */
+
+/*
+ * Queue the resolution of a payment whose result is unknown, in the
+ * caller's transaction (no network).  The ids and the initiation time are
+ * completed from the bound order, whose row is locked so that a concurrent
+ * cancel request of it comes first or second, not both.  A payment with a
+ * cancellation, a known refund or a closed cancel window is refused; a
+ * payment already being resolved gives back its open row.
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_resolve(payment_id text DEFAULT NULL,
+	payment_request_id text DEFAULT NULL, initiated_at timestamptz DEFAULT NULL,
+	inquiry_interval interval DEFAULT interval '3 seconds',
+	inquiry_total interval DEFAULT interval '60 seconds')
+RETURNS alipayplus.resolutions
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	r alipayplus.resolutions;
+	v_field text := CASE WHEN $2 IS NOT NULL THEN 'paymentRequestId' ELSE 'paymentId' END;
+	v_request_id text := $2;
+	v_payment_id text := $1;
+	v_initiated timestamptz := $3;
+	v_deadline timestamptz;
+BEGIN
+	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
+	PERFORM alipayplus._check_ids($1, $2);
+	IF $4 IS NULL OR $4 <= interval '0' OR $4 > interval '1 hour' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = format('inquiry_interval must be more than 0 and at most 1 hour, not %s',
+							 coalesce($4::text, 'NULL')),
+			HINT = 'Alipay+''s auto-debit guide inquires every 3 seconds.';
+	END IF;
+	IF $5 IS NULL OR $5 < interval '0' OR $5 > interval '1 day' THEN
+		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+			MESSAGE = format('inquiry_total must be between 0 and 1 day, not %s',
+							 coalesce($5::text, 'NULL')),
+			HINT = 'Alipay+''s auto-debit guide inquires for 60 seconds before it cancels.';
+	END IF;
+
+	o := alipayplus._lock_order(v_field, coalesce($2, $1));
+	IF o.order_found THEN
+		v_request_id := coalesce(v_request_id, o.request_id);
+		v_payment_id := coalesce(v_payment_id, o.payment_id);
+		v_initiated := coalesce(v_initiated, o.initiated_at);
+	END IF;
+	/* the request id whenever it is known, as for a cancellation */
+	v_field := CASE WHEN v_request_id IS NOT NULL THEN 'paymentRequestId' ELSE 'paymentId' END;
+
+	IF EXISTS (SELECT 1 FROM alipayplus.cancellations x
+			   WHERE (x.sent_field = 'paymentRequestId' AND x.sent_id = v_request_id)
+				  OR (x.payment_request_id = v_request_id)
+				  OR (x.sent_field = 'paymentId' AND x.sent_id = v_payment_id
+					  AND (v_request_id IS NULL OR x.payment_request_id IS NULL))) THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = format('the cancellation of %s is already requested', coalesce(v_request_id, v_payment_id)),
+			DETAIL = 'Once a cancellation is requested, the order can only become cancelled: there is nothing left to resolve.',
+			HINT = 'See alipayplus.cancellations; alipayplus_inquire_payment() still tells what Alipay+ knows.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM alipayplus.known_refunds k
+			   WHERE k.refund_request_id = v_request_id OR k.refund_id = v_payment_id) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA003',
+			MESSAGE = format('%s is a known refund, not a payment', coalesce(v_request_id, v_payment_id)),
+			HINT = 'Refunds are never cancelled; see alipayplus.known_refunds.';
+	END IF;
+	IF v_initiated IS NOT NULL THEN
+		v_deadline := @extschema@.alipayplus_cancel_deadline(v_initiated);
+		IF v_deadline <= pg_catalog.clock_timestamp() THEN
+			RAISE EXCEPTION USING ERRCODE = 'ZA002',
+				MESSAGE = format('the cancel window of %s closed at %s', coalesce(v_request_id, v_payment_id), v_deadline),
+				HINT = 'A payment still unknown past its window cannot be cancelled: ask with alipayplus_inquire_payment(), and refund what was paid.';
+		END IF;
+	END IF;
+
+	SELECT * INTO r FROM alipayplus.resolutions x
+	WHERE x.state = 'RESOLVING' AND x.sent_field = v_field
+		AND x.sent_id = CASE v_field WHEN 'paymentRequestId' THEN v_request_id ELSE v_payment_id END;
+	IF FOUND THEN
+		RETURN r;
+	END IF;
+	INSERT INTO alipayplus.resolutions AS x (sent_field, sent_id, payment_request_id,
+		payment_id, initiated_at, deadline, inquiry_interval, give_up_at, next_inquiry_at)
+	VALUES (v_field, CASE v_field WHEN 'paymentRequestId' THEN v_request_id ELSE v_payment_id END,
+		v_request_id, v_payment_id, v_initiated, v_deadline, $4,
+		pg_catalog.now() + $5, pg_catalog.now())
+	RETURNING * INTO r;
+	RETURN r;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_request_resolve(text, text, timestamptz, interval, interval) IS
+	'Queue a payment of unknown result: inquire every inquiry_interval for inquiry_total, apply paid or failed, cancel what stays unknown; no network';
+
+/* ------------------------------------------------------------------
+ * One step: what an inquiry's answer decides
+ * ------------------------------------------------------------------ */
+
+/*
+ * Apply one inquiry's answer to an open resolution and return what it
+ * decided: paid, failed, attention, cancel (a cancellation was requested),
+ * cancel_refused (the request was refused: attention) or wait.  Only a
+ * verified answer decides; an unverified one, any U, and ORDER_NOT_EXIST
+ * (Alipay+ does not know the payment yet) count as unknown.  Unknown at
+ * the end (give_up_at), or with the cancel window ending within
+ * cancel_margin of the next inquiry, means cancel.
+ */
+CREATE FUNCTION alipayplus._resolve_step(p_resolution_id bigint, i alipayplus.inquiries)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r alipayplus.resolutions;
+	c alipayplus.cancellations;
+	v_verified boolean := coalesce(i.signature_verified, false);
+	v_decision text;
+	v_applied text;
+	v_next timestamptz;
+	v_now timestamptz := pg_catalog.clock_timestamp();
+	v_msg text;
+	v_state text;
+BEGIN
+	SELECT * INTO r FROM alipayplus.resolutions x
+	WHERE x.resolution_id = p_resolution_id FOR UPDATE;
+	IF NOT FOUND OR r.state <> 'RESOLVING' THEN
+		RETURN 'not_resolving';
+	END IF;
+
+	IF v_verified AND i.result_status = 'S' AND i.payment_status = 'S' THEN
+		v_decision := 'paid';
+	ELSIF v_verified AND i.result_status = 'S' AND i.payment_status = 'F'
+		  AND i.payment_code <> 'ORDER_NOT_EXIST' THEN
+		v_decision := 'failed';
+	ELSIF v_verified AND i.result_status = 'F' AND i.result_code <> 'ORDER_NOT_EXIST' THEN
+		v_decision := 'attention';
+	ELSE
+		v_next := v_now + r.inquiry_interval;
+		IF v_next > r.give_up_at
+		   OR (r.deadline IS NOT NULL AND v_next > r.deadline - r.cancel_margin) THEN
+			v_decision := 'cancel';
+		ELSE
+			v_decision := 'wait';
+		END IF;
+	END IF;
+
+	IF v_decision IN ('paid', 'failed') THEN
+		/* the order, through the notifications' path (a cancel requested
+		   meanwhile keeps it cancelling: recorded_late) */
+		v_applied := @extschema@.alipayplus_apply_payment_result(r.payment_request_id,
+			CASE v_decision WHEN 'paid' THEN 'S' ELSE 'F' END, i.payment_code,
+			coalesce(r.payment_id, i.payment_id));
+	ELSIF v_decision = 'cancel' THEN
+		BEGIN
+			IF r.sent_field = 'paymentRequestId' THEN
+				c := alipayplus._mark_cancelling(NULL, r.sent_id, r.initiated_at);
+			ELSE
+				c := alipayplus._mark_cancelling(r.sent_id, NULL, r.initiated_at);
+			END IF;
+			v_applied := 'cancellation ' || c.cancellation_id || ' ' || c.state;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01', '40001', '40P01') THEN
+				RAISE;
+			END IF;
+			v_decision := 'cancel_refused';
+			v_applied := format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
+	END IF;
+
+	UPDATE alipayplus.resolutions x SET
+		inquiry_count = x.inquiry_count + 1,
+		last_inquiry_id = i.inquiry_id,
+		last_result = i.result_status || ' ' || i.result_code ||
+			coalesce(' / ' || i.payment_status || ' ' || i.payment_code, '') ||
+			CASE WHEN v_verified THEN '' ELSE ' (not verified)' END,
+		state = CASE v_decision WHEN 'paid' THEN 'PAID' WHEN 'failed' THEN 'FAILED'
+					WHEN 'cancel' THEN 'CANCELLING' WHEN 'wait' THEN 'RESOLVING'
+					ELSE 'ATTENTION' END,
+		next_inquiry_at = CASE WHEN v_decision = 'wait' THEN v_next END,
+		decided_at = CASE WHEN v_decision <> 'wait' THEN v_now END,
+		decision = CASE WHEN v_decision <> 'wait' THEN v_decision END,
+		applied = v_applied,
+		cancellation_id = c.cancellation_id
+	WHERE x.resolution_id = r.resolution_id;
+	RETURN v_decision;
+END;
+$$;
+
+/* ------------------------------------------------------------------
+ * The resolutions on the claim-then-call pipeline (src/processor.c)
+ * ------------------------------------------------------------------ */
+
+/*
+ * Claim up to p_width due resolutions for run p_run (SKIP LOCKED; rows of
+ * p_skip are not claimed): each is leased (next_inquiry_at moved ahead by
+ * p_lease) and given an inquiry row "no answer yet" (U
+ * local.no_answer_yet, completed_at NULL) with the request it will send
+ * (p_request_time), committed by the caller before the request leaves.
+ * A row whose inquiry is still open is claimed again once its lease
+ * expired, or at once when the run that sent it ended (its backend gone:
+ * alipayplus._stale_attempts, which the claim step runs first, says so);
+ * that inquiry is completed as U local.crashed, and the row is inquired
+ * about again.
+ */
+CREATE FUNCTION alipayplus._claim_resolutions(p_run bigint, p_width integer,
+	p_request_time text, p_lease interval, p_skip bigint[])
+RETURNS TABLE (resolution_id bigint, inquiry_id bigint, sent_field text, sent_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_ids bigint[];
+BEGIN
+	v_ids := ARRAY(
+		SELECT x.resolution_id FROM alipayplus.resolutions x
+		WHERE x.state = 'RESOLVING' AND x.resolution_id <> ALL (p_skip)
+			AND (x.next_inquiry_at <= pg_catalog.clock_timestamp()
+				 OR EXISTS (SELECT 1 FROM alipayplus.inquiries i
+							LEFT JOIN alipayplus.processor_runs p ON p.run_id = i.run_id
+							WHERE i.resolution_id = x.resolution_id AND i.completed_at IS NULL
+								AND i.run_id IS DISTINCT FROM p_run
+								AND (p.finished_at IS NOT NULL OR p.run_id IS NULL)))
+		ORDER BY x.next_inquiry_at, x.resolution_id
+		LIMIT p_width
+		FOR UPDATE SKIP LOCKED);
+	IF pg_catalog.cardinality(v_ids) = 0 THEN
+		RETURN;
+	END IF;
+	UPDATE alipayplus.inquiries i SET
+		result_code = 'local.crashed',
+		result_message = 'no answer recorded; the outcome is unknown',
+		error_detail = CASE WHEN p.finished_at IS NOT NULL OR p.run_id IS NULL
+			THEN pg_catalog.format('processor run %s ended before the answer was recorded', i.run_id)
+			ELSE pg_catalog.format('the claim of processor run %s expired without an answer recorded', i.run_id) END,
+		completed_at = pg_catalog.clock_timestamp()
+	FROM alipayplus.inquiries j
+	LEFT JOIN alipayplus.processor_runs p ON p.run_id = j.run_id
+	WHERE j.inquiry_id = i.inquiry_id
+		AND i.resolution_id = ANY (v_ids) AND i.completed_at IS NULL;
+	UPDATE alipayplus.resolutions x SET
+		next_inquiry_at = pg_catalog.clock_timestamp() + p_lease
+	WHERE x.resolution_id = ANY (v_ids);
+	RETURN QUERY
+	INSERT INTO alipayplus.inquiries AS i (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, resolution_id, run_id, completed_at)
+	SELECT y.sent_field, y.sent_id, p_request_time, 'U', 'local.no_answer_yet',
+		'no answer yet: the request is on its way', y.resolution_id, p_run, NULL
+	FROM alipayplus.resolutions y
+	WHERE y.resolution_id = ANY (v_ids)
+	ORDER BY y.next_inquiry_at, y.resolution_id
+	RETURNING i.resolution_id, i.inquiry_id, i.sent_field, i.sent_id;
+END;
+$$;
+
+/*
+ * Complete a claimed inquiry with its answer (or the reason there is
+ * none) and, with p_decide, apply what it decides (alipayplus._resolve_step):
+ * returns the decision and the resolution's next inquiry time.  Without
+ * p_decide (no answer: an interrupt, the time budget, a shutdown) nothing
+ * is decided and the resolution is due again at once ('unanswered').  An
+ * inquiry completed meanwhile (its lease expired and another run took the
+ * row) is left as it is ('not_open').
+ */
+CREATE FUNCTION alipayplus._settle_inquiry(p_inquiry_id bigint, p_decide boolean,
+	p_answered_at timestamptz, p_http_status integer, p_result_status text,
+	p_result_code text, p_result_message text, p_acquirer_id text, p_psp_id text,
+	p_signature_verified boolean, p_latency_ms double precision, p_error_detail text,
+	p_payment_status text, p_payment_code text, p_payment_message text,
+	p_payment_id text, p_payment_request_id text, p_payment_time timestamptz,
+	p_amount_currency text, p_amount_value bigint)
+RETURNS TABLE (decision text, next_inquiry_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	i alipayplus.inquiries;
+BEGIN
+	UPDATE alipayplus.inquiries x SET
+		result_status = p_result_status, result_code = p_result_code,
+		result_message = p_result_message, payment_status = p_payment_status,
+		payment_code = p_payment_code, payment_message = p_payment_message,
+		payment_id = p_payment_id, payment_request_id = p_payment_request_id,
+		payment_time = p_payment_time, amount_currency = p_amount_currency,
+		amount_value = p_amount_value, acquirer_id = p_acquirer_id, psp_id = p_psp_id,
+		http_status = p_http_status, signature_verified = p_signature_verified,
+		latency_ms = p_latency_ms, error_detail = p_error_detail,
+		completed_at = p_answered_at
+	WHERE x.inquiry_id = p_inquiry_id AND x.completed_at IS NULL
+	RETURNING * INTO i;
+	IF NOT FOUND THEN
+		RETURN QUERY SELECT 'not_open'::text, NULL::timestamptz;
+		RETURN;
+	END IF;
+	IF p_decide THEN
+		decision := alipayplus._resolve_step(i.resolution_id, i);
+	ELSE
+		UPDATE alipayplus.resolutions x SET
+			next_inquiry_at = pg_catalog.clock_timestamp(),
+			last_inquiry_id = i.inquiry_id,
+			last_result = i.result_status || ' ' || i.result_code
+		WHERE x.resolution_id = i.resolution_id AND x.state = 'RESOLVING';
+		decision := 'unanswered';
+	END IF;
+	SELECT x.next_inquiry_at INTO next_inquiry_at
+	FROM alipayplus.resolutions x WHERE x.resolution_id = i.resolution_id;
+	RETURN NEXT;
+END;
+$$;
+
+/*
+ * The due resolutions, at most one inquiry each, through the pipeline in
+ * the caller's transaction (max_concurrency calls in flight): the counts
+ * of what the answers decided.  A cancellation it requests is processed
+ * by the cancellation processors, as any other.
+ */
+CREATE FUNCTION @extschema@.alipayplus_process_resolutions(max_count integer DEFAULT 100,
+	time_budget interval DEFAULT interval '50 seconds')
+RETURNS TABLE (inquired integer, paid integer, failed integer, cancel integer,
+	attention integer, waiting integer)
+AS 'MODULE_PATHNAME', 'alipayplus_process_resolutions'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) IS
+	'Inquire about the due resolutions (at most once each, max_concurrency in flight) and apply what each answer decides, in the caller''s transaction';
+
+/*
+ * A DBA's single statement over many orders: the resolution of every
+ * bound order still pending and initiated longer than older_than ago
+ * (alipayplus_stale_orders), each queued by alipayplus_request_resolve in a
+ * subtransaction of its own; one row per order: queued, already_resolving,
+ * or why not (not_pending: its status changed since the list was read, as
+ * seen under its row lock; cancel_requested, window_closed, refund, error).
+ */
+CREATE FUNCTION @extschema@.alipayplus_request_resolve_stale(older_than interval,
+	inquiry_interval interval DEFAULT interval '3 seconds',
+	inquiry_total interval DEFAULT interval '60 seconds')
+RETURNS TABLE (id text, outcome text, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	v_id text;
+	v_open boolean;
+	r alipayplus.resolutions;
+	o record;
+	v_pending text[];
+	v_state text;
+	v_msg text;
+BEGIN
+	/* refused as a whole, before anything else */
+	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
+	FOR v_id IN SELECT s FROM @extschema@.alipayplus_stale_orders($1) s LOOP
+		BEGIN
+			/* still pending under the order's row lock (shipped or paid meanwhile: skipped) */
+			o := alipayplus._lock_order('paymentRequestId', v_id);
+			SELECT b.pending_values INTO v_pending FROM alipayplus.order_binding b;
+			IF NOT o.order_found OR o.status IS NULL OR o.status <> ALL (v_pending) THEN
+				RETURN QUERY SELECT v_id, 'not_pending'::text,
+					pg_catalog.format('the order is %s now, not pending', coalesce(o.status, 'gone'));
+				CONTINUE;
+			END IF;
+			v_open := EXISTS (SELECT 1 FROM alipayplus.resolutions x
+							  WHERE x.state = 'RESOLVING' AND x.payment_request_id = v_id);
+			r := @extschema@.alipayplus_request_resolve(payment_request_id => v_id,
+				inquiry_interval => $2, inquiry_total => $3);
+			RETURN QUERY SELECT v_id,
+				CASE WHEN v_open THEN 'already_resolving' ELSE 'queued' END,
+				pg_catalog.format('resolution %s, %s', r.resolution_id, r.state);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			/* bad arguments and interrupts end the statement */
+			IF v_state IN ('57014', '57P01', '22023') THEN
+				RAISE;
+			END IF;
+			RETURN QUERY SELECT v_id,
+				CASE v_state WHEN '55000' THEN 'cancel_requested'
+							 WHEN 'ZA002' THEN 'window_closed'
+							 WHEN 'ZA003' THEN 'refund'
+							 ELSE 'error' END,
+				pg_catalog.format('%s (SQLSTATE %s)', v_msg, v_state);
+		END;
+	END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) IS
+	'Queue the resolution of every bound order still pending and older than older_than; one row per order with what was done';
+
+/*
+ * For a DBA's backlog of payments of unknown result: the pipeline serving
+ * resolutions and the cancellations they request, committing as it goes,
+ * waiting for each resolution's next inquiry until every one is decided
+ * or time_budget is spent; progress NOTICEs (paid, failed, cancellations
+ * requested and done, for a person, still unknown, rate) every progress.
+ */
+CREATE PROCEDURE @extschema@.alipayplus_resolve_backlog(max_count integer DEFAULT 1000000,
+	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
+AS 'MODULE_PATHNAME', 'alipayplus_resolve_backlog'
+LANGUAGE C;
+COMMENT ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) IS
+	'Work the resolutions (and the cancellations they request) until each is decided, committing as it goes, with progress NOTICEs';
+REVOKE ALL ON TABLE alipayplus.resolutions FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._resolve_step(bigint, alipayplus.inquiries) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve(text, text, timestamptz, interval, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._claim_resolutions(bigint, integer, text, interval, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._settle_inquiry(bigint, boolean, timestamptz, integer, text, text, text, text, text, boolean, double precision, text, text, text, text, text, text, timestamptz, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve_stale(interval, interval, interval) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, interval) FROM PUBLIC;
+
+/* ---- issue 15: the resolver on the pipeline: the worker's sleep, what a person and ops see ---- */
+
+/* a resolution made due wakes the background worker too (40_processor.sql) */
+CREATE TRIGGER resolutions_wake_worker AFTER INSERT OR UPDATE OF next_inquiry_at ON alipayplus.resolutions
+	FOR EACH ROW WHEN (NEW.state = 'RESOLVING' AND NEW.next_inquiry_at IS NOT NULL)
+	EXECUTE FUNCTION alipayplus._wake_worker();
+
+
+/*
+ * The background worker sleeps until a resolution's next inquiry too;
+ * alipayplus.attention lists the resolutions a person must decide (and
+ * ones left waiting for their inquiry); alipayplus.stats gains the
+ * resolutions' columns at its end.  The views are created with pg_catalog
+ * alone on the search_path, as in 60_views.sql.
+ */
+/*
+ * The earliest due time of a row the processor would claim (for the
+ * background worker's sleep): a cancellation's next attempt or a
+ * resolution's next inquiry (issue 15)
+ */
+CREATE OR REPLACE FUNCTION alipayplus._next_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN LEAST(
+	(SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
+	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention),
+	(SELECT min(r.next_inquiry_at) FROM alipayplus.resolutions r
+	 WHERE r.state = 'RESOLVING'));
+
+SET search_path = pg_catalog, pg_temp;
+CREATE OR REPLACE VIEW alipayplus.attention AS
+SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
+	c.payment_id, c.state, c.attempt_count, c.last_result_status,
+	c.last_result_code, c.last_result_message, c.last_attempt_at,
+	c.requested_at, c.deadline,
+	CASE
+		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
+		WHEN l.late_paid IS NOT NULL THEN l.late_paid
+		WHEN l.unanswered THEN
+			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
+				   c.unanswered_streak, c.last_result_code)
+		WHEN l.overdue THEN
+			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
+				   c.next_attempt_at)
+		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
+	END AS reason
+FROM alipayplus.cancellations c
+CROSS JOIN LATERAL (
+	SELECT
+		/* a paid notification after the request (or a paid order when it
+		   was requested), not yet seen by a person */
+		CASE WHEN c.late_payment_status = 'S'
+				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
+			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
+				   CASE WHEN c.late_payment_code = 'order.paid' THEN
+						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
+					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
+								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
+				   c.state, c.cancellation_id)
+		END AS late_paid,
+		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
+		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
+		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
+			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
+				 OR c.deadline > c.attention_closed_at) AS past_deadline
+) l
+WHERE c.needs_attention
+	OR l.late_paid IS NOT NULL
+	OR l.unanswered OR l.overdue OR l.past_deadline
+UNION ALL
+/* an order at the cancelling value that no cancellation in progress will reach */
+SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
+	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
+		   s.request_id,
+		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
+				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
+		   s.request_id)
+FROM alipayplus._stranded_orders() s
+UNION ALL
+/*
+ * a resolution a person must decide (an F of the inquiry itself, a cancel
+ * that was refused), or one left waiting for its inquiry: until the
+ * payment is resolved again or its cancellation is requested
+ */
+SELECT NULL, r.sent_field, r.sent_id, r.payment_request_id, r.payment_id,
+	'RESOLUTION ' || r.state, r.inquiry_count, NULL, NULL, r.last_result,
+	NULL, r.requested_at, r.deadline,
+	CASE WHEN r.state = 'ATTENTION' THEN
+		format('resolution %s: %s after the inquiry answered %s%s; ask Alipay+ (alipayplus_inquire_payment) and fix what the answer says, then resolve it again (alipayplus_request_resolve) or cancel it (alipayplus_request_cancel)',
+			   r.resolution_id, r.decision, r.last_result, coalesce(' (' || r.applied || ')', ''))
+	ELSE format('resolution %s: its inquiry was due at %s: no resolver is running (alipayplus_resolve_backlog, alipayplus_process_resolutions, the background worker)',
+				r.resolution_id, r.next_inquiry_at) END
+FROM alipayplus.resolutions r
+WHERE (r.state = 'ATTENTION'
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.resolutions n
+					   WHERE n.sent_field = r.sent_field AND n.sent_id = r.sent_id
+						 AND n.resolution_id > r.resolution_id)
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.cancellations c
+					   WHERE c.sent_field = r.sent_field AND c.sent_id = r.sent_id))
+	OR (r.state = 'RESOLVING' AND r.next_inquiry_at < pg_catalog.now() - interval '10 minutes');
+COMMENT ON VIEW alipayplus.attention IS
+	'Each cancellation or resolution a person must look at, and why, until it is handled (alipayplus_close_attention, or a resolution resolved again)';
+
+CREATE OR REPLACE VIEW alipayplus.stats AS
+WITH recent AS (
+	SELECT a.result_status, a.result_code, a.latency_ms
+	FROM alipayplus.cancel_attempts a
+	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
+)
+SELECT
+	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
+	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
+	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment|inquire_payment|process_resolutions|resolve_backlog)') AS backends_calling,
+	q.queued, q.due, q.oldest_due,
+	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
+	(SELECT count(*) FROM recent) AS attempts_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
+	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
+	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
+	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
+	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms,
+	/* the resolutions (issue 15): being resolved, due, and the last hour's decisions */
+	r.resolving, r.resolving_due,
+	(SELECT count(*) FROM alipayplus.inquiries i
+	 WHERE i.inquired_at > pg_catalog.now() - interval '1 hour') AS inquiries_last_hour,
+	r.paid_last_hour, r.failed_last_hour, r.cancel_requested_last_hour,
+	r.attention_last_hour
+FROM (SELECT count(*) AS queued,
+			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
+			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
+	  FROM alipayplus.cancellations x
+	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
+		AND x.next_attempt_at IS NOT NULL) q
+CROSS JOIN (SELECT count(*) FILTER (WHERE x.state = 'RESOLVING') AS resolving,
+				   count(*) FILTER (WHERE x.state = 'RESOLVING'
+									AND x.next_inquiry_at <= pg_catalog.now()) AS resolving_due,
+				   count(*) FILTER (WHERE x.state = 'PAID' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS paid_last_hour,
+				   count(*) FILTER (WHERE x.state = 'FAILED' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS failed_last_hour,
+				   count(*) FILTER (WHERE x.state = 'CANCELLING' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS cancel_requested_last_hour,
+				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour
+			FROM alipayplus.resolutions x
+			WHERE x.state = 'RESOLVING' OR x.decided_at > pg_catalog.now() - interval '1 hour') r;
+COMMENT ON VIEW alipayplus.stats IS
+	'Queue depth, the oldest due row, the last hour''s attempts by outcome with latency percentiles, and the resolutions: being resolved, due, and the last hour''s decisions';
+SET search_path = @extschema@;

@@ -33,6 +33,9 @@ SELECT errcheck($$SELECT * FROM alipayplus_process_cancellations()$$);
 -- the calls themselves, under the ledger
 SELECT errcheck($$SELECT * FROM alipayplus._call_cancel(NULL, 'ro-direct')$$);
 SELECT errcheck($$SELECT * FROM alipayplus._call_cancel_many(ARRAY['paymentRequestId'], ARRAY['ro-direct'])$$);
+-- an inquiry would be recorded: refused too, in its own words
+SELECT errcheck($$SELECT * FROM alipayplus_inquire_payment(payment_request_id => 'ro-new')$$);
+SELECT errcheck($$SELECT * FROM alipayplus._call_inquiry(NULL, 'ro-direct')$$);
 COMMIT;
 
 -- a session whose transactions are read-only by default, and the procedures
@@ -51,6 +54,7 @@ SELECT id, req, status FROM ro_orders ORDER BY id;
 SELECT sent_id, state, attempt_count FROM alipayplus.cancellations ORDER BY sent_id;
 SELECT count(*) AS attempts, count(*) FILTER (WHERE sent_id = 'ro-direct') AS direct FROM alipayplus.cancel_attempts;
 SELECT count(*) AS processor_runs FROM alipayplus.processor_runs;
+SELECT count(*) AS inquiries FROM alipayplus.inquiries;
 
 -- read-write again: the same calls go through
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();

@@ -31,6 +31,19 @@ SELECT
 		'algorithm=RSA256,keyVersion=1,signature=' || replace(replace(replace(sig, '%2F', '/'), '%2B', '+'), '%3D', '='), pub) AS not_percent_encoded
 FROM b2;
 
+-- vector C (test/vectors/README.md): inquiryPayment, the same key pair;
+-- the path is part of what is signed, so C1 is not B1's signature
+SELECT alipayplus_signature('/aps/api/v1/payments/inquiryPayment',
+	'SANDBOX_5X00000000000000', '2025-01-15T10:30:00+08:00',
+	'{"paymentRequestId":"PR_20250115_000001"}') = 'algorithm=RSA256,keyVersion=1,signature=eXdi4IiGaKP6Ynz93mM25RaC5xYkhf5z7ZQeaHMyqaWKUpz%2FbQCsIIsfjhK39ZC0p0iIc7ohdEifCaRCrXz6l%2BGGhffYvjF3bRQORqhQTshqQICTIn576ZNt2Ni8pIXyVtb6%2BpS5uGgjZydLlSmBIBdznWWDvlAaKD%2BtDxEpfjOsMSrXphkKnf7AYdgFROpMA%2BK94m%2F3IDzkKg8CRRQlF3fIGVlqu3%2BEtbStJ4FQIedr%2BkoV5eSIqZFG8OyxFlx45X9lVyTVLLxn0QVBYylBW48TvufrVygwBr0evbq%2Fh31fnd80yN0vkhyqHII5L%2Fg0%2F6rPRhhzKL6BcQYalijtMQ%3D%3D' AS c1_matches;
+SELECT alipayplus_verify('/aps/api/v1/payments/inquiryPayment', client_id,
+		rtime, '{"acquirerId":"1022188000000000001","paymentAmount":{"currency":"SGD","value":"1250"},"paymentId":"20250115194010800100188990000123456","paymentRequestId":"PR_20250115_000001","paymentResult":{"resultCode":"SUCCESS","resultMessage":"success","resultStatus":"S"},"paymentTime":"2025-01-15T10:29:58+08:00","pspId":"1022172000000000001","result":{"resultCode":"SUCCESS","resultMessage":"success","resultStatus":"S"}}',
+		'EhaSi7hLkCUVbLkBUdpqjBoRFh3LBoAh9zRu4Tjl2EJ9A74PhA4RpoYuSPbs3%2F7gnVIqFzLZ3ZhEE9lmiltSgBJZZCWx7oPIiwCVCcZumMFfRFPkqx3IcNlVL7p8WcILVca5eDyLxhdoQUYX8kcEGGveEwewjf02I%2FGgZt6iTWFYHO%2F%2BgnRYfHxWmWKmfeCPaNO7C6z2ZRwz1LO26BEwcLh9MizzvjPpAHUqcLP4KfsrcaTn%2B%2FB4omGyTBVjuuPWdANtndR5%2FyHW1p%2BRS5ByObjFysdY6F9FJTFGVBMPcYXT24EpTp22%2BhPCFaMkH6p7lwM97POpsJ%2Bkv5rQZ4%2FruA%3D%3D', pub) AS c2_verifies,
+	alipayplus_verify(path, client_id,
+		rtime, '{"acquirerId":"1022188000000000001","paymentAmount":{"currency":"SGD","value":"1250"},"paymentId":"20250115194010800100188990000123456","paymentRequestId":"PR_20250115_000001","paymentResult":{"resultCode":"SUCCESS","resultMessage":"success","resultStatus":"S"},"paymentTime":"2025-01-15T10:29:58+08:00","pspId":"1022172000000000001","result":{"resultCode":"SUCCESS","resultMessage":"success","resultStatus":"S"}}',
+		'EhaSi7hLkCUVbLkBUdpqjBoRFh3LBoAh9zRu4Tjl2EJ9A74PhA4RpoYuSPbs3%2F7gnVIqFzLZ3ZhEE9lmiltSgBJZZCWx7oPIiwCVCcZumMFfRFPkqx3IcNlVL7p8WcILVca5eDyLxhdoQUYX8kcEGGveEwewjf02I%2FGgZt6iTWFYHO%2F%2BgnRYfHxWmWKmfeCPaNO7C6z2ZRwz1LO26BEwcLh9MizzvjPpAHUqcLP4KfsrcaTn%2B%2FB4omGyTBVjuuPWdANtndR5%2FyHW1p%2BRS5ByObjFysdY6F9FJTFGVBMPcYXT24EpTp22%2BhPCFaMkH6p7lwM97POpsJ%2Bkv5rQZ4%2FruA%3D%3D', pub) AS c2_over_cancel_path
+FROM b2;
+
 -- anything changed makes it fail
 SELECT
 	alipayplus_verify(path, client_id, rtime, body || ' ', sig, pub) AS body_changed,

@@ -46,6 +46,7 @@ struct curl_slist;
 /* settings.c */
 extern char *aps_gateway_url;
 extern char *aps_cancel_path;
+extern char *aps_inquiry_path;
 extern char *aps_client_id;
 extern char *aps_private_key_file;
 extern char *aps_public_key_file;
@@ -82,11 +83,21 @@ typedef struct ApsResult
 	char	   *result_message;
 	char	   *acquirer_id;
 	char	   *psp_id;
+	/* inquiryPayment only: the payment's own result and what it was */
+	bool		saw_payment_result;
+	char	   *payment_status; /* paymentResult.resultStatus */
+	char	   *payment_code;
+	char	   *payment_message;
+	char	   *payment_id;
+	char	   *payment_request_id;
+	char	   *payment_time;	/* ISO 8601, as received */
+	char	   *amount_currency;	/* paymentAmount.currency */
+	char	   *amount_value;	/* paymentAmount.value: minor units */
 } ApsResult;
 
 extern char *aps_cancel_body(const char *field, const char *value);
-extern bool aps_parse_result(const char *body, size_t len, ApsResult *result,
-							 char **problem);
+extern bool aps_parse_result(const char *body, size_t len, bool payment_fields,
+							 ApsResult *result, char **problem);
 extern char *aps_network_text(const char *s, size_t len);
 
 /* transport.c */
@@ -141,7 +152,28 @@ extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,
 							   int concurrency);
 extern const char *aps_transport_failure_code(int curl_code);
 
-/* cancel.c: the columns of alipayplus._call_cancel's result, in order */
+/*
+ * cancel.c: the Alipay+ APIs called, each one operation of the one call
+ * path (signing, transport, verification and local codes are shared): what
+ * differs is the setting that holds its path, its name in messages, and
+ * whether its answer carries the payment's fields.  The request body is
+ * {"<field>":"<id>"} for both.
+ */
+typedef struct ApsOperation
+{
+	const char *api;			/* "cancelPayment", in messages */
+	char	  **path;			/* the setting holding its request path */
+	bool		payment_fields; /* the answer has paymentResult and more */
+	const char *not_a_result;	/* the message of local.bad_response */
+} ApsOperation;
+
+extern const ApsOperation aps_cancel_operation;
+extern const ApsOperation aps_inquiry_operation;
+
+/*
+ * The columns of alipayplus._call_cancel's result, in order; those of
+ * alipayplus._call_inquiry are the same followed by APS_INQ_*.
+ */
 enum
 {
 	APS_CALL_SENT_FIELD,
@@ -159,10 +191,24 @@ enum
 	APS_CALL_NUM_COLS
 };
 
+enum
+{
+	APS_INQ_PAYMENT_STATUS = APS_CALL_NUM_COLS,
+	APS_INQ_PAYMENT_CODE,
+	APS_INQ_PAYMENT_MESSAGE,
+	APS_INQ_PAYMENT_ID,
+	APS_INQ_PAYMENT_REQUEST_ID,
+	APS_INQ_PAYMENT_TIME,
+	APS_INQ_AMOUNT_CURRENCY,
+	APS_INQ_AMOUNT_VALUE,
+	APS_INQ_NUM_COLS
+};
+
 typedef struct ApsCallResult
 {
-	Datum		values[APS_CALL_NUM_COLS];
-	bool		nulls[APS_CALL_NUM_COLS];
+	Datum		values[APS_INQ_NUM_COLS];	/* a cancel uses the first
+											 * APS_CALL_NUM_COLS */
+	bool		nulls[APS_INQ_NUM_COLS];
 } ApsCallResult;
 
 typedef struct ApsCallColumn
@@ -174,8 +220,18 @@ typedef struct ApsCallColumn
 extern const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS];
 extern void aps_check_id_pair(const char *payment_id, const char *request_id);
 extern void aps_refuse_read_only(void);
+extern void aps_refuse_read_only_to(const char *what);
 extern EVP_PKEY *aps_check_config(void);
 extern void aps_warn_durability(void);
+extern char *aps_operation_url(const ApsOperation *op);
+extern ApsHttpExchange *aps_prepare_exchange(const ApsOperation *op,
+											 const char *field,
+											 const char *value, EVP_PKEY *key,
+											 const char *url,
+											 const char *request_time);
+extern void aps_operation_result(ApsHttpExchange *ex, const ApsOperation *op,
+								 const char *field, const char *value,
+								 ApsCallResult *result);
 extern char *aps_cancel_url(void);
 extern ApsHttpExchange *aps_prepare_cancel(const char *field, const char *value,
 										   EVP_PKEY *key, const char *url,
@@ -231,7 +287,18 @@ typedef struct ApsRunOptions
 	ApsPollVerdict (*poll) (void *arg);
 	void	   *poll_arg;
 	int			progress_ms;	/* backlog's progress NOTICEs; 0: none */
+	/*
+	 * Issue 15: the job kinds served (APS_KIND_*; 0: all of them, so a
+	 * zeroed ApsRunOptions serves cancellations and resolutions), and
+	 * whether the run waits for the next inquiry of a resolution still
+	 * unknown (alipayplus_resolve_backlog) rather than stop "nothing due".
+	 */
+	int			kinds;
+	bool		wait_for_inquiries;
 } ApsRunOptions;
+
+#define APS_KIND_CANCEL		0x01	/* alipayplus.cancellations */
+#define APS_KIND_RESOLVE	0x02	/* alipayplus.resolutions */
 
 typedef struct ApsRunCounts
 {
@@ -247,7 +314,16 @@ typedef struct ApsRunCounts
 	char	   *last_error;
 	const char *stopped_because;
 	TimestampTz next_due;		/* earliest next_attempt_at of a CANCELLING
-								 * row not flagged; 0 if none */
+								 * row not flagged, or next_inquiry_at of a
+								 * RESOLVING resolution; 0 if none */
+	/* issue 15: the inquiries of resolutions and what they decided */
+	int			inquired,
+				paid,
+				failed,
+				to_cancel,		/* a cancellation was requested */
+				waiting,		/* still unknown: asked again later */
+				resolve_attention;	/* an F of the inquiry, a refused cancel */
+	int64		still_unknown;	/* RESOLVING resolutions at the last look */
 } ApsRunCounts;
 
 /*

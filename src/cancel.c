@@ -1,23 +1,30 @@
 /*-------------------------------------------------------------------------
  *
  * cancel.c
- *	  One signed cancelPayment call: check the id, build and sign the
- *	  request, send it, verify and classify the answer.
+ *	  One signed call of an Alipay+ API, cancelPayment or inquiryPayment:
+ *	  check the id, build and sign the request, send it, verify and
+ *	  classify the answer.  The two APIs are two operations (ApsOperation)
+ *	  of this one call path: only the path setting, the name in messages and
+ *	  the payment's fields of an inquiry's answer differ.
  *
- * alipayplus._call_cancel() is the C core under the SQL ledger functions.
- * It never writes to tables; the caller records the attempt.  Every
- * outcome that is not a verified (or, for F and U, plainly stated) answer
- * of the gateway is reported as U with a local result code:
+ * alipayplus._call_cancel() is the C core under the SQL ledger functions,
+ * alipayplus._call_inquiry() the one under alipayplus_inquire_payment().
+ * Neither writes to tables; the caller records the attempt or inquiry.
+ * Every outcome that is not a verified (or, for F and U, plainly stated)
+ * answer of the gateway is reported as U with a local result code:
  *
  *	local.timeout, local.connect_failed, local.tls_failed,
  *	local.transport_error, local.response_too_large, local.http_status,
  *	local.bad_response, local.bad_signature, local.client_id_mismatch,
  *	local.unsigned_success
  *
- * so a cancellation is never reported unless Alipay+ signed it.  An answer
- * that could be read more than one way (a Signature, Response-Time or
- * Client-Id header given twice, a Response-Time that is not a time, a
- * body in a Content-Encoding that was never asked for) is not taken either.
+ * so a cancellation (or a payment's result) is never reported unless
+ * Alipay+ signed it.  An answer that could be read more than one way (a
+ * Signature, Response-Time or Client-Id header given twice, a
+ * Response-Time that is not a time, a body in a Content-Encoding that was
+ * never asked for) is not taken either; nor is an inquiry's answer about
+ * another payment than the one asked about, or one whose payment fields
+ * are malformed.
  *
  *-------------------------------------------------------------------------
  */
@@ -48,8 +55,20 @@ PG_FUNCTION_INFO_V1(alipayplus_check_ids);
 PG_FUNCTION_INFO_V1(alipayplus_id_problem);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel);
 PG_FUNCTION_INFO_V1(alipayplus_call_cancel_many);
+PG_FUNCTION_INFO_V1(alipayplus_call_inquiry);
 PG_FUNCTION_INFO_V1(alipayplus_check_config);
 PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only);
+PG_FUNCTION_INFO_V1(alipayplus_refuse_read_only_to);
+
+/* The two operations of the call path */
+const ApsOperation aps_cancel_operation = {
+	"cancelPayment", &aps_cancel_path, false,
+	"the response is not a cancelPayment result; the outcome is unknown"
+};
+const ApsOperation aps_inquiry_operation = {
+	"inquiryPayment", &aps_inquiry_path, true,
+	"the response is not an inquiryPayment result; the outcome is unknown"
+};
 
 /* The columns of alipayplus._call_cancel's result, in order */
 const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
@@ -66,6 +85,8 @@ const ApsCallColumn aps_call_columns[APS_CALL_NUM_COLS] = {
 	{"latency_ms", FLOAT8OID},
 	{"error_detail", TEXTOID}
 };
+
+static EVP_PKEY *check_settings(void);
 
 /*
  * What is wrong with an id, or NULL if Alipay+ can be sent it: not empty
@@ -184,16 +205,26 @@ alipayplus_check_ids(PG_FUNCTION_ARGS)
 void
 aps_refuse_read_only(void)
 {
+	aps_refuse_read_only_to("cancel Alipay+ payments");
+}
+
+/*
+ * The same refusal for another action ("inquire about Alipay+ payments"):
+ * an inquiry is recorded too, so it is not sent where it could not be.
+ */
+void
+aps_refuse_read_only_to(const char *what)
+{
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errmsg("cannot %s in a read-only transaction", what),
 				 errdetail("The server is a standby (in recovery): the ledger cannot be written here."),
 				 errhint("Run on the primary.")));
 	if (XactReadOnly)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot cancel Alipay+ payments in a read-only transaction"),
+				 errmsg("cannot %s in a read-only transaction", what),
 				 errhint("Run it in a read-write transaction.")));
 }
 
@@ -202,6 +233,21 @@ Datum
 alipayplus_refuse_read_only(PG_FUNCTION_ARGS)
 {
 	aps_refuse_read_only();
+	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus._refuse_read_only_to(what text): the same refusal for another
+ * action, "cannot <what> in a read-only transaction"
+ */
+Datum
+alipayplus_refuse_read_only_to(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("what must not be null")));
+	aps_refuse_read_only_to(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
 
@@ -285,10 +331,16 @@ aps_warn_durability(void)
 EVP_PKEY *
 aps_check_config(void)
 {
-	EVP_PKEY   *key;
-
 	aps_refuse_read_only();
 	aps_warn_durability();
+	return check_settings();
+}
+
+/* The settings and keys every call needs; returns the private key */
+static EVP_PKEY *
+check_settings(void)
+{
+	EVP_PKEY   *key;
 
 	aps_require_setting("alipayplus.gateway_url", aps_gateway_url);
 	aps_require_setting("alipayplus.client_id", aps_client_id);
@@ -319,15 +371,14 @@ aps_request_time_now(void)
 	return pstrdup(buf);
 }
 
-/* A verdict of our own: U with a local code */
+/* A verdict of our own: U with a local code, nothing else */
 static void
 local_verdict(ApsResult *r, const char *code, const char *message)
 {
+	memset(r, 0, sizeof(*r));
 	r->result_status = "U";
 	r->result_code = (char *) code;
 	r->result_message = (char *) message;
-	r->acquirer_id = NULL;
-	r->psp_id = NULL;
 }
 
 /* The value of n decimal digits at s (the caller has checked they are digits) */
@@ -342,16 +393,20 @@ digits_value(const char *s, int n)
 }
 
 /*
- * Whether a Response-Time header is a date-time of the form Alipay+ sends:
- * YYYY-MM-DDThh:mm:ss, an optional fraction of a second, then "Z" or a UTC
- * offset +hh:mm / -hh:mm (2025-01-15T10:30:01+08:00).  The calendar is
- * checked with plain arithmetic (month 1 to 12, the day within its month,
- * hour up to 24:00:00, a leap second 60, an offset up to 15:59): nothing
- * here looks anything up, so no session setting (timezone_abbreviations,
- * TimeZone, DateStyle) can make it refuse a good answer or raise an error.
+ * Whether a Response-Time header (or an inquiry's paymentTime) is a
+ * date-time of the form Alipay+ sends: YYYY-MM-DDThh:mm:ss, an optional
+ * fraction of a second, then "Z" or a UTC offset +hh:mm / -hh:mm
+ * (2025-01-15T10:30:01+08:00).  The calendar is checked with plain
+ * arithmetic (month 1 to 12, the day within its month, hour up to
+ * 24:00:00, a leap second 60, an offset up to 15:59): nothing here looks
+ * anything up, so no session setting (timezone_abbreviations, TimeZone,
+ * DateStyle) can make it refuse a good answer or raise an error.  When at
+ * is not NULL, the instant is stored there (a leap second counts as the
+ * next second's start, digits of the fraction beyond microseconds are
+ * dropped); false if it is outside PostgreSQL's range.
  */
 static bool
-response_time_valid(const char *s)
+iso8601_time(const char *s, TimestampTz *at)
 {
 	static const char shape[] = "dddd-dd-ddTdd:dd:dd";
 	const char *p;
@@ -361,6 +416,9 @@ response_time_valid(const char *s)
 				hour,
 				minute,
 				second;
+	int			offset_minutes = 0;
+	int64		usec = 0;
+	int			usec_digits = 0;
 	bool		zero_fraction = true;
 
 	for (int i = 0; shape[i] != '\0'; i++)
@@ -378,8 +436,17 @@ response_time_valid(const char *s)
 		if (!isdigit((unsigned char) p[1]))
 			return false;
 		for (p++; isdigit((unsigned char) *p); p++)
+		{
 			if (*p != '0')
 				zero_fraction = false;
+			if (usec_digits < 6)
+			{
+				usec = usec * 10 + (*p - '0');
+				usec_digits++;
+			}
+		}
+		for (; usec_digits < 6; usec_digits++)
+			usec *= 10;
 	}
 	if (strcmp(p, "Z") != 0)
 	{
@@ -391,22 +458,93 @@ response_time_valid(const char *s)
 			return false;
 		if (digits_value(p + 1, 2) > 15 || digits_value(p + 4, 2) > 59)
 			return false;
+		offset_minutes = (digits_value(p + 1, 2) * 60 + digits_value(p + 4, 2)) *
+			(*p == '-' ? -1 : 1);
 	}
 
 	if (year < 1 || month < 1 || month > 12 ||
 		day < 1 || day > day_tab[isleap(year) ? 1 : 0][month - 1])
 		return false;
-	if (hour == 24)
-		return minute == 0 && second == 0 && zero_fraction;
-	return hour <= 23 && minute <= 59 && second <= 60;
+	if (hour == 24 ? minute != 0 || second != 0 || !zero_fraction :
+		hour > 23 || minute > 59 || second > 60)
+		return false;
+	if (at != NULL)
+	{
+		int64		days = date2j(year, month, day) - POSTGRES_EPOCH_JDATE;
+		int64		seconds = ((days * 24 + hour) * 60 + minute - offset_minutes) * 60 + second;
+
+		*at = (TimestampTz) (seconds * USECS_PER_SEC + usec);
+		if (!IS_VALID_TIMESTAMP(*at))
+			return false;
+	}
+	return true;
+}
+
+/* Whether a Response-Time header is a date-time (see iso8601_time) */
+static bool
+response_time_valid(const char *s)
+{
+	return iso8601_time(s, NULL);
+}
+
+/* Whether s is 1 to 18 decimal digits (an amount in minor units fits int64) */
+static bool
+minor_units_valid(const char *s)
+{
+	size_t		n = strspn(s, "0123456789");
+
+	return n >= 1 && n <= 18 && s[n] == '\0';
 }
 
 /*
- * Decide what an exchange means.  Sets *verified (NULL-able through
- * *verified_known) and *detail.
+ * What is wrong with the payment's fields of an inquiry's answer (already
+ * parsed, its result and paymentResult well formed), or NULL.  field and
+ * value are what was asked about.  Only a result S speaks of the payment;
+ * the payment's fields of any other answer are dropped here.
+ */
+static char *
+payment_fields_problem(ApsResult *r, const char *field, const char *value)
+{
+	char	   *sent = pg_server_to_any(value, strlen(value), PG_UTF8);
+	const char *echoed = strcmp(field, "paymentId") == 0 ?
+		r->payment_id : r->payment_request_id;
+
+	if (r->result_status[0] != 'S')
+	{
+		ApsResult	kept = *r;
+
+		memset(r, 0, sizeof(*r));
+		r->result_status = kept.result_status;
+		r->result_code = kept.result_code;
+		r->result_message = kept.result_message;
+		r->acquirer_id = kept.acquirer_id;
+		r->psp_id = kept.psp_id;
+		return NULL;
+	}
+	if (!r->saw_payment_result)
+		return "result S without a paymentResult: the payment's state is not given";
+	if (echoed != NULL && strcmp(echoed, sent) != 0)
+		return psprintf("the answer is about %s \"%s\", not the one asked about",
+						field, aps_network_text(echoed, strlen(echoed)));
+	if (r->payment_time != NULL && !iso8601_time(r->payment_time, NULL))
+		return psprintf("paymentTime \"%s\" is not a date-time of the form YYYY-MM-DDThh:mm:ss+hh:mm",
+						aps_network_text(r->payment_time, strlen(r->payment_time)));
+	if ((r->amount_currency == NULL) != (r->amount_value == NULL) ||
+		(r->amount_currency != NULL && r->amount_currency[0] == '\0'))
+		return "paymentAmount needs both a currency and a value";
+	if (r->amount_value != NULL && !minor_units_valid(r->amount_value))
+		return psprintf("paymentAmount.value \"%s\" is not 1 to 18 decimal digits",
+						aps_network_text(r->amount_value, strlen(r->amount_value)));
+	return NULL;
+}
+
+/*
+ * Decide what an exchange of operation op, for the id value sent in field,
+ * means.  Sets *verified (NULL-able through *verified_known) and *detail.
  */
 static void
-classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
+classify(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
+		 const char *value, ApsResult *r,
 		 bool *verified, bool *verified_known, char **detail)
 {
 	ApsResult	parsed;
@@ -456,7 +594,7 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		if (strcmp(ex->hdr_repeated, "Client-Id") == 0)
 			local_verdict(r, "local.client_id_mismatch", "the response names its client id more than once; the outcome is unknown");
 		else if (strcmp(ex->hdr_repeated, "Content-Encoding") == 0)
-			local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+			local_verdict(r, "local.bad_response", op->not_a_result);
 		else if (strcmp(ex->hdr_repeated, "Response-Time") == 0)
 			local_verdict(r, "local.bad_signature", "the response gives its Response-Time more than once; the outcome is unknown");
 		else
@@ -475,7 +613,8 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
-	parsed_ok = aps_parse_result(ex->response, ex->response_len, &parsed, &problem);
+	parsed_ok = aps_parse_result(ex->response, ex->response_len,
+								 op->payment_fields, &parsed, &problem);
 
 	if (has_sig && has_time)
 	{
@@ -489,7 +628,7 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 							   ex->hdr_response_time);
 			return;
 		}
-		content = aps_content_to_sign(path, aps_client_id, ex->hdr_response_time,
+		content = aps_content_to_sign(*op->path, aps_client_id, ex->hdr_response_time,
 									  ex->response ? ex->response : "",
 									  ex->response_len, &content_len);
 		*verified_known = true;
@@ -517,7 +656,7 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 	if (ex->hdr_content_encoding != NULL &&
 		pg_strcasecmp(ex->hdr_content_encoding, "identity") != 0)
 	{
-		local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		local_verdict(r, "local.bad_response", op->not_a_result);
 		*detail = psprintf("response has Content-Encoding \"%s\", which was not asked for",
 						   ex->hdr_content_encoding);
 		return;
@@ -525,7 +664,7 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 
 	if (!parsed_ok)
 	{
-		local_verdict(r, "local.bad_response", "the response is not a cancelPayment result; the outcome is unknown");
+		local_verdict(r, "local.bad_response", op->not_a_result);
 		*detail = problem;
 		return;
 	}
@@ -537,24 +676,40 @@ classify(ApsHttpExchange *ex, const char *path, ApsResult *r,
 		return;
 	}
 
+	if (op->payment_fields &&
+		(problem = payment_fields_problem(&parsed, field, value)) != NULL)
+	{
+		local_verdict(r, "local.bad_response", op->not_a_result);
+		*detail = problem;
+		return;
+	}
+
 	*r = parsed;
 }
 
-/* The URL of the cancel API: alipayplus.gateway_url + alipayplus.cancel_path */
+/*
+ * The URL of an operation's API: alipayplus.gateway_url + its path
+ * (alipayplus.cancel_path, alipayplus.inquiry_path)
+ */
 char *
-aps_cancel_url(void)
+aps_operation_url(const ApsOperation *op)
 {
 	size_t		baselen = strlen(aps_gateway_url);
 
 	if (baselen > 0 && aps_gateway_url[baselen - 1] == '/')
 		baselen--;
-	return psprintf("%.*s%s", (int) baselen, aps_gateway_url, aps_cancel_path);
+	return psprintf("%.*s%s", (int) baselen, aps_gateway_url, *op->path);
 }
 
-/* A signed request for one id, ready for the transport */
+/*
+ * A signed request of operation op for one id, ready for the transport.
+ * request_time: the Request-Time to sign (the pipeline fixes it in the
+ * claimed attempt before sending); NULL: now.
+ */
 ApsHttpExchange *
-aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
-				   const char *url, const char *request_time)
+aps_prepare_exchange(const ApsOperation *op, const char *field,
+					 const char *value, EVP_PKEY *key, const char *url,
+					 const char *request_time)
 {
 	ApsHttpExchange *ex = palloc0(sizeof(ApsHttpExchange));
 	char	   *body = aps_cancel_body(field, value);
@@ -563,7 +718,7 @@ aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
 
 	if (request_time == NULL)
 		request_time = aps_request_time_now();
-	content = aps_content_to_sign(aps_cancel_path, aps_client_id, request_time,
+	content = aps_content_to_sign(*op->path, aps_client_id, request_time,
 								  body, strlen(body), &content_len);
 	ex->url = url;
 	ex->body = body;
@@ -575,21 +730,23 @@ aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
 }
 
 /*
- * The result columns of one exchange (what was sent and what it means),
- * into values[first ...] and nulls[first ...].
+ * The result columns of one exchange of operation op (what was sent and
+ * what it means) into values[] and nulls[]: APS_CALL_NUM_COLS of them,
+ * APS_INQ_NUM_COLS for an operation with payment fields.
  */
 static void
-result_values(ApsHttpExchange *ex, const char *field, const char *value,
-			  Datum *values, bool *nulls)
+result_values(ApsHttpExchange *ex, const ApsOperation *op, const char *field,
+			  const char *value, Datum *values, bool *nulls)
 {
 	ApsResult	r;
 	bool		verified = false;
 	bool		verified_known = false;
 	char	   *detail;
 
-	classify(ex, aps_cancel_path, &r, &verified, &verified_known, &detail);
+	classify(ex, op, field, value, &r, &verified, &verified_known, &detail);
 
-	memset(nulls, 0, sizeof(bool) * APS_CALL_NUM_COLS);
+	memset(nulls, 0, sizeof(bool) *
+		   (op->payment_fields ? APS_INQ_NUM_COLS : APS_CALL_NUM_COLS));
 	values[APS_CALL_SENT_FIELD] = CStringGetTextDatum(field);
 	values[APS_CALL_SENT_ID] = CStringGetTextDatum(value);
 	values[APS_CALL_REQUEST_TIME] = CStringGetTextDatum(ex->request_time);
@@ -614,6 +771,25 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
 	NETWORK_TEXT_OR_NULL(APS_CALL_ACQUIRER_ID, r.acquirer_id);
 	NETWORK_TEXT_OR_NULL(APS_CALL_PSP_ID, r.psp_id);
 	NETWORK_TEXT_OR_NULL(APS_CALL_ERROR_DETAIL, detail);
+	if (op->payment_fields)
+	{
+		TimestampTz at;
+
+		NETWORK_TEXT_OR_NULL(APS_INQ_PAYMENT_STATUS, r.payment_status);
+		NETWORK_TEXT_OR_NULL(APS_INQ_PAYMENT_CODE, r.payment_code);
+		NETWORK_TEXT_OR_NULL(APS_INQ_PAYMENT_MESSAGE, r.payment_message);
+		NETWORK_TEXT_OR_NULL(APS_INQ_PAYMENT_ID, r.payment_id);
+		NETWORK_TEXT_OR_NULL(APS_INQ_PAYMENT_REQUEST_ID, r.payment_request_id);
+		NETWORK_TEXT_OR_NULL(APS_INQ_AMOUNT_CURRENCY, r.amount_currency);
+		/* both checked by payment_fields_problem() */
+		nulls[APS_INQ_PAYMENT_TIME] = r.payment_time == NULL ||
+			!iso8601_time(r.payment_time, &at);
+		if (!nulls[APS_INQ_PAYMENT_TIME])
+			values[APS_INQ_PAYMENT_TIME] = TimestampTzGetDatum(at);
+		nulls[APS_INQ_AMOUNT_VALUE] = r.amount_value == NULL;
+		if (r.amount_value != NULL)
+			values[APS_INQ_AMOUNT_VALUE] = Int64GetDatum(strtoi64(r.amount_value, NULL, 10));
+	}
 #undef NETWORK_TEXT_OR_NULL
 	values[APS_CALL_SIGNATURE_VERIFIED] = BoolGetDatum(verified);
 	nulls[APS_CALL_SIGNATURE_VERIFIED] = !verified_known;
@@ -621,18 +797,44 @@ result_values(ApsHttpExchange *ex, const char *field, const char *value,
 }
 
 /*
- * One signed call for one id, with the configuration already checked
- * (key from aps_check_config()): what was sent and what it means, in the
- * columns of alipayplus._call_cancel.
+ * The result columns of one finished exchange of operation op, as
+ * aps_call_one() gives them (the payment's columns too for an inquiry)
  */
-/* The result columns of one finished exchange, as aps_call_one() gives them */
+void
+aps_operation_result(ApsHttpExchange *ex, const ApsOperation *op,
+					 const char *field, const char *value,
+					 ApsCallResult *result)
+{
+	result_values(ex, op, field, value, result->values, result->nulls);
+}
+
+/* The cancelPayment forms of the three above, as the pipeline names them */
+char *
+aps_cancel_url(void)
+{
+	return aps_operation_url(&aps_cancel_operation);
+}
+
+ApsHttpExchange *
+aps_prepare_cancel(const char *field, const char *value, EVP_PKEY *key,
+				   const char *url, const char *request_time)
+{
+	return aps_prepare_exchange(&aps_cancel_operation, field, value, key, url,
+								request_time);
+}
+
 void
 aps_cancel_result(ApsHttpExchange *ex, const char *field, const char *value,
 				  ApsCallResult *result)
 {
-	result_values(ex, field, value, result->values, result->nulls);
+	aps_operation_result(ex, &aps_cancel_operation, field, value, result);
 }
 
+/*
+ * One signed call for one id, with the configuration already checked
+ * (key from aps_check_config()): what was sent and what it means, in the
+ * columns of alipayplus._call_cancel.
+ */
 void
 aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 			 ApsCallResult *result)
@@ -641,7 +843,48 @@ aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 											 aps_cancel_url(), NULL);
 
 	aps_http_post(ex);
-	result_values(ex, field, value, result->values, result->nulls);
+	aps_cancel_result(ex, field, value, result);
+}
+
+/*
+ * One signed call of operation op for the id given in the function's
+ * first two arguments (payment_id, payment_request_id), the configuration
+ * checked by check_config first.  Returns what was sent and what it means
+ * as the function's record.
+ */
+static Datum
+call_one(FunctionCallInfo fcinfo, const ApsOperation *op,
+		 EVP_PKEY *(*check_config) (void))
+{
+	const char *field;
+	char	   *value;
+	ApsHttpExchange *ex;
+	TupleDesc	tupdesc;
+	Datum		values[APS_INQ_NUM_COLS];
+	bool		nulls[APS_INQ_NUM_COLS];
+	EVP_PKEY   *key;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function returning record called in context that cannot accept type record")));
+	if (tupdesc->natts != (op->payment_fields ? APS_INQ_NUM_COLS : APS_CALL_NUM_COLS))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the %s function's result has %d columns, not the library's %d",
+						op->api, tupdesc->natts,
+						op->payment_fields ? APS_INQ_NUM_COLS : APS_CALL_NUM_COLS),
+				 errhint("Run ALTER EXTENSION alipayplus_cancel UPDATE.")));
+
+	check_ids(fcinfo, &field, &value);
+	key = check_config();
+
+	ex = aps_prepare_exchange(op, field, value, key, aps_operation_url(op), NULL);
+	aps_http_post(ex);
+	result_values(ex, op, field, value, values, nulls);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
 }
 
 /*
@@ -651,28 +894,30 @@ aps_call_one(const char *field, const char *value, EVP_PKEY *key,
 Datum
 alipayplus_call_cancel(PG_FUNCTION_ARGS)
 {
-	const char *field;
-	char	   *value;
-	ApsHttpExchange *ex;
-	TupleDesc	tupdesc;
-	Datum		values[APS_CALL_NUM_COLS];
-	bool		nulls[APS_CALL_NUM_COLS];
-	EVP_PKEY   *key;
+	return call_one(fcinfo, &aps_cancel_operation, aps_check_config);
+}
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("function returning record called in context that cannot accept type record")));
+/*
+ * What an inquiry needs: a transaction that can record it (refused like a
+ * cancellation, with its own words), the settings and the keys.  No
+ * durability warning: a lost inquiry record loses no cancellation.
+ */
+static EVP_PKEY *
+check_inquiry_config(void)
+{
+	aps_refuse_read_only_to("inquire about Alipay+ payments");
+	return check_settings();
+}
 
-	check_ids(fcinfo, &field, &value);
-	key = aps_check_config();
-
-	ex = aps_prepare_cancel(field, value, key, aps_cancel_url(), NULL);
-	aps_http_post(ex);
-	result_values(ex, field, value, values, nulls);
-
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+/*
+ * alipayplus._call_inquiry(payment_id, payment_request_id): one signed
+ * inquiryPayment call.  Returns what was sent and what it means: the
+ * columns of _call_cancel, then the payment's result and fields.
+ */
+Datum
+alipayplus_call_inquiry(PG_FUNCTION_ARGS)
+{
+	return call_one(fcinfo, &aps_inquiry_operation, check_inquiry_config);
 }
 
 /*
@@ -757,7 +1002,8 @@ alipayplus_call_cancel_many(PG_FUNCTION_ARGS)
 
 		values[0] = Int32GetDatum(i + 1);
 		nulls[0] = false;
-		result_values(exs[i], fieldstr[i], idstr[i], values + 1, nulls + 1);
+		result_values(exs[i], &aps_cancel_operation, fieldstr[i], idstr[i],
+					  values + 1, nulls + 1);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -1,14 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * json.c
- *	  The JSON of the cancelPayment API: building the request body and
- *	  reading the response, with PostgreSQL's own JSON lexer and parser.
+ *	  The JSON of the cancelPayment and inquiryPayment APIs: building the
+ *	  request body and reading the response, with PostgreSQL's own JSON
+ *	  lexer and parser.
  *
- * The request body is compact and holds exactly one id, JSON-escaped by
- * escape_json().  The response is parsed with pg_parse_json() and a small
- * set of semantic actions that pick out result.resultStatus, resultCode,
- * resultMessage and the top-level acquirerId and pspId; any other field is
- * ignored.  Nothing here raises an error on bad gateway input: a body that
+ * The request body (the same for both APIs) is compact and holds exactly
+ * one id, JSON-escaped by escape_json().  The response is parsed with
+ * pg_parse_json() and a small set of semantic actions that pick out
+ * result.resultStatus, resultCode, resultMessage and the top-level
+ * acquirerId and pspId; for inquiryPayment also paymentResult (the same
+ * three fields), paymentId, paymentRequestId, paymentTime and
+ * paymentAmount.currency and .value.  Any other field is ignored.  Nothing here raises an error on bad gateway input: a body that
  * is not the expected JSON is reported back to the caller.  Two properties
  * of the backend's JSON parser would break that, so a pre-scan of the body
  * deals with them first: the parser recurses once per nesting level and
@@ -51,7 +54,7 @@ aps_cancel_body(const char *field, const char *value)
 	return buf.data;
 }
 
-/* Which string the next scalar belongs to */
+/* Which string the next scalar belongs to, or which object comes next */
 typedef enum ApsField
 {
 	APS_FIELD_NONE,
@@ -60,59 +63,111 @@ typedef enum ApsField
 	APS_FIELD_RESULT,
 	APS_FIELD_RESULT_STATUS,
 	APS_FIELD_RESULT_CODE,
-	APS_FIELD_RESULT_MESSAGE
+	APS_FIELD_RESULT_MESSAGE,
+	/* inquiryPayment only */
+	APS_FIELD_PAYMENT_RESULT,
+	APS_FIELD_PAYMENT_STATUS,
+	APS_FIELD_PAYMENT_CODE,
+	APS_FIELD_PAYMENT_MESSAGE,
+	APS_FIELD_PAYMENT_ID,
+	APS_FIELD_PAYMENT_REQUEST_ID,
+	APS_FIELD_PAYMENT_TIME,
+	APS_FIELD_PAYMENT_AMOUNT,
+	APS_FIELD_AMOUNT_CURRENCY,
+	APS_FIELD_AMOUNT_VALUE
 } ApsField;
 
 typedef struct ApsParseState
 {
 	int			depth;			/* object nesting, 1 = top level */
 	int			array_depth;
-	bool		in_result;		/* inside the top-level "result" object */
+	ApsField	in_object;		/* the top-level object we are in (depth 2) */
 	bool		saw_result;
+	bool		payment_fields; /* also pick out inquiryPayment's fields */
 	ApsField	field;			/* field whose value comes next */
-	ApsField	wrong_type;		/* first field found with a non-string value */
+	ApsField	wrong_type;		/* first field found with a value of the wrong type */
 	ApsResult  *result;
 } ApsParseState;
 
 /*
  * The fields picked out of a response, where they stand: at the top level
- * (depth 1) or inside "result" (depth 2).  One table for finding them and
- * for naming them in messages.
+ * (within NONE) or inside one of the top-level objects (within RESULT,
+ * PAYMENT_RESULT or PAYMENT_AMOUNT), and where the string goes (an offset
+ * into ApsResult; -1 for an object).  payment marks inquiryPayment's own.
+ * One table for finding them, storing them and naming them in messages.
  */
+#define RESULT_STRING(member) ((int) offsetof(ApsResult, member))
 static const struct
 {
 	ApsField	field;
-	int			depth;
+	ApsField	within;
 	const char *name;
+	int			offset;
+	bool		payment;
 }			known_fields[] = {
-	{APS_FIELD_ACQUIRER_ID, 1, "acquirerId"},
-	{APS_FIELD_PSP_ID, 1, "pspId"},
-	{APS_FIELD_RESULT, 1, "result"},
-	{APS_FIELD_RESULT_STATUS, 2, "resultStatus"},
-	{APS_FIELD_RESULT_CODE, 2, "resultCode"},
-	{APS_FIELD_RESULT_MESSAGE, 2, "resultMessage"},
+	{APS_FIELD_ACQUIRER_ID, APS_FIELD_NONE, "acquirerId", RESULT_STRING(acquirer_id), false},
+	{APS_FIELD_PSP_ID, APS_FIELD_NONE, "pspId", RESULT_STRING(psp_id), false},
+	{APS_FIELD_RESULT, APS_FIELD_NONE, "result", -1, false},
+	{APS_FIELD_RESULT_STATUS, APS_FIELD_RESULT, "resultStatus", RESULT_STRING(result_status), false},
+	{APS_FIELD_RESULT_CODE, APS_FIELD_RESULT, "resultCode", RESULT_STRING(result_code), false},
+	{APS_FIELD_RESULT_MESSAGE, APS_FIELD_RESULT, "resultMessage", RESULT_STRING(result_message), false},
+	{APS_FIELD_PAYMENT_RESULT, APS_FIELD_NONE, "paymentResult", -1, true},
+	{APS_FIELD_PAYMENT_STATUS, APS_FIELD_PAYMENT_RESULT, "resultStatus", RESULT_STRING(payment_status), true},
+	{APS_FIELD_PAYMENT_CODE, APS_FIELD_PAYMENT_RESULT, "resultCode", RESULT_STRING(payment_code), true},
+	{APS_FIELD_PAYMENT_MESSAGE, APS_FIELD_PAYMENT_RESULT, "resultMessage", RESULT_STRING(payment_message), true},
+	{APS_FIELD_PAYMENT_ID, APS_FIELD_NONE, "paymentId", RESULT_STRING(payment_id), true},
+	{APS_FIELD_PAYMENT_REQUEST_ID, APS_FIELD_NONE, "paymentRequestId", RESULT_STRING(payment_request_id), true},
+	{APS_FIELD_PAYMENT_TIME, APS_FIELD_NONE, "paymentTime", RESULT_STRING(payment_time), true},
+	{APS_FIELD_PAYMENT_AMOUNT, APS_FIELD_NONE, "paymentAmount", -1, true},
+	{APS_FIELD_AMOUNT_CURRENCY, APS_FIELD_PAYMENT_AMOUNT, "currency", RESULT_STRING(amount_currency), true},
+	{APS_FIELD_AMOUNT_VALUE, APS_FIELD_PAYMENT_AMOUNT, "value", RESULT_STRING(amount_value), true},
 };
+#undef RESULT_STRING
 
-/* The name of a string field, for messages */
+/* A field's entry in known_fields */
+static int
+field_index(ApsField field)
+{
+	for (int i = 0; i < (int) lengthof(known_fields); i++)
+		if (known_fields[i].field == field)
+			return i;
+	return -1;
+}
+
+/* Whether a field's value is an object (result, paymentResult, paymentAmount) */
+static bool
+is_object_field(ApsField field)
+{
+	int			i = field_index(field);
+
+	return i >= 0 && known_fields[i].offset < 0;
+}
+
+/* The name of a field, for messages: "result.resultCode" */
 static const char *
 field_name(ApsField field)
 {
-	for (size_t i = 0; i < lengthof(known_fields); i++)
-		if (known_fields[i].field == field)
-			return psprintf("%s%s", known_fields[i].depth == 2 ? "result." : "",
-							known_fields[i].name);
-	return "?";
+	int			i = field_index(field);
+
+	if (i < 0)
+		return "?";
+	if (known_fields[i].within != APS_FIELD_NONE)
+		return psprintf("%s.%s", field_name(known_fields[i].within),
+						known_fields[i].name);
+	return known_fields[i].name;
 }
 
 /*
- * Note a string field whose value turned out to be something else (a
- * number, true/false/null, an object or an array): such a body is not a
- * cancelPayment result, whatever else it says.
+ * Note a field whose value turned out to be of the wrong type (a number,
+ * true/false/null, an array, or an object where a string belongs; a
+ * string or an array where an object belongs): such a body is not a result
+ * of the API, whatever else it says.  is_object says the value is an object.
  */
 static void
-note_wrong_type(ApsParseState *st)
+note_wrong_type(ApsParseState *st, bool is_object)
 {
-	if (st->field != APS_FIELD_NONE && st->field != APS_FIELD_RESULT &&
+	if (st->field != APS_FIELD_NONE &&
+		(!is_object || !is_object_field(st->field)) &&
 		st->wrong_type == APS_FIELD_NONE)
 		st->wrong_type = st->field;
 }
@@ -122,11 +177,14 @@ on_object_start(void *arg)
 {
 	ApsParseState *st = arg;
 
-	note_wrong_type(st);
-	if (st->depth == 1 && st->array_depth == 0 && st->field == APS_FIELD_RESULT)
+	note_wrong_type(st, true);
+	if (st->depth == 1 && st->array_depth == 0 && is_object_field(st->field))
 	{
-		st->in_result = true;
-		st->saw_result = true;
+		st->in_object = st->field;
+		if (st->field == APS_FIELD_RESULT)
+			st->saw_result = true;
+		else if (st->field == APS_FIELD_PAYMENT_RESULT)
+			st->result->saw_payment_result = true;
 	}
 	st->depth++;
 	st->field = APS_FIELD_NONE;
@@ -139,7 +197,7 @@ on_object_end(void *arg)
 
 	st->depth--;
 	if (st->depth == 1)
-		st->in_result = false;
+		st->in_object = APS_FIELD_NONE;
 }
 
 static void
@@ -147,7 +205,7 @@ on_array_start(void *arg)
 {
 	ApsParseState *st = arg;
 
-	note_wrong_type(st);
+	note_wrong_type(st, false);
 	st->array_depth++;
 	st->field = APS_FIELD_NONE;
 }
@@ -166,10 +224,12 @@ on_field_start(void *arg, char *fname, bool isnull)
 	ApsParseState *st = arg;
 
 	st->field = APS_FIELD_NONE;
-	if (st->array_depth != 0 || (st->depth == 2 && !st->in_result))
+	if (st->array_depth != 0 || st->depth > 2 ||
+		(st->depth == 2 && st->in_object == APS_FIELD_NONE))
 		return;
 	for (size_t i = 0; i < lengthof(known_fields); i++)
-		if (known_fields[i].depth == st->depth &&
+		if (known_fields[i].within == st->in_object &&
+			(st->payment_fields || !known_fields[i].payment) &&
 			strcmp(fname, known_fields[i].name) == 0)
 		{
 			st->field = known_fields[i].field;
@@ -181,36 +241,13 @@ static void
 on_scalar(void *arg, char *token, JsonTokenType tokentype)
 {
 	ApsParseState *st = arg;
-	char	  **target = NULL;
+	int			i = field_index(st->field);
 
-	if (tokentype != JSON_TOKEN_STRING)
-	{
-		note_wrong_type(st);
-		st->field = APS_FIELD_NONE;
-		return;
-	}
-	switch (st->field)
-	{
-		case APS_FIELD_ACQUIRER_ID:
-			target = &st->result->acquirer_id;
-			break;
-		case APS_FIELD_PSP_ID:
-			target = &st->result->psp_id;
-			break;
-		case APS_FIELD_RESULT_STATUS:
-			target = &st->result->result_status;
-			break;
-		case APS_FIELD_RESULT_CODE:
-			target = &st->result->result_code;
-			break;
-		case APS_FIELD_RESULT_MESSAGE:
-			target = &st->result->result_message;
-			break;
-		default:
-			break;
-	}
-	if (target != NULL)
-		*target = pstrdup(token);	/* UTF-8, see aps_network_text() */
+	if (tokentype != JSON_TOKEN_STRING || (i >= 0 && known_fields[i].offset < 0))
+		note_wrong_type(st, false);
+	else if (i >= 0)
+		*(char **) ((char *) st->result + known_fields[i].offset) =
+			pstrdup(token);		/* UTF-8, see aps_network_text() */
 	st->field = APS_FIELD_NONE;
 }
 
@@ -423,14 +460,24 @@ aps_network_text(const char *s, size_t len)
 	return out.data;
 }
 
+/* Whether s is one of the status letters S, F, U */
+static bool
+is_status(const char *s)
+{
+	return s != NULL && strlen(s) == 1 && strchr("SFU", s[0]) != NULL;
+}
+
 /*
- * Parse a cancelPayment response body.  Returns true and fills *result if
+ * Parse a cancelPayment (payment_fields false) or inquiryPayment
+ * (payment_fields true) response body.  Returns true and fills *result if
  * it is a JSON object whose "result" carries a status S, F or U and a
- * non-empty code; otherwise returns false and sets *problem.
+ * non-empty code, and, if it has a "paymentResult", that too; otherwise
+ * returns false and sets *problem.  What the inquiry's other fields say is
+ * judged by the caller.
  */
 bool
-aps_parse_result(const char *body, size_t len, ApsResult *result,
-				 char **problem)
+aps_parse_result(const char *body, size_t len, bool payment_fields,
+				 ApsResult *result, char **problem)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
@@ -471,6 +518,7 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	memset(&sem, 0, sizeof(sem));
 	memset(&st, 0, sizeof(st));
 	st.result = result;
+	st.payment_fields = payment_fields;
 	sem.semstate = &st;
 	sem.object_start = on_object_start;
 	sem.object_end = on_object_end;
@@ -495,12 +543,12 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	}
 	if (st.wrong_type != APS_FIELD_NONE)
 	{
-		*problem = psprintf("%s is not a JSON string", field_name(st.wrong_type));
+		*problem = psprintf(is_object_field(st.wrong_type) ?
+							"%s is not a JSON object" : "%s is not a JSON string",
+							field_name(st.wrong_type));
 		return false;
 	}
-	if (result->result_status == NULL ||
-		strlen(result->result_status) != 1 ||
-		strchr("SFU", result->result_status[0]) == NULL)
+	if (!is_status(result->result_status))
 	{
 		*problem = "result.resultStatus is missing or not one of S, F, U";
 		return false;
@@ -508,6 +556,17 @@ aps_parse_result(const char *body, size_t len, ApsResult *result,
 	if (result->result_code == NULL || result->result_code[0] == '\0')
 	{
 		*problem = "result.resultCode is missing or empty";
+		return false;
+	}
+	if (result->saw_payment_result && !is_status(result->payment_status))
+	{
+		*problem = "paymentResult.resultStatus is missing or not one of S, F, U";
+		return false;
+	}
+	if (result->saw_payment_result &&
+		(result->payment_code == NULL || result->payment_code[0] == '\0'))
+	{
+		*problem = "paymentResult.resultCode is missing or empty";
 		return false;
 	}
 	return true;

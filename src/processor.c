@@ -53,6 +53,9 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "lib/stringinfo.h"
+#include "pgstat.h"
+#include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -68,6 +71,8 @@
 PG_FUNCTION_INFO_V1(alipayplus_process_cancellations);
 PG_FUNCTION_INFO_V1(alipayplus_run_cancellations);
 PG_FUNCTION_INFO_V1(alipayplus_process_backlog);
+PG_FUNCTION_INFO_V1(alipayplus_process_resolutions);
+PG_FUNCTION_INFO_V1(alipayplus_resolve_backlog);
 
 /* a lease outlasts a call (alipayplus.timeout_ms) by this much */
 #define APS_LEASE_MARGIN_MS 10000
@@ -95,6 +100,10 @@ typedef struct Slot
 	char	   *request_time;
 	ApsHttpExchange *ex;
 	MemoryContext cxt;
+	/* issue 15: an inquiry of a resolution rather than a cancel attempt */
+	bool		resolve;
+	int64		resolution_id;
+	int64		inquiry_id;
 } Slot;
 
 /* a run */
@@ -126,7 +135,24 @@ typedef struct Run
 	/* why the run stops early, if it does */
 	const char *interrupted;	/* 'interrupted: ...' reason, NULL if none */
 	const char *unanswered_code;	/* code for calls left in flight */
+	/* issue 15: resolutions */
+	int			kinds;			/* APS_KIND_* served */
+	List	   *res_skip;		/* resolutions inquired once (no waiting) */
+	TimestampTz next_inquiry;	/* the next inquiry due; 0: none known */
+	int64		unknown;		/* RESOLVING resolutions, at the last look */
+	char	   *inquiry_url;	/* the inquiryPayment URL, in cxt */
 } Run;
+
+/* issue 15: the resolutions' part of the pipeline (see "Resolutions") */
+static int	claim_resolutions(Run *run, int want, EVP_PKEY *key,
+							  const char *request_time, bool *exhausted);
+static void settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
+								const char *abandon_detail, bool *interrupted);
+static bool inquiry_due_again(Run *run, TimestampTz now);
+static bool wait_for_inquiry(Run *run);
+static bool resolve_progress_due(Run *run, int64 *unknown);
+static void resolve_progress_notice(Run *run, int64 unknown);
+static void resolve_done_notice(ApsRunCounts *counts);
 
 static SPIPlanPtr plan_run_begin;
 static SPIPlanPtr plan_run_update;
@@ -358,6 +384,17 @@ code_gateway_silent(const char *code)
 							strcmp(code, "local.timeout") == 0);
 }
 
+/* Count a call that got no answer; it is the run's last error */
+static void
+note_unanswered(Run *run, const char *code, const char *detail)
+{
+	MemoryContext old = MemoryContextSwitchTo(run->cxt);
+
+	run->counts->unanswered++;
+	run->counts->last_error = psprintf("%s: %s", code, detail ? detail : "");
+	MemoryContextSwitchTo(old);
+}
+
 /* count one settled answer */
 static void
 count_settled(Run *run, const char *state, bool attention, const char *code,
@@ -374,13 +411,7 @@ count_settled(Run *run, const char *state, bool attention, const char *code,
 	else
 		c->retrying++;
 	if (code_unanswered(code))
-	{
-		MemoryContext old = MemoryContextSwitchTo(run->cxt);
-
-		c->unanswered++;
-		c->last_error = psprintf("%s: %s", code, detail ? detail : "");
-		MemoryContextSwitchTo(old);
-	}
+		note_unanswered(run, code, detail);
 }
 
 /* A U of our own for an attempt that got no answer */
@@ -411,6 +442,7 @@ static void
 free_slot(Run *run, Slot *s)
 {
 	s->busy = false;
+	s->resolve = false;
 	s->ex = NULL;
 	MemoryContextReset(s->cxt);
 	run->busy_slots--;
@@ -421,6 +453,47 @@ static char *
 result_text(ApsCallResult *r, int col)
 {
 	return r->nulls[col] ? NULL : TextDatumGetCString(r->values[col]);
+}
+
+/*
+ * The result of slot s's call (operation op) if it is to be settled now:
+ * its answer, or with abandon_code (no answer) a U of our own with how long
+ * it was in flight.  False if neither.
+ */
+static bool
+slot_result(Run *run, Slot *s, const ApsOperation *op,
+			const char *abandon_code, const char *abandon_detail,
+			ApsCallResult *r, TimestampTz *answered_at)
+{
+	MemoryContext old = MemoryContextSwitchTo(s->cxt);
+	bool		settle = true;
+
+	if (s->ex != NULL && s->ex->done)
+	{
+		aps_operation_result(s->ex, op, s->field, s->id, r);
+		*answered_at = s->ex->started_at +
+			(TimestampTz) (s->ex->latency_ms * 1000.0);
+		run->gateway_calls++;
+		if (code_gateway_silent(result_text(r, APS_CALL_RESULT_CODE)))
+			run->gateway_silent++;
+	}
+	else if (abandon_code != NULL)
+	{
+		unanswered_result(r, s->field, s->id, s->request_time,
+						  abandon_code, abandon_detail);
+		*answered_at = GetCurrentTimestamp();
+		if (s->ex != NULL && s->ex->started_at != 0)
+		{
+			/* how long it was in flight before it was abandoned */
+			r->values[APS_CALL_LATENCY_MS] =
+				Float8GetDatum((double) (*answered_at - s->ex->started_at) / 1000.0);
+			r->nulls[APS_CALL_LATENCY_MS] = false;
+		}
+	}
+	else
+		settle = false;
+	MemoryContextSwitchTo(old);
+	return settle;
 }
 
 /*
@@ -439,37 +512,17 @@ settle_slots(Run *run, const char *abandon_code, const char *abandon_detail)
 		TimestampTz answered_at;
 		char	   *state;
 		bool		attention = false;
-		MemoryContext old;
 
 		if (!s->busy)
 			continue;
-		if (s->ex != NULL && s->ex->done)
+		if (s->resolve)
 		{
-			old = MemoryContextSwitchTo(s->cxt);
-			aps_cancel_result(s->ex, s->field, s->id, &r);
-			MemoryContextSwitchTo(old);
-			answered_at = s->ex->started_at +
-				(TimestampTz) (s->ex->latency_ms * 1000.0);
-			run->gateway_calls++;
-			if (code_gateway_silent(result_text(&r, APS_CALL_RESULT_CODE)))
-				run->gateway_silent++;
+			settle_inquiry_slot(run, s, abandon_code, abandon_detail,
+								&interrupted);
+			continue;
 		}
-		else if (abandon_code != NULL)
-		{
-			old = MemoryContextSwitchTo(s->cxt);
-			unanswered_result(&r, s->field, s->id, s->request_time,
-							  abandon_code, abandon_detail);
-			MemoryContextSwitchTo(old);
-			answered_at = GetCurrentTimestamp();
-			if (s->ex != NULL && s->ex->started_at != 0)
-			{
-				/* how long it was in flight before it was abandoned */
-				r.values[APS_CALL_LATENCY_MS] =
-					Float8GetDatum((double) (answered_at - s->ex->started_at) / 1000.0);
-				r.nulls[APS_CALL_LATENCY_MS] = false;
-			}
-		}
-		else
+		if (!slot_result(run, s, &aps_cancel_operation, abandon_code,
+						 abandon_detail, &r, &answered_at))
 			continue;
 		state = aps_settle_claimed(s->cancellation_id, s->attempt_id, &r,
 								   answered_at, attempt_caller(run),
@@ -527,6 +580,77 @@ reap(Run *run)
  * Claiming and calling
  * --------------------------------------------------------------------- */
 
+/* Remember a row the run must not claim again */
+static void
+skip_add(Run *run, List **skip, int64 id)
+{
+	MemoryContext old = MemoryContextSwitchTo(run->cxt);
+	int64	   *p = palloc(sizeof(int64));
+
+	*p = id;
+	*skip = lappend(*skip, p);
+	MemoryContextSwitchTo(old);
+}
+
+/* The rows of a skip list, as a claim's bigint[] argument */
+static Datum
+skip_array(List *skip)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(list_length(skip), 1));
+	int			k = 0;
+	ListCell   *lc;
+
+	foreach(lc, skip)
+		d[k++] = Int64GetDatum(*(int64 *) lfirst(lc));
+	return PointerGetDatum(construct_array(d, k, INT8OID, 8, true,
+										   TYPALIGN_DOUBLE));
+}
+
+/* A claim's lease: the call's time limit and a margin */
+static Interval *
+claim_lease(void)
+{
+	Interval   *lease = palloc0(sizeof(Interval));
+
+	lease->time = ((int64) aps_timeout_ms + APS_LEASE_MARGIN_MS) * 1000;
+	return lease;
+}
+
+/*
+ * Put a claimed call in a free slot: the id it sends (columns field_col
+ * and field_col + 1 of the claim's row) and its request of operation op,
+ * signed with request_time (sent after the commit).  The caller sets the
+ * slot's row ids.
+ */
+static Slot *
+fill_slot(Run *run, const ApsOperation *op, HeapTuple t, TupleDesc d,
+		  int field_col, const char *request_time, EVP_PKEY *key,
+		  const char *url)
+{
+	for (int j = 0; j < run->width; j++)
+	{
+		Slot	   *s = &run->slots[j];
+		MemoryContext old;
+
+		if (s->busy)
+			continue;
+		old = MemoryContextSwitchTo(s->cxt);
+		s->busy = true;
+		s->field = SPI_getvalue(t, d, field_col);
+		s->id = SPI_getvalue(t, d, field_col + 1);
+		s->request_time = pstrdup(request_time);
+		s->ex = aps_prepare_exchange(op, s->field, s->id, key, url,
+									 s->request_time);
+		/* the engine itself stops at statement_timeout (see run_pipeline) */
+		s->ex->no_statement_cap = true;
+		MemoryContextSwitchTo(old);
+		run->busy_slots++;
+		return s;
+	}
+	elog(ERROR, "no free slot for a claimed call");
+	return NULL;				/* keep compiler quiet */
+}
+
 /*
  * Claim up to "want" rows in the current step; the claimed ones are put
  * in free slots with their signed requests (sent after the commit).
@@ -538,37 +662,46 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 	Datum		v[6];
 	char		n[6] = "      ";
 	char	   *request_time = aps_request_time_now();
-	Interval   *lease;
 	int			filled = 0;
 	uint64		rows;
 	SPITupleTable *tt;
-	Datum	   *skip;
-	int			nskip = list_length(run->skip);
-	int			k = 0;
-	ListCell   *lc;
 
 	if (TimestampDifferenceExceeds(run->last_reap, GetCurrentTimestamp(),
 								   APS_REAP_INTERVAL_MS))
 		reap(run);
 
-	skip = palloc(sizeof(Datum) * Max(nskip, 1));
-	foreach(lc, run->skip)
-		skip[k++] = Int64GetDatum(*(int64 *) lfirst(lc));
-	lease = palloc0(sizeof(Interval));
-	lease->time = ((int64) aps_timeout_ms + APS_LEASE_MARGIN_MS) * 1000;
 	v[0] = Int64GetDatum(run->counts->run_id);
 	if (run->counts->run_id == 0)
 		n[0] = 'n';
 	v[1] = Int32GetDatum(want);
 	v[2] = CStringGetTextDatum(request_time);
 	v[3] = CStringGetTextDatum(attempt_caller(run));
-	v[4] = IntervalPGetDatum(lease);
-	v[5] = PointerGetDatum(construct_array(skip, nskip, INT8OID, 8, true,
-										   TYPALIGN_DOUBLE));
-	exec_plan(plan_claim, v, n);
-	rows = SPI_processed;
-	tt = SPI_tuptable;
+	v[4] = IntervalPGetDatum(claim_lease());
+	v[5] = skip_array(run->skip);
+	if (run->kinds & APS_KIND_CANCEL)
+	{
+		exec_plan(plan_claim, v, n);
+		rows = SPI_processed;
+		tt = SPI_tuptable;
+	}
+	else
+	{
+		rows = 0;
+		tt = NULL;
+	}
 	run->nothing_due = rows < (uint64) want;
+	/* the free slots left go to the resolutions (issue 15) */
+	if (run->nothing_due && (run->kinds & APS_KIND_RESOLVE))
+	{
+		SPITupleTable *ctt = tt;
+		bool		exhausted;
+
+		SPI_tuptable = NULL;
+		filled += claim_resolutions(run, want - (int) rows, key, request_time,
+									&exhausted);
+		run->nothing_due = exhausted;
+		tt = ctt;
+	}
 	for (uint64 i = 0; i < rows; i++)
 	{
 		HeapTuple	t = tt->vals[i];
@@ -576,15 +709,11 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		bool		isnull;
 		char	   *kind = SPI_getvalue(t, d, 1);
 		int64		cid = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+		Slot	   *s;
 
 		if (strcmp(kind, "call") != 0)
 		{
-			MemoryContext old = MemoryContextSwitchTo(run->cxt);
-			int64	   *p = palloc(sizeof(int64));
-
-			*p = cid;
-			run->skip = lappend(run->skip, p);
-			MemoryContextSwitchTo(old);
+			skip_add(run, &run->skip, cid);
 			if (strcmp(kind, "busy") == 0)
 				run->counts->busy++;
 			else
@@ -598,28 +727,11 @@ claim(Run *run, int want, EVP_PKEY *key, const char *url)
 		}
 		run->claims++;
 		run->counts->claimed++;
-		for (int j = 0; j < run->width; j++)
-		{
-			Slot	   *s = &run->slots[j];
-			MemoryContext old;
-
-			if (s->busy)
-				continue;
-			old = MemoryContextSwitchTo(s->cxt);
-			s->busy = true;
-			s->cancellation_id = cid;
-			s->attempt_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
-			s->field = SPI_getvalue(t, d, 4);
-			s->id = SPI_getvalue(t, d, 5);
-			s->request_time = pstrdup(request_time);
-			s->ex = aps_prepare_cancel(s->field, s->id, key, url,
-									   s->request_time);
-			s->ex->no_statement_cap = true;
-			MemoryContextSwitchTo(old);
-			run->busy_slots++;
-			filled++;
-			break;
-		}
+		s = fill_slot(run, &aps_cancel_operation, t, d, 4, request_time, key,
+					  url);
+		s->cancellation_id = cid;
+		s->attempt_id = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		filled++;
 	}
 	return filled;
 }
@@ -636,6 +748,313 @@ send_claimed(Run *run)
 			s->ex->started_at == 0)
 			aps_http_add(s->ex);
 	}
+}
+
+/* ---------------------------------------------------------------------
+ * Resolutions (issue 15): the pipeline's second job kind
+ *
+ * A due resolution (alipayplus.resolutions, RESOLVING, next_inquiry_at
+ * passed) is claimed like a cancellation, in the same claim step: SKIP
+ * LOCKED, leased (next_inquiry_at moved ahead by the call's time limit and
+ * the margin) and given an inquiry row "no answer yet" (U
+ * local.no_answer_yet, completed_at NULL) with the request it will send,
+ * all committed before the request leaves (alipayplus._claim_resolutions).
+ * Its inquiryPayment call takes a slot beside the cancel calls.  Its
+ * answer is settled in the same settle step by alipayplus._settle_inquiry,
+ * which completes the inquiry row and applies alipayplus._resolve_step:
+ * paid, failed, a cancellation requested, a person, or ask again later.
+ * A call left without an answer (interrupt, time budget, shutdown) decides
+ * nothing: its resolution is due again at once.
+ * --------------------------------------------------------------------- */
+
+static SPIPlanPtr plan_res_claim;
+static SPIPlanPtr plan_res_settle;
+static SPIPlanPtr plan_res_queue;
+static Oid	res_plans_ext = InvalidOid;
+
+/* _settle_inquiry's arguments: inquiry, decide, answered_at, the result */
+#define RES_SETTLE_FIRST_COL APS_CALL_HTTP_STATUS
+#define RES_SETTLE_NARGS (3 + APS_INQ_NUM_COLS - RES_SETTLE_FIRST_COL)
+
+/* The resolutions' statements, in the step (after prepare_plans) */
+static void
+resolve_plans(void)
+{
+	static const Oid inq_types[APS_INQ_NUM_COLS - APS_CALL_NUM_COLS] = {
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID,
+		INT8OID
+	};
+	Oid			t_claim[] = {INT8OID, INT4OID, TEXTOID, INTERVALOID, INT8ARRAYOID};
+	Oid			t_settle[RES_SETTLE_NARGS];
+	StringInfoData sql;
+
+	if (res_plans_ext == plans_ext && plan_res_claim != NULL)
+		return;
+	if (plan_res_claim != NULL)
+	{
+		SPI_freeplan(plan_res_claim);
+		SPI_freeplan(plan_res_settle);
+		SPI_freeplan(plan_res_queue);
+		plan_res_claim = NULL;
+	}
+	t_settle[0] = INT8OID;
+	t_settle[1] = BOOLOID;
+	t_settle[2] = TIMESTAMPTZOID;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT s.decision, s.next_inquiry_at"
+						   " FROM alipayplus._settle_inquiry($1, $2, $3");
+	for (int c = RES_SETTLE_FIRST_COL; c < APS_INQ_NUM_COLS; c++)
+	{
+		int			arg = 3 + c - RES_SETTLE_FIRST_COL;
+
+		t_settle[arg] = c < APS_CALL_NUM_COLS ? aps_call_columns[c].type :
+			inq_types[c - APS_CALL_NUM_COLS];
+		appendStringInfo(&sql, ", $%d", arg + 1);
+	}
+	appendStringInfoString(&sql, ") s");
+	plan_res_claim = keep("SELECT c.resolution_id, c.inquiry_id, c.sent_field, c.sent_id"
+						  " FROM alipayplus._claim_resolutions($1, $2, $3, $4, $5) c",
+						  5, t_claim);
+	plan_res_settle = keep(sql.data, RES_SETTLE_NARGS, t_settle);
+	plan_res_queue = keep("SELECT pg_catalog.count(*), pg_catalog.min(x.next_inquiry_at)"
+						  " FROM alipayplus.resolutions x"
+						  " WHERE x.state OPERATOR(pg_catalog.=) 'RESOLVING'",
+						  0, NULL);
+	pfree(sql.data);
+	res_plans_ext = plans_ext;
+}
+
+/* The resolutions still unknown (run->unknown) and the next one due */
+static TimestampTz
+resolve_queue(Run *run)
+{
+	bool		isnull;
+	Datum		d;
+
+	resolve_plans();
+	exec_plan(plan_res_queue, NULL, NULL);
+	run->unknown = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/*
+ * Claim up to "want" due resolutions in the current step into free slots,
+ * each with its signed inquiry (sent after the commit).  *exhausted: fewer
+ * were due.  Returns how many slots were filled.
+ */
+static int
+claim_resolutions(Run *run, int want, EVP_PKEY *key, const char *request_time,
+				  bool *exhausted)
+{
+	Datum		v[5];
+	char		n[5] = "     ";
+	uint64		rows;
+	SPITupleTable *tt;
+
+	*exhausted = false;
+	if (want <= 0)
+		return 0;
+	resolve_plans();
+	if (run->inquiry_url == NULL)
+		run->inquiry_url = MemoryContextStrdup(run->cxt,
+											   aps_operation_url(&aps_inquiry_operation));
+	v[0] = Int64GetDatum(run->counts->run_id);
+	if (run->counts->run_id == 0)
+		n[0] = 'n';
+	v[1] = Int32GetDatum(want);
+	v[2] = CStringGetTextDatum(request_time);
+	v[3] = IntervalPGetDatum(claim_lease());
+	v[4] = skip_array(run->res_skip);
+	exec_plan(plan_res_claim, v, n);
+	rows = SPI_processed;
+	tt = SPI_tuptable;
+	*exhausted = rows < (uint64) want;
+	for (uint64 i = 0; i < rows; i++)
+	{
+		bool		isnull;
+		Slot	   *s = fill_slot(run, &aps_inquiry_operation, tt->vals[i],
+								  tt->tupdesc, 3, request_time, key,
+								  run->inquiry_url);
+
+		s->resolve = true;
+		s->resolution_id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc,
+														1, &isnull));
+		s->inquiry_id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc,
+													2, &isnull));
+		run->claims++;
+		run->counts->claimed++;
+		run->counts->inquired++;
+	}
+	SPI_freetuptable(tt);
+	if (*exhausted && run->opts->wait_for_inquiries)
+	{
+		TimestampTz next = resolve_queue(run);
+
+		/* not sooner than 100 ms: a due row locked elsewhere is not spun on */
+		run->next_inquiry = next == 0 ? 0 :
+			Max(next, GetCurrentTimestamp() + 100 * 1000);
+	}
+	return (int) rows;
+}
+
+/*
+ * Settle one inquiry slot (in the settle step): its answer, or with
+ * abandon_code its lack of one.  A call without an answer decides nothing.
+ */
+static void
+settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
+					const char *abandon_detail, bool *interrupted)
+{
+	ApsRunCounts *c = run->counts;
+	ApsCallResult r;
+	TimestampTz answered_at;
+	bool		decide;
+	Datum		v[RES_SETTLE_NARGS];
+	char		n[RES_SETTLE_NARGS + 1];
+	char	   *decision = NULL;
+	TimestampTz next = 0;
+	char	   *code;
+
+	/* an answer caught with an interrupt is recorded, not applied */
+	decide = s->ex != NULL && s->ex->done && !*interrupted;
+	if (!slot_result(run, s, &aps_inquiry_operation, abandon_code,
+					 abandon_detail, &r, &answered_at))
+		return;
+
+	resolve_plans();
+	memset(n, ' ', sizeof(n));
+	n[RES_SETTLE_NARGS] = '\0';
+	v[0] = Int64GetDatum(s->inquiry_id);
+	v[1] = BoolGetDatum(decide);
+	v[2] = TimestampTzGetDatum(answered_at);
+	for (int col = RES_SETTLE_FIRST_COL; col < APS_INQ_NUM_COLS; col++)
+	{
+		int			arg = 3 + col - RES_SETTLE_FIRST_COL;
+
+		v[arg] = r.values[col];
+		if (r.nulls[col])
+			n[arg] = 'n';
+	}
+	exec_plan(plan_res_settle, v, n);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d;
+
+		decision = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		next = isnull ? 0 : DatumGetTimestampTz(d);
+	}
+	if (decision == NULL || strcmp(decision, "not_open") == 0)
+		;						/* completed by another run meanwhile */
+	else if (strcmp(decision, "paid") == 0)
+		c->paid++;
+	else if (strcmp(decision, "failed") == 0)
+		c->failed++;
+	else if (strcmp(decision, "cancel") == 0)
+	{
+		c->to_cancel++;
+		/* its cancellation is due now: claim it in this run */
+		if (run->kinds & APS_KIND_CANCEL)
+			run->nothing_due = false;
+	}
+	else if (strcmp(decision, "wait") == 0 || strcmp(decision, "unanswered") == 0)
+		c->waiting++;
+	else
+		c->resolve_attention++;
+	code = result_text(&r, APS_CALL_RESULT_CODE);
+	if (code_unanswered(code))
+		note_unanswered(run, code, result_text(&r, APS_CALL_ERROR_DETAIL));
+	if (run->opts->wait_for_inquiries)
+	{
+		if (next != 0 && (run->next_inquiry == 0 || next < run->next_inquiry))
+			run->next_inquiry = next;
+	}
+	else
+	{
+		/* one inquiry per resolution and run, as the SQL forms promise */
+		skip_add(run, &run->res_skip, s->resolution_id);
+	}
+	if (!*interrupted && pending_interrupt(run) != NULL)
+		*interrupted = true;
+	free_slot(run, s);
+}
+
+/* Whether the next inquiry of a waiting resolution is due (wait mode) */
+static bool
+inquiry_due_again(Run *run, TimestampTz now)
+{
+	if (run->next_inquiry == 0 || now < run->next_inquiry || !run->nothing_due)
+		return false;
+	run->next_inquiry = 0;
+	run->nothing_due = false;
+	return true;
+}
+
+/*
+ * Nothing in flight and nothing due: sleep a little (at most 100 ms, an
+ * interrupt wakes it) if a resolution is still to be asked again; false if
+ * none is.
+ */
+static bool
+wait_for_inquiry(Run *run)
+{
+	long		ms;
+
+	if (run->next_inquiry == 0)
+		return false;
+	ms = (long) ((run->next_inquiry - GetCurrentTimestamp()) / 1000);
+	if (ms > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(ms, 100), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	return true;
+}
+
+/* Whether a progress NOTICE of alipayplus_resolve_backlog is due (in the step) */
+static bool
+resolve_progress_due(Run *run, int64 *unknown)
+{
+	if (run->opts->progress_ms <= 0 ||
+		!TimestampDifferenceExceeds(run->last_progress, GetCurrentTimestamp(),
+									run->opts->progress_ms))
+		return false;
+	(void) resolve_queue(run);
+	*unknown = run->unknown;
+	return true;
+}
+
+/* The words of a resolve NOTICE: what the run's inquiries decided so far */
+static char *
+resolve_summary(Run *run, int64 unknown)
+{
+	ApsRunCounts *c = run->counts;
+
+	return psprintf("%d paid, %d failed, %d cancellations requested (%d cancelled), "
+					"%d for a person, " INT64_FORMAT " still unknown",
+					c->paid, c->failed, c->to_cancel, c->cancelled,
+					c->resolve_attention + c->attention, unknown);
+}
+
+/* alipayplus_resolve_backlog's progress NOTICE, outside the step */
+static void
+resolve_progress_notice(Run *run, int64 unknown)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	double		secs;
+
+	if (InterruptPending)
+		return;
+	run->last_progress = now;
+	secs = Max((double) (now - run->start) / 1000000.0, 0.001);
+	ereport(NOTICE,
+			(errmsg("resolving: %s; %d inquiries, %.1f per second",
+					resolve_summary(run, unknown), run->counts->inquired,
+					run->counts->inquired / secs)));
 }
 
 /* ---------------------------------------------------------------------
@@ -812,6 +1231,9 @@ run_pipeline(Run *run, int64 continue_run)
 		int			free_slots = run->width - run->busy_slots;
 		TimestampTz now = GetCurrentTimestamp();
 
+		if (stop == NULL && inquiry_due_again(run, now))
+			look_for_work = true;
+
 		/* why stop claiming */
 		if (stop == NULL)
 		{
@@ -910,13 +1332,17 @@ run_pipeline(Run *run, int64 continue_run)
 					claim(run, want, key, url);
 				look_for_work = false;
 			}
-			notice = stop == NULL && progress_due(run, &due);
+			notice = stop == NULL &&
+				(opts->wait_for_inquiries ? resolve_progress_due(run, &due) :
+				 progress_due(run, &due));
 			flush_counts(run, stop, stop != NULL);
 			step_end(run);
 			RESUME_INTERRUPTS();
 			if (stop != NULL)
 				break;
-			if (notice)
+			if (notice && opts->wait_for_inquiries)
+				resolve_progress_notice(run, due);
+			else if (notice)
 				progress_notice(run, due);
 			/* only now, committed, do the requests leave */
 			send_claimed(run);
@@ -926,6 +1352,9 @@ run_pipeline(Run *run, int64 continue_run)
 		{
 			if (run->claims >= opts->max_count)
 				stop = "max_count reached";
+			else if (run->nothing_due && opts->wait_for_inquiries &&
+					 wait_for_inquiry(run))
+				continue;
 			else if (run->nothing_due)
 				stop = "nothing due";
 			else if (run->gateway_calls >= 3 &&
@@ -967,6 +1396,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	run.opts = opts;
 	run.counts = counts;
 	run.cxt = cxt;
+	run.kinds = opts->kinds != 0 ? opts->kinds : APS_KIND_CANCEL | APS_KIND_RESOLVE;
 	run.start = GetCurrentTimestamp();
 	run.budget_end = run.start + (TimestampTz) opts->time_budget_ms * 1000;
 	run.last_progress = run.start;
@@ -1018,6 +1448,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	if (run.spi_open && opts->mode == APS_TXN_CALLER)
 		SPI_finish();
 	counts->elapsed_ms = (double) (GetCurrentTimestamp() - run.start) / 1000.0;
+	counts->still_unknown = run.unknown;
 	last_gateway_calls = run.gateway_calls;
 	last_gateway_silent = run.gateway_silent;
 	if (counts->last_error != NULL)
@@ -1121,7 +1552,8 @@ alipayplus_process_cancellations(PG_FUNCTION_ARGS)
  * the call context say it can commit, yet makes the first COMMIT fail).
  */
 static void
-run_procedure(FunctionCallInfo fcinfo, const char *name, int progress_ms)
+run_procedure(FunctionCallInfo fcinfo, const char *name, int progress_ms,
+			  bool resolve)
 {
 	ApsRunOptions opts;
 	ApsRunCounts counts;
@@ -1136,8 +1568,11 @@ run_procedure(FunctionCallInfo fcinfo, const char *name, int progress_ms)
 	opts.mode = APS_TXN_PROCEDURE;
 	opts.caller = name;
 	opts.progress_ms = progress_ms;
+	opts.wait_for_inquiries = resolve;
 	run_processor(&opts, &counts, 0);
-	if (progress_ms > 0)
+	if (resolve)
+		resolve_done_notice(&counts);
+	else if (progress_ms > 0)
 		ereport(NOTICE,
 				(errmsg("%d done (%d cancelled) in %.0f s, processor run %lld",
 						counts.claimed, counts.cancelled,
@@ -1156,23 +1591,98 @@ run_procedure(FunctionCallInfo fcinfo, const char *name, int progress_ms)
 Datum
 alipayplus_run_cancellations(PG_FUNCTION_ARGS)
 {
-	run_procedure(fcinfo, "alipayplus_run_cancellations", 0);
+	run_procedure(fcinfo, "alipayplus_run_cancellations", 0, false);
 	PG_RETURN_VOID();
+}
+
+/* The progress argument (third) of the backlog procedures, in ms; 0: none */
+static int
+progress_argument(FunctionCallInfo fcinfo)
+{
+	Interval   *p;
+	int64		usecs;
+
+	if (PG_ARGISNULL(2))
+		return 0;
+	p = PG_GETARG_INTERVAL_P(2);
+	usecs = p->time + (int64) p->day * USECS_PER_DAY;
+	return (int) Max(1, Min(usecs / 1000, (int64) INT_MAX));
 }
 
 /* CALL alipayplus_process_backlog(max_count, time_budget, progress) */
 Datum
 alipayplus_process_backlog(PG_FUNCTION_ARGS)
 {
-	int			progress_ms = 0;
-
-	if (!PG_ARGISNULL(2))
-	{
-		Interval   *p = PG_GETARG_INTERVAL_P(2);
-		int64		usecs = p->time + (int64) p->day * USECS_PER_DAY;
-
-		progress_ms = (int) Max(1, Min(usecs / 1000, (int64) INT_MAX));
-	}
-	run_procedure(fcinfo, "alipayplus_process_backlog", progress_ms);
+	run_procedure(fcinfo, "alipayplus_process_backlog",
+				  progress_argument(fcinfo), false);
 	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------
+ * SQL entry points of the resolutions (issue 15)
+ * --------------------------------------------------------------------- */
+
+/* The closing NOTICE of alipayplus_resolve_backlog */
+static void
+resolve_done_notice(ApsRunCounts *counts)
+{
+	ereport(NOTICE,
+			(errmsg("resolved in %.1f s (processor run %lld, %s): %d inquiries; "
+					"%d paid, %d failed, %d cancellations requested, %d cancelled, "
+					"%d for a person, %d still unknown",
+					counts->elapsed_ms / 1000.0, (long long) counts->run_id,
+					counts->stopped_because ? counts->stopped_because : "",
+					counts->inquired, counts->paid, counts->failed,
+					counts->to_cancel, counts->cancelled,
+					counts->resolve_attention + counts->attention,
+					(int) counts->still_unknown),
+			 errhint("alipayplus.resolutions has each payment's state and decision; alipayplus.attention what a person must look at.")));
+}
+
+/*
+ * CALL alipayplus_resolve_backlog(max_count, time_budget, progress): the
+ * pipeline serving resolutions and cancellations, committing as it goes,
+ * waiting for the next inquiry of each resolution still unknown until
+ * every one is decided (or the budget is spent), with progress NOTICEs.
+ */
+Datum
+alipayplus_resolve_backlog(PG_FUNCTION_ARGS)
+{
+	aps_refuse_read_only_to("resolve Alipay+ payments");
+	run_procedure(fcinfo, "alipayplus_resolve_backlog",
+				  progress_argument(fcinfo), true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * alipayplus_process_resolutions(max_count, time_budget): the pipeline
+ * serving the due resolutions only, one inquiry each at most, in the
+ * caller's transaction; the counts of what the answers decided.
+ */
+Datum
+alipayplus_process_resolutions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ApsRunOptions opts;
+	ApsRunCounts counts;
+	Datum		values[6];
+	bool		nulls[6];
+
+	aps_refuse_read_only_to("resolve Alipay+ payments");
+	memset(&opts, 0, sizeof(opts));
+	run_arguments(fcinfo, &opts.max_count, &opts.time_budget_ms);
+	InitMaterializedSRF(fcinfo, 0);
+	opts.mode = APS_TXN_CALLER;
+	opts.caller = "alipayplus_process_resolutions";
+	opts.kinds = APS_KIND_RESOLVE;
+	run_processor(&opts, &counts, 0);
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = Int32GetDatum(counts.inquired);
+	values[1] = Int32GetDatum(counts.paid);
+	values[2] = Int32GetDatum(counts.failed);
+	values[3] = Int32GetDatum(counts.to_cancel);
+	values[4] = Int32GetDatum(counts.resolve_attention);
+	values[5] = Int32GetDatum(counts.waiting);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
 }

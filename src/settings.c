@@ -24,6 +24,7 @@
 
 char	   *aps_gateway_url = NULL;
 char	   *aps_cancel_path = NULL;
+char	   *aps_inquiry_path = NULL;
 char	   *aps_client_id = NULL;
 char	   *aps_private_key_file = NULL;
 char	   *aps_public_key_file = NULL;
@@ -81,27 +82,41 @@ check_gateway_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* alipayplus.cancel_path must be an absolute path without blanks */
+/*
+ * An API's path (alipayplus.cancel_path, alipayplus.inquiry_path; "which"
+ * is "cancel" or "inquiry") must be an absolute path without blanks
+ */
 static bool
-check_cancel_path(char **newval, void **extra, GucSource source)
+check_api_path(const char *path, const char *which)
 {
-	const char *path = *newval;
 	const char *p;
 
 	if (path == NULL || path[0] != '/')
 	{
-		GUC_check_errdetail("The cancel path must start with \"/\".");
+		GUC_check_errdetail("The %s path must start with \"/\".", which);
 		return false;
 	}
 	for (p = path; *p; p++)
 	{
 		if ((unsigned char) *p <= ' ' || *p == '#')
 		{
-			GUC_check_errdetail("The cancel path must not contain blanks, control characters or \"#\".");
+			GUC_check_errdetail("The %s path must not contain blanks, control characters or \"#\".", which);
 			return false;
 		}
 	}
 	return true;
+}
+
+static bool
+check_cancel_path(char **newval, void **extra, GucSource source)
+{
+	return check_api_path(*newval, "cancel");
+}
+
+static bool
+check_inquiry_path(char **newval, void **extra, GucSource source)
+{
+	return check_api_path(*newval, "inquiry");
 }
 
 /*
@@ -154,6 +169,14 @@ aps_define_settings(void)
 							   "/aps/api/v1/payments/cancelPayment",
 							   PGC_SUSET, 0,
 							   check_cancel_path, NULL, NULL);
+
+	DefineCustomStringVariable("alipayplus.inquiry_path",
+							   "Request path of the inquiryPayment API.",
+							   NULL,
+							   &aps_inquiry_path,
+							   "/aps/api/v1/payments/inquiryPayment",
+							   PGC_SUSET, 0,
+							   check_inquiry_path, NULL, NULL);
 
 	DefineCustomStringVariable("alipayplus.client_id",
 							   "Client-Id assigned by Alipay+ to this acquirer.",
@@ -220,7 +243,7 @@ aps_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("alipayplus.timeout_ms",
-							"Time allowed for a whole cancelPayment call.",
+							"Time allowed for a whole cancelPayment or inquiryPayment call.",
 							NULL,
 							&aps_timeout_ms,
 							10000, 1, 3600000,

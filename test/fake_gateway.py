@@ -2,15 +2,22 @@
 r"""
 fake_gateway.py -- a fake Alipay+ gateway for the extension's test rig.
 
-It serves the Alipay+ (ACQP -> Alipay+) cancelPayment API over HTTPS, checks
-each request the way the real gateway is specified to (Client-Id,
-Content-Type, RSA256 request signature, body shape; see
-docs/protocol.md), and answers with a
-scripted outcome picked by the prefix of the paymentRequestId / paymentId:
+It serves the Alipay+ (ACQP -> Alipay+) cancelPayment and inquiryPayment
+APIs over HTTPS (--path, --inquiry-path), checks each request the way the
+real gateway is specified to (Client-Id, Content-Type, RSA256 request
+signature over the path called, body shape; see docs/protocol.md), and
+answers with a scripted outcome picked by the prefix of the
+paymentRequestId / paymentId.  The prefixes below apply to both APIs; an
+inquiry's S answer also carries a paymentResult (S SUCCESS, the payment was
+paid, unless an inquiry prefix below says otherwise), paymentId,
+paymentRequestId, paymentAmount and, for a paid payment, paymentTime.
 
   (no prefix)            S SUCCESS, signed
   f-CODE-...             F CODE, signed          u-CODE-...   U CODE, signed
   slow-MS-...            sleep MS ms, then S     http500-...  HTTP 500, unsigned
+  lat-MS-REST            a gateway MS ms away: sleep MS ms, then the outcome
+                         of REST (any id below, both APIs; counts and the
+                         cancelled state stay with the whole id)
   badjson-...            signed body that is not JSON
   redirect-...           HTTP 302 to the same path, unsigned (never to be followed)
   noresult-...           signed JSON without "result"
@@ -70,6 +77,30 @@ the named fault is wrong):
   rstatus-X-...          a result with resultStatus X (any letters, or none:
                          "rstatus--..." sends "")
 
+inquiryPayment outcomes (per id and API, requests are counted apart):
+
+  (no prefix), paid-...  S, paymentResult S SUCCESS: paid
+  failed-CODE-...        S, paymentResult F CODE: the payment failed
+  later-N-...            S, paymentResult U PAYMENT_IN_PROCESS for the first N
+                         inquiries, then paid
+  inprocess-...          S, paymentResult U PAYMENT_IN_PROCESS, until the id is
+                         cancelled
+  notfound-...           F ORDER_NOT_EXIST (no paymentResult), signed
+  prnotfound-...         S, paymentResult F ORDER_NOT_EXIST (some guides' place)
+  f-CODE-..., u-CODE-... the inquiry's own result F / U CODE, signed
+  unsigned-S-...         the paid answer without a signature
+  nopayresult-...        signed S without a paymentResult
+  otherpayment-...       signed paid answer about another payment (the id
+                         asked about comes back changed)
+  ptyped-KIND-...        signed S whose payment fields are malformed:
+                         prstring (paymentResult "S"), prstatus (status "X"),
+                         prnocode, timenum (paymentTime 1), badtime
+                         (2026-02-30T...), amountnum (value 1250),
+                         amountdot (value "12.50"), nocurrency
+  Any id whose cancelPayment was answered S (a cancelled payment) is then
+  answered S, paymentResult F ORDER_IS_CLOSED, whatever its prefix (fault
+  modes aside).
+
 With --chaos P, an id without a prefix gets, with probability P, one of:
 a stall of --chaos-stall-ms, a TCP reset, HTTP 500, HTTP 503 (signed S body),
 U UNKNOWN_EXCEPTION, an unsigned S, a bad signature; otherwise S (or F
@@ -88,6 +119,7 @@ The signing helpers below are also imported by test_fake_gateway.py.
 import argparse
 import base64
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -109,6 +141,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 DEFAULT_PATH = "/aps/api/v1/payments/cancelPayment"
+DEFAULT_INQUIRY_PATH = "/aps/api/v1/payments/inquiryPayment"
+PAYMENT_TIME = "2026-03-01T18:15:07+08:00"
+PAYMENT_AMOUNT = {"currency": "SGD", "value": "1250"}
 JSON_TYPE = "application/json; charset=UTF-8"
 ACQUIRER_ID = "1022188000000000001"
 PSP_ID = "1022172000000000001"
@@ -130,6 +165,10 @@ UTC8 = timezone(timedelta(hours=8))
 
 MESSAGES = {
     "SUCCESS": "success.",
+    "PAYMENT_IN_PROCESS": "The payment is in process.",
+    "ORDER_IS_CLOSED": "The order is closed.",
+    "ORDER_NOT_EXIST": "The order does not exist.",
+    "USER_BALANCE_NOT_ENOUGH": "The user balance is not enough.",
     "PROCESS_FAIL": "A general business failure occurred. Do not retry.",
     "UNKNOWN_EXCEPTION": "An API call failed for unknown reasons.",
     "PARAM_ILLEGAL": "Illegal parameters exist.",
@@ -271,7 +310,7 @@ class Plan:
                  sign="normal", delay_ms=0, body=None, huge=False,
                  chunked=False, http_status=200, send="whole", send_ms=0,
                  dup=None, key_version="1", algorithm="RSA256", rtime=None,
-                 gzip_body=False, trailer=None):
+                 gzip_body=False, trailer=None, payment=None, spoil=None):
         self.outcome, self.kind, self.status, self.code = outcome, kind, status, code
         self.sign, self.delay_ms, self.body, self.huge = sign, delay_ms, body, huge
         self.chunked = chunked
@@ -285,6 +324,9 @@ class Plan:
         # "sig": a chunked body followed by a trailer with a second,
         # bogus Signature field
         self.trailer = trailer
+        # inquiryPayment: the paymentResult (status, code) of an S answer,
+        # None for paid; spoil: how inquiry_body() spoils the answer
+        self.payment, self.spoil = payment, spoil
 
 
 SEQ_TOKENS = {
@@ -421,6 +463,87 @@ def plan_for(ident, count, chaos=0.0, chaos_stall_ms=3000):
     return Plan("S")
 
 
+def alt_payment_id(ident):
+    """A made-up but stable Alipay+ paymentId for a paymentRequestId."""
+    return "2026" + str(int.from_bytes(
+        hashlib.sha256(ident.encode("utf-8")).digest()[:12], "big")).zfill(28)[:28]
+
+
+# ptyped-KIND: an inquiry's S answer whose payment fields are malformed;
+# each a function that spoils the normal answer's fields (a dict)
+PAYMENT_TYPOS = {
+    "prstring": lambda d: d.update(paymentResult="S"),
+    "prstatus": lambda d: d["paymentResult"].update(resultStatus="X"),
+    "prnocode": lambda d: d["paymentResult"].pop("resultCode"),
+    "timenum": lambda d: d.update(paymentTime=1),
+    "badtime": lambda d: d.update(paymentTime="2026-02-30T18:15:07+08:00"),
+    "amountnum": lambda d: d["paymentAmount"].update(value=1250),
+    "amountdot": lambda d: d["paymentAmount"].update(value="12.50"),
+    "nocurrency": lambda d: d["paymentAmount"].pop("currency"),
+    "nopayresult": lambda d: d.pop("paymentResult"),
+}
+
+
+def inquiry_body(ident, field, payment=None, spoil=None, padding=False):
+    """Compact JSON of an inquiry's S answer about id `ident` sent in
+    `field`; payment = (status, code) of paymentResult, None for paid;
+    spoil: "other" (about another payment) or a PAYMENT_TYPOS key."""
+    status, code = payment or ("S", "SUCCESS")
+    if spoil == "other":
+        ident = ident + "-other"
+    if field == "paymentId":
+        ids = {"paymentId": ident, "paymentRequestId": "PR-" + ident}
+    else:
+        ids = {"paymentId": alt_payment_id(ident), "paymentRequestId": ident}
+    d = {"acquirerId": ACQUIRER_ID, "pspId": PSP_ID,
+         "paymentResult": {"resultCode": code,
+                           "resultMessage": MESSAGES.get(code, "Scripted payment result."),
+                           "resultStatus": status}}
+    d.update(ids)
+    d["paymentAmount"] = dict(PAYMENT_AMOUNT)
+    if status == "S":
+        d["paymentTime"] = PAYMENT_TIME
+    if spoil in PAYMENT_TYPOS:
+        PAYMENT_TYPOS[spoil](d)
+    if padding:
+        d["padding"] = "x" * HUGE_PADDING
+    return result_body("S", "SUCCESS", extra=d)
+
+
+def inquiry_plan_for(ident, count, cancelled, chaos=0.0, chaos_stall_ms=3000):
+    """Pick the scripted inquiryPayment outcome for `ident` (count = n-th
+    inquiry; cancelled: its cancelPayment was answered S)."""
+    def m(prefix):
+        return re.match(prefix + r"(?:-|$)", ident)
+
+    if plan := fault_plan(m):
+        return plan
+    if cancelled:
+        return Plan("closed", payment=("F", "ORDER_IS_CLOSED"))
+    if m(r"paid"):
+        return Plan("paid")
+    if r := m(r"failed-" + CODE):
+        return Plan("failed:" + r.group(1), payment=("F", r.group(1)))
+    if r := m(r"later-(\d+)"):
+        if count <= int(r.group(1)):
+            return Plan("inprocess", payment=("U", "PAYMENT_IN_PROCESS"))
+        return Plan("paid")
+    if m(r"inprocess"):
+        return Plan("inprocess", payment=("U", "PAYMENT_IN_PROCESS"))
+    if m(r"notfound"):
+        return Plan("F:ORDER_NOT_EXIST", status="F", code="ORDER_NOT_EXIST")
+    if m(r"prnotfound"):
+        return Plan("prnotfound", payment=("F", "ORDER_NOT_EXIST"))
+    if m(r"nopayresult"):
+        return Plan("nopayresult", spoil="nopayresult")
+    if m(r"otherpayment"):
+        return Plan("otherpayment", spoil="other")
+    if (r := m(r"ptyped-(\w+)")) and r.group(1) in PAYMENT_TYPOS:
+        return Plan("ptyped:" + r.group(1), spoil=r.group(1))
+    plan = plan_for(ident, count, chaos, chaos_stall_ms)
+    return Plan("paid") if plan.outcome == "S" else plan
+
+
 def fault_plan(m):
     """The fault modes (see the module's docstring), or None."""
     if r := m(r"headstall-(\d+)"):
@@ -468,6 +591,9 @@ def tls_context(cert, key):
 class Gateway:
     def __init__(self, args):
         self.path = args.path
+        self.inquiry_path = args.inquiry_path
+        # ids whose cancelPayment was answered S: cancelled payments
+        self.cancelled = set()
         self.client_id = args.client_id
         self.client_pubs = [load_rsa_key(k, private=False)
                             for k in args.client_pubkey]
@@ -484,11 +610,25 @@ class Gateway:
             pass
         self.log_file = open(fd, "a", buffering=1, encoding="utf-8")
 
-    def next_count(self, ident):
+    def api(self, path):
+        """The API served at `path`, or None."""
+        return {self.path: "cancelPayment",
+                self.inquiry_path: "inquiryPayment"}.get(path)
+
+    def next_count(self, ident, api="cancelPayment"):
+        """Requests for ident to this API so far, this one included."""
         with self.lock:
-            n = self.counts.get(ident, 0) + 1
-            self.counts[ident] = n
+            n = self.counts.get((api, ident), 0) + 1
+            self.counts[(api, ident)] = n
             return n
+
+    def note_cancelled(self, ident):
+        with self.lock:
+            self.cancelled.add(ident)
+
+    def is_cancelled(self, ident):
+        with self.lock:
+            return ident in self.cancelled
 
     def log(self, entry):
         line = json.dumps(entry, ensure_ascii=False) + "\n"
@@ -499,7 +639,8 @@ class Gateway:
             except OSError as e:
                 print("fake_gateway: cannot write log: %s" % e, file=sys.stderr)
 
-    def request_signature_valid(self, client_id, req_time, sig_header, body):
+    def request_signature_valid(self, client_id, req_time, sig_header, body,
+                                path=None):
         """The request signature check (docs/protocol.md, sections 3 and 4)."""
         if client_id is None or req_time is None or sig_header is None:
             return False
@@ -511,7 +652,7 @@ class Gateway:
         except ValueError:
             return False
         # http.server decodes header bytes as latin-1; undo that exactly.
-        content = content_to_sign(self.path.encode("latin-1"),
+        content = content_to_sign((path or self.path).encode("latin-1"),
                                   client_id.encode("latin-1"),
                                   req_time.encode("latin-1"), body)
         return any(verify(k, content, sig) for k in self.client_pubs)
@@ -635,7 +776,7 @@ class Handler(BaseHTTPRequestHandler):
         rtime = plan.rtime or response_time_now()
         signed_body = body + b" " if sign == "bad" else body
         # header values go out as latin-1 bytes; sign those same bytes
-        b64 = sign_b64(gw.sign_key, content_to_sign(gw.path, cid.encode("latin-1"),
+        b64 = sign_b64(gw.sign_key, content_to_sign(self.path, cid.encode("latin-1"),
                                                     rtime, signed_body))
         spaced = sign == "spaced"
         names = ("client-id", "response-time", "signature") if spaced else \
@@ -655,7 +796,7 @@ class Handler(BaseHTTPRequestHandler):
         if plan.dup == "sig":
             headers.append(("Signature", sig))
         elif plan.dup == "sigbad":
-            bogus = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime,
+            bogus = sign_b64(gw.sign_key, content_to_sign(self.path, cid, rtime,
                                                           body + b" "))
             headers.append(("Signature", signature_header(bogus)))
         elif plan.dup == "time":
@@ -667,7 +808,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         trailers = []
         if plan.trailer == "sig":
-            bogus = sign_b64(gw.sign_key, content_to_sign(gw.path, cid, rtime,
+            bogus = sign_b64(gw.sign_key, content_to_sign(self.path, cid, rtime,
                                                           body + b" "))
             trailers.append(("Signature", signature_header(bogus)))
         self._send(code, body, headers, chunked, trailers)
@@ -710,7 +851,7 @@ class Handler(BaseHTTPRequestHandler):
         entry = {
             "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "method": self.command, "path": self.path,
-            "id": None, "id_field": None,
+            "api": gw.api(self.path), "id": None, "id_field": None,
             "body": body.decode("utf-8", errors="replace"),
             "client_id": hdr.get("Client-Id"),
             "request_time": hdr.get("Request-Time"),
@@ -723,7 +864,7 @@ class Handler(BaseHTTPRequestHandler):
             "inflight": self._inflight,
         }
 
-        if self.command != "POST" or self.path != gw.path:
+        if self.command != "POST" or entry["api"] is None:
             entry["outcome"] = "404"
             gw.log(entry)
             self._send_plain(404, "not found\n")
@@ -732,11 +873,17 @@ class Handler(BaseHTTPRequestHandler):
         field, ident, body_ok = parse_request_body(body)
         entry["id"], entry["id_field"] = ident, field
         entry["signature_valid"] = gw.request_signature_valid(
-            entry["client_id"], entry["request_time"], entry["signature_header"], body)
+            entry["client_id"], entry["request_time"], entry["signature_header"], body,
+            self.path)
         ctype = re.sub(r"\s+", "", entry["content_type"] or "").lower()
 
         def reject(code, sign="none"):
             return Plan("F:" + code, status="F", code=code, sign=sign)
+
+        # lat-MS-REST: the outcome of REST, MS ms later (a distant gateway)
+        latency_ms, outcome_id = 0, ident
+        if ident and (r := re.match(r"lat-(\d+)-(.+)$", ident)):
+            latency_ms, outcome_id = int(r.group(1)), r.group(2)
 
         # Checks in this order; the first failure wins.  Only PARAM_ILLEGAL
         # is signed (the caller has been authenticated by then).
@@ -748,15 +895,25 @@ class Handler(BaseHTTPRequestHandler):
             plan = reject("INVALID_SIGNATURE")
         elif not body_ok:
             plan = reject("PARAM_ILLEGAL", sign="normal")
+        elif entry["api"] == "inquiryPayment":
+            entry["count"] = gw.next_count(ident, entry["api"])
+            plan = inquiry_plan_for(outcome_id, entry["count"], gw.is_cancelled(ident),
+                                    gw.chaos, gw.chaos_stall_ms)
         else:
-            entry["count"] = gw.next_count(ident)
-            plan = plan_for(ident, entry["count"], gw.chaos, gw.chaos_stall_ms)
+            entry["count"] = gw.next_count(ident, entry["api"])
+            plan = plan_for(outcome_id, entry["count"], gw.chaos, gw.chaos_stall_ms)
+            # a plain S answer: the payment is cancelled from now on
+            if plan.kind == "result" and plan.status == "S" and \
+                    plan.body is None and plan.http_status == 200:
+                gw.note_cancelled(ident)
 
         entry["outcome"] = plan.outcome
         gw.log(entry)                   # logged before acting (reset, sleep)
-        self._execute(plan)
+        if latency_ms:
+            time.sleep(latency_ms / 1000.0)
+        self._execute(plan, entry["api"], ident, field)
 
-    def _execute(self, plan):
+    def _execute(self, plan, api="cancelPayment", ident=None, field=None):
         if plan.delay_ms:
             time.sleep(plan.delay_ms / 1000.0)
         if plan.kind == "reset":
@@ -765,10 +922,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send_plain(500, "internal server error\n")
         elif plan.kind == "redirect":
             # a redirect to the same path with a plain id; clients must not follow
-            self._send(302, b"", [("Location", self.server.gw.path + "?to=ok")])
+            self._send(302, b"", [("Location", self.path + "?to=ok")])
         else:
             if plan.body is not None:
                 body = plan.body
+            elif api == "inquiryPayment" and plan.status == "S":
+                body = inquiry_body(ident, field, plan.payment, plan.spoil,
+                                    plan.huge)
             else:
                 extra = {}
                 if plan.status == "S":
@@ -873,10 +1033,13 @@ def atomic_write(path, text):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Fake Alipay+ cancelPayment gateway")
+    ap = argparse.ArgumentParser(description="Fake Alipay+ cancelPayment and inquiryPayment gateway")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--path", default=DEFAULT_PATH)
+    ap.add_argument("--path", default=DEFAULT_PATH,
+                    help="path of the cancelPayment API")
+    ap.add_argument("--inquiry-path", default=DEFAULT_INQUIRY_PATH,
+                    help="path of the inquiryPayment API")
     ap.add_argument("--pidfile")
     for name in ("--portfile", "--cert", "--key", "--client-id",
                  "--sign-key", "--log"):

@@ -14,6 +14,8 @@
 #    due to user request", promptly; the call was waiting with
 #    wait_event_type 'Extension'; the same session then calls again fine.
 # 3. pg_terminate_backend(): the session ends with 57P01, promptly.
+# 4. pg_cancel_backend() during an inquiry (alipayplus_inquire_payment, the
+#    same call path): 57014, nothing recorded, the session inquires again.
 #
 # Run as root from the repository:  bash test/interrupts.sh
 
@@ -30,6 +32,8 @@ ID_CB="slow-30000-cb-$TAG"
 ID_CB_AFTER="cb-after-$TAG"
 ID_CB_AFTER_SLOW="slow-300-cb-after-$TAG"
 ID_TERM="slow-30000-term-$TAG"
+ID_IQ="slow-30000-iq-$TAG"
+ID_IQ_AFTER="paid-iq-after-$TAG"
 TMP=$(mktemp -d /tmp/apc_interrupts.XXXXXX)
 BG_PIDS=()
 
@@ -63,6 +67,35 @@ backend_waiting() {
 		sleep 0.05
 	done
 	echo "$row"
+}
+
+
+# cancel_waiting LABEL ID SCRIPT OUT: run the psql SCRIPT in the background
+# (output to OUT), wait until its backend waits on the gateway for ID, send
+# it pg_cancel_backend() and check that the session goes on promptly
+cancel_waiting() {
+	local label=$1 id=$2 script=$3 out=$4 bg row pid t0
+	psql_session -f "$script" >"$out" 2>&1 &
+	bg=$!
+	BG_PIDS+=("$bg")
+	row=$(backend_waiting "$id")
+	pid=${row%%|*}
+	expect "$label: the waiting call reports wait_event_type/wait_event" \
+		"Extension|Extension" "${row#*|}"
+	t0=$(now_ms)
+	if [[ "$pid" =~ ^[0-9]+$ ]]; then
+		expect "$label: signal sent" t "$(q "$DB" "SELECT pg_cancel_backend($pid)")"
+	else
+		not_ok "$label: no backend found running $id"
+	fi
+	if wait_exit "$bg" 10; then
+		ok "$label: the session finished $(($(now_ms) - t0)) ms after the cancel (< 10 s)"
+	else
+		not_ok "$label: the session still runs 10 s after the cancel"
+		kill "$bg" 2>/dev/null
+	fi
+	wait "$bg" 2>/dev/null
+	sed 's/^/#   /' "$out"
 }
 
 
@@ -140,7 +173,7 @@ fi
 
 # ---------------------------------------------------------------------------
 echo "# 2. pg_cancel_backend() from another session, then the same session again"
-psql_session >"$TMP/cb.out" 2>&1 <<SQL &
+cat >"$TMP/cb.sql" <<SQL
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose
 \pset format unaligned
@@ -154,26 +187,7 @@ SELECT 'CB_AFTER=' || result_status || '/' || result_code || '/' || state
 SELECT 'CB_AFTER_SLOW=' || result_status || '/' || result_code || '/' || state
 	FROM alipayplus_cancel_payment(payment_request_id => '$ID_CB_AFTER_SLOW');
 SQL
-bg=$!
-BG_PIDS+=("$bg")
-row=$(backend_waiting "$ID_CB")
-pid=${row%%|*}
-expect "pg_cancel_backend: the waiting call reports wait_event_type/wait_event" \
-	"Extension|Extension" "${row#*|}"
-t0=$(now_ms)
-if [[ "$pid" =~ ^[0-9]+$ ]]; then
-	expect "pg_cancel_backend: signal sent" t "$(q "$DB" "SELECT pg_cancel_backend($pid)")"
-else
-	not_ok "pg_cancel_backend: no backend found running $ID_CB"
-fi
-if wait_exit "$bg" 10; then
-	ok "pg_cancel_backend: the session finished $(($(now_ms) - t0)) ms after the cancel (< 10 s)"
-else
-	not_ok "pg_cancel_backend: the session still runs 10 s after the cancel"
-	kill "$bg" 2>/dev/null
-fi
-wait "$bg" 2>/dev/null
-sed 's/^/#   /' "$TMP/cb.out"
+cancel_waiting pg_cancel_backend "$ID_CB" "$TMP/cb.sql" "$TMP/cb.out"
 expect "pg_cancel_backend: SQLSTATE" 57014 "$(line_value "$TMP/cb.out" CB_SQLSTATE)"
 expect "pg_cancel_backend: message" "canceling statement due to user request" \
 	"$(line_value "$TMP/cb.out" CB_MESSAGE)"
@@ -242,6 +256,28 @@ expect "pg_terminate_backend: backend $pid gone from pg_stat_activity within 5 s
 expect "pg_terminate_backend: no ledger row or attempt for the id" "0|0" \
 	"$(q "$DB" "SELECT (SELECT count(*) FROM alipayplus.cancellations WHERE payment_request_id = '$ID_TERM')
 		|| '|' || (SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id = '$ID_TERM')")"
+# ---------------------------------------------------------------------------
+echo "# 4. pg_cancel_backend() during an inquiry, then the same session again"
+cat >"$TMP/iq.sql" <<SQL
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+\pset format unaligned
+\pset tuples_only on
+SET alipayplus.timeout_ms = 60000;
+SELECT result_status FROM alipayplus_inquire_payment(payment_request_id => '$ID_IQ');
+\echo IQ_SQLSTATE=:SQLSTATE
+\echo IQ_MESSAGE=:LAST_ERROR_MESSAGE
+SELECT 'IQ_AFTER=' || result_status || '/' || payment_status || '/' || payment_code
+	FROM alipayplus_inquire_payment(payment_request_id => '$ID_IQ_AFTER');
+SQL
+cancel_waiting "inquiry, pg_cancel_backend" "$ID_IQ" "$TMP/iq.sql" "$TMP/iq.out"
+expect "inquiry, pg_cancel_backend: SQLSTATE" 57014 "$(line_value "$TMP/iq.out" IQ_SQLSTATE)"
+expect "inquiry, pg_cancel_backend: same session then learns a payment was paid" \
+	"IQ_AFTER=S/S/SUCCESS" "$(grep '^IQ_AFTER=' "$TMP/iq.out")"
+expect "inquiry, pg_cancel_backend: no inquiry recorded for the cancelled call, one for the next" "0|1" \
+	"$(q "$DB" "SELECT (SELECT count(*) FROM alipayplus.inquiries WHERE sent_id = '$ID_IQ')
+		|| '|' || (SELECT count(*) FROM alipayplus.inquiries WHERE sent_id = '$ID_IQ_AFTER')")"
+
 expect "after all that, a fresh session still cancels" "S|CANCELLED" \
 	"$(q "$DB" "SELECT result_status || '|' || state FROM alipayplus_cancel_payment(payment_request_id => 'fresh-$TAG')")"
 

@@ -61,11 +61,11 @@ done
 
 expect "order 42 cancelled through the outbox and the processor" "CANCELLED|1" \
 	"$(q $DB "SELECT o.status, c.attempt_count FROM shop.orders o JOIN alipayplus.cancellations c ON c.sent_id = o.payment_request_id WHERE o.order_no = 42")"
-expect "stale orders: two cancelled, the one past its window skipped and left as it was, the shipped one never picked" \
-	"100|CANCELLED 101|PENDING 102|CANCELLED 103|SHIPPED" \
+expect "stale orders resolved, not cancelled: the two Alipay+ says were paid are paid, the one past its window skipped and left as it was, the shipped one never picked" \
+	"100|PAID 101|PENDING 102|PAID 103|SHIPPED" \
 	"$(q $DB "SELECT string_agg(order_no || '|' || status, ' ' ORDER BY order_no) FROM shop.orders WHERE order_no >= 100")"
-expect "the stale-orders recipe queues with only_pending, so the status is checked again under the order lock" "1" \
-	"$(cat "$TMP"/*.payments.sql | grep -A1 "alipayplus_stale_orders('1 second'))" | grep -c "only_pending => true")"
+expect "the stale-orders recipe resolves (inquires first) and cancels nothing that was paid" "1|0" \
+	"$(cat "$TMP"/*.payments.sql | grep -c "alipayplus_request_resolve_stale('1 second'")|$(q $DB "SELECT count(*) FROM alipayplus.cancellations WHERE sent_id LIKE 'PR_STALE_%'")"
 expect "the stale-orders block queued two and reported the one past its window" \
 	"queued|2|PR_STALE_100 window_closed|1|PR_STALE_101" \
 	"$(cat "$TMP"/*.payments.sql.out | grep -E '^(queued|window_closed)\|[0-9]' | tr '\n' ' ' | sed 's/ $//')"

@@ -4,8 +4,9 @@ test_fake_gateway.py -- self-test for test/fake_gateway.py.
 
   /usr/bin/python3 test/test_fake_gateway.py
 
-(a) Reproduces test vector B (test/vectors/, see its README.md) with the
-    gateway's own signing/verification helpers.
+(a) Reproduces test vectors B (cancelPayment) and C (inquiryPayment)
+    (test/vectors/, see its README.md) with the gateway's own
+    signing/verification helpers.
 (b) Starts the gateway in a subprocess with a throw-away CA and server
     certificate made by the openssl CLI, and talks to it over HTTPS.
 
@@ -38,6 +39,7 @@ import random  # noqa: E402
 import socket  # noqa: E402
 
 PATH = fg.DEFAULT_PATH
+INQUIRY_PATH = fg.DEFAULT_INQUIRY_PATH
 
 # ---- vector B: test/vectors/ (see test/vectors/README.md) ----
 VECTORS = os.path.join(HERE, "vectors")
@@ -89,6 +91,50 @@ class VectorB(unittest.TestCase):
         self.assertFalse(fg.verify(self.pub, content + b" ", sig))
         # Lowercase hex must decode to the same bytes.
         self.assertEqual(fg.decode_signature_value(B2_SIGNATURE.replace("%2B", "%2b")), sig)
+
+
+# ---- vector C: inquiryPayment with vector B's keys (test/vectors/README.md) ----
+with open(os.path.join(VECTORS, "vector_c.json"), encoding="utf-8") as _f:
+    _VC = json.load(_f)
+
+
+class VectorC(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.priv, cls.pub = vector_b_keys()
+
+    def test_c1_request_signing(self):
+        c1 = _VC["c1_request"]
+        self.assertEqual(_VC["path"], INQUIRY_PATH)
+        content = fg.content_to_sign(INQUIRY_PATH, _VC["client_id"], c1["request_time"],
+                                     c1["body"])
+        self.assertEqual(len(content), c1["content_length"])
+        self.assertEqual(hashlib.sha256(content).hexdigest(), c1["content_sha256"])
+        self.assertEqual(fg.signature_header(fg.sign_b64(self.priv, content)),
+                         c1["signature_header"])
+        # the same request signed over the cancel path is another signature
+        other = fg.content_to_sign(PATH, _VC["client_id"], c1["request_time"], c1["body"])
+        self.assertNotEqual(fg.signature_header(fg.sign_b64(self.priv, other)),
+                            c1["signature_header"])
+
+    def test_c2_response_verification(self):
+        c2 = _VC["c2_response"]
+        content = fg.content_to_sign(INQUIRY_PATH, _VC["client_id"], c2["response_time"],
+                                     c2["body"])
+        self.assertEqual(len(content), c2["content_length"])
+        self.assertEqual(hashlib.sha256(content).hexdigest(), c2["content_sha256"])
+        sig = fg.decode_signature_value(c2["signature_value"])
+        self.assertTrue(fg.verify(self.pub, content, sig))
+        wrong_path = fg.content_to_sign(PATH, _VC["client_id"], c2["response_time"],
+                                        c2["body"])
+        self.assertFalse(fg.verify(self.pub, wrong_path, sig))
+        body = json.loads(c2["body"])
+        want = c2["payment"]
+        self.assertEqual((body["paymentResult"]["resultStatus"],
+                          body["paymentResult"]["resultCode"]), (want["status"], want["code"]))
+        self.assertEqual(body["paymentId"], want["payment_id"])
+        self.assertEqual(body["paymentAmount"], {"currency": want["currency"],
+                                                 "value": str(want["value_minor_units"])})
 
 
 def _run(*cmd, cwd):
@@ -181,19 +227,20 @@ class LiveGateway(unittest.TestCase):
                                            context=self.ctx, timeout=timeout)
 
     def call(self, body, conn=None, key=None, client_id=None, tamper=False,
-             content_type=fg.JSON_TYPE):
-        """POST a signed request; returns (status, headers, raw body)."""
+             content_type=fg.JSON_TYPE, path=PATH, signed_path=None):
+        """POST a signed request (signed over signed_path, by default the
+        path called); returns (status, headers, raw body)."""
         body = body.encode() if isinstance(body, str) else body
         client_id = client_id or self.CLIENT_ID
         rtime = fg.response_time_now()
         b64 = fg.sign_b64(key or self.client_key,
-                          fg.content_to_sign(PATH, client_id, rtime, body))
+                          fg.content_to_sign(signed_path or path, client_id, rtime, body))
         headers = {"Content-Type": content_type, "Client-Id": client_id,
                    "Request-Time": rtime, "Signature": fg.signature_header(b64)}
         own = conn is None
         conn = conn or self.connect()
         try:
-            conn.request("POST", PATH, body=body + (b" " if tamper else b""),
+            conn.request("POST", path, body=body + (b" " if tamper else b""),
                          headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.headers, resp.read()
@@ -204,7 +251,7 @@ class LiveGateway(unittest.TestCase):
     def request_id(self, ident):
         return json.dumps({"paymentRequestId": ident}, separators=(",", ":"))
 
-    def assert_signed(self, headers, body, iso_time=True):
+    def assert_signed(self, headers, body, iso_time=True, path=PATH):
         sig_header = headers["signature"]        # lookups are case-insensitive
         self.assertIsNotNone(sig_header)
         if iso_time:
@@ -212,7 +259,7 @@ class LiveGateway(unittest.TestCase):
                              r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$")
         self.assertEqual(headers["client-id"], self.CLIENT_ID)
         sig = fg.decode_signature_value(fg.parse_signature_header(sig_header)["signature"])
-        content = fg.content_to_sign(PATH, headers["client-id"],
+        content = fg.content_to_sign(path, headers["client-id"],
                                      headers["response-time"], body)
         self.assertTrue(fg.verify(self.gateway_pub, content, sig), "bad response signature")
 
@@ -450,6 +497,142 @@ class LiveGateway(unittest.TestCase):
         finally:
             conn.close()
 
+    # -- inquiryPayment ---------------------------------------------------------
+
+    def inquire(self, ident, field="paymentRequestId", signed=True):
+        """One inquiry; returns the parsed answer (its signature checked
+        over the inquiry path when signed)."""
+        status, headers, body = self.call(json.dumps({field: ident}, separators=(",", ":")),
+                                          path=INQUIRY_PATH)
+        self.assertEqual(status, 200)
+        if signed:
+            self.assert_signed(headers, body, path=INQUIRY_PATH)
+        else:
+            self.assertIsNone(headers["signature"])
+        return json.loads(body)
+
+    def payment(self, answer):
+        pr = answer["paymentResult"]
+        return pr["resultStatus"], pr["resultCode"]
+
+    def test_inquiry_paid(self):
+        for ident in ("PR_INQ_1", "paid-PR_INQ_2"):
+            a = self.inquire(ident)
+            self.assertEqual(a["result"]["resultStatus"], "S")
+            self.assertEqual(self.payment(a), ("S", "SUCCESS"))
+            self.assertEqual(a["paymentRequestId"], ident)
+            self.assertRegex(a["paymentId"], r"^\d{28,32}$")
+            self.assertEqual(a["paymentTime"], "2026-03-01T18:15:07+08:00")
+            self.assertEqual(a["paymentAmount"], {"currency": "SGD", "value": "1250"})
+        # asked by paymentId, the paymentId comes back
+        a = self.inquire("2026000000000000000000000001", field="paymentId")
+        self.assertEqual(a["paymentId"], "2026000000000000000000000001")
+        self.assertEqual(self.payment(a), ("S", "SUCCESS"))
+
+    def test_inquiry_signed_over_its_own_path(self):
+        # a request signed over the cancel path is refused by the inquiry API
+        status, headers, body = self.call(self.request_id("PR_INQ_WRONGPATH"),
+                                          path=INQUIRY_PATH, signed_path=PATH)
+        self.assert_result(body, "F", "INVALID_SIGNATURE")
+        # and an inquiry answer does not verify over the cancel path
+        status, headers, body = self.call(self.request_id("PR_INQ_3"), path=INQUIRY_PATH)
+        self.assert_signed(headers, body, path=INQUIRY_PATH)
+        with self.assertRaises(AssertionError):
+            self.assert_signed(headers, body, path=PATH)
+
+    def test_inquiry_failed_and_not_found(self):
+        a = self.inquire("failed-USER_BALANCE_NOT_ENOUGH-1")
+        self.assertEqual(self.payment(a), ("F", "USER_BALANCE_NOT_ENOUGH"))
+        self.assertNotIn("paymentTime", a)
+        a = self.inquire("notfound-1")
+        self.assertEqual((a["result"]["resultStatus"], a["result"]["resultCode"]),
+                         ("F", "ORDER_NOT_EXIST"))
+        self.assertNotIn("paymentResult", a)
+        a = self.inquire("prnotfound-1")
+        self.assertEqual(self.payment(a), ("F", "ORDER_NOT_EXIST"))
+
+    def test_inquiry_later_paid(self):
+        got = [self.payment(self.inquire("later-2-x")) for _ in range(4)]
+        self.assertEqual(got, [("U", "PAYMENT_IN_PROCESS")] * 2 + [("S", "SUCCESS")] * 2)
+        # inquiries are counted apart from cancels: U first for both
+        status, headers, body = self.call(self.request_id("seq-U.S-apart"))
+        self.assert_result(body, "U", "UNKNOWN_EXCEPTION")
+        a = self.inquire("seq-U.S-apart")
+        self.assertEqual(a["result"]["resultStatus"], "U")
+        self.assertEqual(self.payment(self.inquire("seq-U.S-apart")), ("S", "SUCCESS"))
+
+    def test_inquiry_in_process_until_cancelled(self):
+        for _ in range(2):
+            self.assertEqual(self.payment(self.inquire("inprocess-1")),
+                             ("U", "PAYMENT_IN_PROCESS"))
+        self.assert_signed_s("inprocess-1")      # cancelPayment answered S
+        self.assertEqual(self.payment(self.inquire("inprocess-1")),
+                         ("F", "ORDER_IS_CLOSED"))
+        # a paid payment that was cancelled is closed too
+        self.assert_signed_s("paid-cancelled")
+        self.assertEqual(self.payment(self.inquire("paid-cancelled")),
+                         ("F", "ORDER_IS_CLOSED"))
+
+    def test_latency_prefix(self):
+        # lat-MS-REST: REST's outcome MS ms later, for both APIs; the state
+        # (counts, cancelled) is the whole id's
+        t = time.monotonic()
+        self.assertEqual(self.payment(self.inquire("lat-150-inprocess-L1")),
+                         ("U", "PAYMENT_IN_PROCESS"))
+        self.assertGreaterEqual(time.monotonic() - t, 0.15)
+        self.assertEqual(self.payment(self.inquire("lat-150-later-1-L2")),
+                         ("U", "PAYMENT_IN_PROCESS"))
+        self.assertEqual(self.payment(self.inquire("lat-150-later-1-L2")), ("S", "SUCCESS"))
+        self.assertEqual(self.payment(self.inquire("lat-0-failed-RISK_REJECT-L3")),
+                         ("F", "RISK_REJECT"))
+        t = time.monotonic()
+        self.assert_signed_s("lat-150-inprocess-L1")      # cancelPayment answered S
+        self.assertGreaterEqual(time.monotonic() - t, 0.15)
+        self.assertEqual(self.payment(self.inquire("lat-150-inprocess-L1")),
+                         ("F", "ORDER_IS_CLOSED"))
+        status, _, body = self.call(json.dumps({"paymentRequestId": "lat-100-f-PROCESS_FAIL-L4"},
+                                               separators=(",", ":")))
+        self.assert_result(body, "F", "PROCESS_FAIL")
+
+    def test_inquiry_unsigned_and_u(self):
+        a = self.inquire("unsigned-S-1", signed=False)
+        self.assertEqual(self.payment(a), ("S", "SUCCESS"))
+        a = self.inquire("u-UNKNOWN_EXCEPTION-1")
+        self.assertEqual((a["result"]["resultStatus"], a["result"]["resultCode"]),
+                         ("U", "UNKNOWN_EXCEPTION"))
+        self.assertNotIn("paymentResult", a)
+        a = self.inquire("unsigned-U-REQUEST_TRAFFIC_EXCEED_LIMIT-1", signed=False)
+        self.assertEqual(a["result"]["resultStatus"], "U")
+        # a bad signature on an inquiry's paid answer
+        status, headers, body = self.call(self.request_id("badsig-inq"), path=INQUIRY_PATH)
+        self.assertEqual(self.payment(json.loads(body)), ("S", "SUCCESS"))
+        with self.assertRaises(AssertionError):
+            self.assert_signed(headers, body, path=INQUIRY_PATH)
+
+    def test_inquiry_spoilt_answers(self):
+        a = self.inquire("nopayresult-1")
+        self.assertEqual(a["result"]["resultStatus"], "S")
+        self.assertNotIn("paymentResult", a)
+        a = self.inquire("otherpayment-1")
+        self.assertEqual(a["paymentRequestId"], "otherpayment-1-other")
+        self.assertEqual(self.inquire("ptyped-prstring-1")["paymentResult"], "S")
+        self.assertEqual(self.payment(self.inquire("ptyped-prstatus-1")), ("X", "SUCCESS"))
+        self.assertNotIn("resultCode", self.inquire("ptyped-prnocode-1")["paymentResult"])
+        self.assertEqual(self.inquire("ptyped-timenum-1")["paymentTime"], 1)
+        self.assertEqual(self.inquire("ptyped-badtime-1")["paymentTime"][:10], "2026-02-30")
+        self.assertEqual(self.inquire("ptyped-amountnum-1")["paymentAmount"]["value"], 1250)
+        self.assertEqual(self.inquire("ptyped-amountdot-1")["paymentAmount"]["value"], "12.50")
+        self.assertNotIn("currency", self.inquire("ptyped-nocurrency-1")["paymentAmount"])
+
+    def test_inquiry_faults_carry_a_paid_answer(self):
+        # fault modes work on the inquiry path, around its paid answer
+        status, headers, body = self.call(self.request_id("http-503-inq"), path=INQUIRY_PATH)
+        self.assertEqual(status, 503)
+        self.assert_signed(headers, body, path=INQUIRY_PATH)
+        self.assertEqual(self.payment(json.loads(body)), ("S", "SUCCESS"))
+        status, headers, body = self.call(self.request_id("keyversion-2-inq"), path=INQUIRY_PATH)
+        self.assertIn("keyVersion=2", headers["signature"])
+
     def test_log(self):
         self.call(self.request_id("seq-F.S-log"))
         self.call(self.request_id("seq-F.S-log"))
@@ -458,6 +641,12 @@ class LiveGateway(unittest.TestCase):
         mine = [e for e in lines if e["id"] == "seq-F.S-log"]
         self.assertEqual([(e["outcome"], e["count"]) for e in mine],
                          [("F:PROCESS_FAIL", 1), ("S", 2)])
+        self.assertEqual({e["api"] for e in mine}, {"cancelPayment"})
+        self.call(self.request_id("log-inq"), path=INQUIRY_PATH)
+        with open(self.log, encoding="utf-8") as f:
+            inq = [json.loads(line) for line in f if '"log-inq"' in line]
+        self.assertEqual([(e["api"], e["path"], e["outcome"]) for e in inq],
+                         [("inquiryPayment", INQUIRY_PATH, "paid")])
         e = mine[0]
         self.assertEqual(e["id_field"], "paymentRequestId")
         self.assertEqual(e["body"], '{"paymentRequestId":"seq-F.S-log"}')

@@ -191,6 +191,16 @@ expect "after the update the queue carries on: queued and retried ones cancelled
 	"$(q $OLD "SELECT string_agg(sent_id || ':' || state || CASE WHEN needs_attention THEN ':t' ELSE '' END, ' ' ORDER BY cancellation_id) FROM alipayplus.cancellations")"
 expect "the orders followed" "CANCELLED CANCELLING CANCELLED CANCELLED" \
 	"$(q $OLD "SELECT string_agg(st, ' ' ORDER BY c.cancellation_id) FROM orders o JOIN alipayplus.cancellations c ON c.sent_id = o.req")"
+# the resolver (issue 15) works on the updated database: paid, and in
+# process until the total (0 here), then cancelled in the same CALL
+q $OLD "SELECT alipayplus_request_resolve(payment_request_id => 'paid-rsv-up-$TAG'),
+	alipayplus_request_resolve(payment_request_id => 'inprocess-rsv-up-$TAG', inquiry_total => '0')" >/dev/null
+psql_rig -q -d $OLD -c "SET client_min_messages = warning" -c "CALL alipayplus_resolve_backlog(time_budget => '1 minute')" >/dev/null 2>&1 ||
+	not_ok "the $CURRENT resolver ran on the database updated from $FROM"
+expect "the resolver decided on the database updated from $FROM: the paid one paid, the one in process cancelled" \
+	"inprocess-rsv-up-$TAG:CANCELLING:CANCELLED paid-rsv-up-$TAG:PAID:" \
+	"$(q $OLD "SELECT string_agg(r.sent_id || ':' || r.state || ':' || coalesce(c.state, ''), ' ' ORDER BY r.sent_id)
+		FROM alipayplus.resolutions r LEFT JOIN alipayplus.cancellations c ON c.cancellation_id = r.cancellation_id")"
 expect "the database updated from $FROM has the 1.1 and 1.2 objects" "t|t|c|t" \
 	"$(q $OLD "SELECT to_regprocedure('alipayplus_request_cancel_all(text[], boolean, boolean)') IS NOT NULL, to_regclass('alipayplus.stats') IS NOT NULL,
 		(SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'alipayplus._settle(alipayplus.cancellations, record, text)'::regprocedure),

@@ -1,7 +1,7 @@
 /*
  * extension/src/10_tables.sql
  *	  The schema "alipayplus" and its tables: the ledger (cancellations,
- *	  cancel_attempts), the result policy with its built-in rows, the order
+ *	  cancel_attempts), the inquiries made, the result policy with its built-in rows, the order
  *	  binding, known refunds and processor runs, and what pg_dump keeps.
  *
  *	  Part of the SQL source of the current version of alipayplus_cancel: the
@@ -116,6 +116,62 @@ COMMENT ON TABLE alipayplus.cancel_attempts IS
 	'One row per cancelPayment HTTP attempt; never key material or signatures';
 COMMENT ON COLUMN alipayplus.cancel_attempts.cancellation_id IS
 	'The ledger row (alipayplus.cancellations) the attempt was made for; kept by the ledger''s own code, not a foreign key, so that pg_restore -j can load the tables in any order';
+
+/*
+ * One row per inquiryPayment call (alipayplus_inquire_payment): what was
+ * asked, what came back and whether its signature verified.  An inquiry
+ * changes nothing at Alipay+, so these rows are a log the DBA may prune;
+ * only the extension's SECURITY DEFINER code writes them.
+ */
+CREATE TABLE alipayplus.inquiries (
+	inquiry_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	sent_field text NOT NULL CHECK (sent_field IN ('paymentRequestId', 'paymentId')),
+	sent_id text NOT NULL,
+	request_time text NOT NULL,
+	inquired_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	inquired_by name NOT NULL DEFAULT session_user,
+	/* the inquiry call itself; U with a local.* code when no trusted answer came */
+	result_status text NOT NULL CHECK (result_status IN ('S', 'F', 'U')),
+	result_code text NOT NULL,
+	result_message text,
+	/* the payment's result, given only with a result S */
+	payment_status text CHECK (payment_status IN ('S', 'F', 'U')),
+	payment_code text,
+	payment_message text,
+	payment_id text,
+	payment_request_id text,
+	payment_time timestamptz,
+	amount_currency text,
+	amount_value bigint,
+	acquirer_id text,
+	psp_id text,
+	http_status integer,
+	signature_verified boolean,
+	latency_ms double precision,
+	error_detail text,
+	/* the resolution (alipayplus.resolutions) it was made for, if any */
+	resolution_id bigint,
+	/*
+	 * A resolver's inquiry is on record before its request leaves: U
+	 * local.no_answer_yet, completed_at NULL, run_id the processor run
+	 * (alipayplus.processor_runs) that sends it; completed once with the
+	 * answer or the reason there is none.  A direct inquiry
+	 * (alipayplus_inquire_payment) is recorded complete.
+	 */
+	completed_at timestamptz DEFAULT pg_catalog.clock_timestamp(),
+	run_id bigint,
+	CHECK (result_status = 'S' OR payment_status IS NULL),
+	CHECK ((payment_status IS NULL) = (payment_code IS NULL)),
+	CHECK (completed_at IS NOT NULL OR result_code = 'local.no_answer_yet')
+);
+CREATE INDEX inquiries_sent_id ON alipayplus.inquiries (sent_id, inquired_at);
+CREATE INDEX inquiries_inquired_at ON alipayplus.inquiries (inquired_at);
+CREATE INDEX inquiries_open ON alipayplus.inquiries (resolution_id)
+	WHERE completed_at IS NULL;
+COMMENT ON TABLE alipayplus.inquiries IS
+	'One row per inquiryPayment call; never key material or signatures';
+COMMENT ON COLUMN alipayplus.inquiries.amount_value IS
+	'paymentAmount.value as Alipay+ sends it: in the currency''s minor unit (SGD 1250 = 12.50)';
 
 /*
  * The built-in rows (builtin = true) come with the extension and are
@@ -253,9 +309,12 @@ SELECT pg_catalog.pg_extension_config_dump('alipayplus.order_binding', '');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.result_policy', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.known_refunds', '');
 SELECT pg_catalog.pg_extension_config_dump('alipayplus.processor_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('alipayplus.inquiries', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('alipayplus.cancellations', 'cancellation_id'), '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('alipayplus.cancel_attempts', 'attempt_id'), '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('alipayplus.processor_runs', 'run_id'), '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('alipayplus.inquiries', 'inquiry_id'), '');

@@ -2,7 +2,7 @@
  * extension/src/20_calls.sql
  *	  The functions written in C (src/): ids, the user's orders table run as
  *	  its owner, configuration, the signed cancelPayment call (one, or many in
- *	  flight at once), signatures, the row triggers of the guard; and the
+ *	  flight at once) and inquiryPayment call, signatures, the row triggers of the guard; and the
  *	  cancel window.
  */
 
@@ -48,6 +48,12 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only'
 LANGUAGE C VOLATILE;
 
+/* The same refusal for another action: "cannot <what> in a read-only transaction" */
+CREATE FUNCTION alipayplus._refuse_read_only_to(what text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'alipayplus_refuse_read_only_to'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION alipayplus._call_cancel(payment_id text, payment_request_id text,
 	OUT sent_field text, OUT sent_id text, OUT request_time text,
 	OUT http_status integer, OUT result_status text, OUT result_code text,
@@ -69,6 +75,82 @@ CREATE FUNCTION alipayplus._call_cancel_many(fields text[], ids text[],
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'alipayplus_call_cancel_many'
 LANGUAGE C VOLATILE;
+
+/*
+ * One inquiryPayment call: the columns of _call_cancel, then the payment's
+ * result and fields (src/cancel.c, the same call path as cancelPayment)
+ */
+CREATE FUNCTION alipayplus._call_inquiry(payment_id text, payment_request_id text,
+	OUT sent_field text, OUT sent_id text, OUT request_time text,
+	OUT http_status integer, OUT result_status text, OUT result_code text,
+	OUT result_message text, OUT acquirer_id text, OUT psp_id text,
+	OUT signature_verified boolean, OUT latency_ms double precision,
+	OUT error_detail text,
+	OUT payment_status text, OUT payment_code text, OUT payment_message text,
+	OUT payment_id text, OUT payment_request_id text,
+	OUT payment_time timestamptz, OUT amount_currency text,
+	OUT amount_value bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'alipayplus_call_inquiry'
+LANGUAGE C VOLATILE;
+
+/*
+ * One inquiry, recorded: the call, then its row in alipayplus.inquiries
+ * (the call refuses first, with its own words, where the row could not be
+ * written: a read-only transaction, a standby); p_resolution_id links it
+ * to the resolution it was made for
+ */
+CREATE FUNCTION alipayplus._inquire(p_payment_id text, p_payment_request_id text,
+	p_resolution_id bigint DEFAULT NULL)
+RETURNS alipayplus.inquiries
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a record;
+	r alipayplus.inquiries;
+BEGIN
+	SELECT * INTO STRICT a FROM alipayplus._call_inquiry(p_payment_id, p_payment_request_id);
+	INSERT INTO alipayplus.inquiries (sent_field, sent_id, request_time,
+		result_status, result_code, result_message, payment_status,
+		payment_code, payment_message, payment_id, payment_request_id,
+		payment_time, amount_currency, amount_value, acquirer_id, psp_id,
+		http_status, signature_verified, latency_ms, error_detail, resolution_id)
+	VALUES (a.sent_field, a.sent_id, a.request_time, a.result_status,
+		a.result_code, a.result_message, a.payment_status, a.payment_code,
+		a.payment_message, a.payment_id, a.payment_request_id,
+		a.payment_time, a.amount_currency, a.amount_value, a.acquirer_id,
+		a.psp_id, a.http_status, a.signature_verified, a.latency_ms,
+		a.error_detail, p_resolution_id)
+	RETURNING * INTO r;
+	RETURN r;
+END;
+$$;
+
+/*
+ * Ask Alipay+ about a payment and record the inquiry
+ * (alipayplus.inquiries), in the caller's transaction.  Changes nothing
+ * else: no ledger row, no order.
+ */
+CREATE FUNCTION @extschema@.alipayplus_inquire_payment(payment_id text DEFAULT NULL,
+	payment_request_id text DEFAULT NULL)
+RETURNS TABLE (result_status text, result_code text, result_message text,
+	payment_status text, payment_code text, payment_message text,
+	payment_id text, payment_request_id text, payment_time timestamptz,
+	amount_currency text, amount_value bigint, acquirer_id text, psp_id text,
+	signature_verified boolean, inquiry_id bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+ROWS 1
+BEGIN ATOMIC
+	SELECT i.result_status, i.result_code, i.result_message, i.payment_status,
+		i.payment_code, i.payment_message, i.payment_id, i.payment_request_id,
+		i.payment_time, i.amount_currency, i.amount_value, i.acquirer_id,
+		i.psp_id, i.signature_verified, i.inquiry_id
+	FROM alipayplus._inquire($1, $2) i;
+END;
+COMMENT ON FUNCTION @extschema@.alipayplus_inquire_payment(text, text) IS
+	'Call inquiryPayment now for one id and record it in alipayplus.inquiries: the inquiry''s result, and the payment''s result when Alipay+ gave one';
 
 CREATE FUNCTION @extschema@.alipayplus_signature(path text, client_id text,
 	request_time text, body text)

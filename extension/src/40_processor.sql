@@ -179,16 +179,7 @@ BEGIN
 END;
 $$;
 
-/*
- * The earliest due time of a row the processor would claim (for the
- * background worker's sleep)
- */
-CREATE FUNCTION alipayplus._next_due()
-RETURNS timestamptz
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-RETURN (SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
-		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention);
+/* alipayplus._next_due(): in 45_resolve.sql, once alipayplus.resolutions exists */
 
 /*
  * Raises 25001 unless its caller can commit: see src/ledger.c.  Public:

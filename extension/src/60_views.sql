@@ -81,9 +81,31 @@ SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
 		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
 				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
 		   s.request_id)
-FROM alipayplus._stranded_orders() s;
+FROM alipayplus._stranded_orders() s
+UNION ALL
+/*
+ * a resolution a person must decide (an F of the inquiry itself, a cancel
+ * that was refused), or one left waiting for its inquiry: until the
+ * payment is resolved again or its cancellation is requested
+ */
+SELECT NULL, r.sent_field, r.sent_id, r.payment_request_id, r.payment_id,
+	'RESOLUTION ' || r.state, r.inquiry_count, NULL, NULL, r.last_result,
+	NULL, r.requested_at, r.deadline,
+	CASE WHEN r.state = 'ATTENTION' THEN
+		format('resolution %s: %s after the inquiry answered %s%s; ask Alipay+ (alipayplus_inquire_payment) and fix what the answer says, then resolve it again (alipayplus_request_resolve) or cancel it (alipayplus_request_cancel)',
+			   r.resolution_id, r.decision, r.last_result, coalesce(' (' || r.applied || ')', ''))
+	ELSE format('resolution %s: its inquiry was due at %s: no resolver is running (alipayplus_resolve_backlog, alipayplus_process_resolutions, the background worker)',
+				r.resolution_id, r.next_inquiry_at) END
+FROM alipayplus.resolutions r
+WHERE (r.state = 'ATTENTION'
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.resolutions n
+					   WHERE n.sent_field = r.sent_field AND n.sent_id = r.sent_id
+						 AND n.resolution_id > r.resolution_id)
+	   AND NOT EXISTS (SELECT 1 FROM alipayplus.cancellations c
+					   WHERE c.sent_field = r.sent_field AND c.sent_id = r.sent_id))
+	OR (r.state = 'RESOLVING' AND r.next_inquiry_at < pg_catalog.now() - interval '10 minutes');
 COMMENT ON VIEW alipayplus.attention IS
-	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
+	'Each cancellation or resolution a person must look at, and why, until it is handled (alipayplus_close_attention, or a resolution resolved again)';
 
 /* ------------------------------------------------------------------
  * What the processor is doing
@@ -99,7 +121,7 @@ SELECT
 	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
 	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
 	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
-	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
+	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment|inquire_payment|process_resolutions|resolve_backlog)') AS backends_calling,
 	q.queued, q.due, q.oldest_due,
 	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
 	(SELECT count(*) FROM recent) AS attempts_last_hour,
@@ -109,15 +131,30 @@ SELECT
 	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
 	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
 	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
-	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
+	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms,
+	/* the resolutions (issue 15): being resolved, due, and the last hour's decisions */
+	r.resolving, r.resolving_due,
+	(SELECT count(*) FROM alipayplus.inquiries i
+	 WHERE i.inquired_at > pg_catalog.now() - interval '1 hour') AS inquiries_last_hour,
+	r.paid_last_hour, r.failed_last_hour, r.cancel_requested_last_hour,
+	r.attention_last_hour
 FROM (SELECT count(*) AS queued,
 			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
 			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
 	  FROM alipayplus.cancellations x
 	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-		AND x.next_attempt_at IS NOT NULL) q;
+		AND x.next_attempt_at IS NOT NULL) q
+CROSS JOIN (SELECT count(*) FILTER (WHERE x.state = 'RESOLVING') AS resolving,
+				   count(*) FILTER (WHERE x.state = 'RESOLVING'
+									AND x.next_inquiry_at <= pg_catalog.now()) AS resolving_due,
+				   count(*) FILTER (WHERE x.state = 'PAID' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS paid_last_hour,
+				   count(*) FILTER (WHERE x.state = 'FAILED' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS failed_last_hour,
+				   count(*) FILTER (WHERE x.state = 'CANCELLING' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS cancel_requested_last_hour,
+				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour
+			FROM alipayplus.resolutions x
+			WHERE x.state = 'RESOLVING' OR x.decided_at > pg_catalog.now() - interval '1 hour') r;
 COMMENT ON VIEW alipayplus.stats IS
-	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
+	'Queue depth, the oldest due row, the last hour''s attempts by outcome with latency percentiles, and the resolutions: being resolved, due, and the last hour''s decisions';
 
 /* back to the install script's search_path */
 SET search_path = @extschema@;

@@ -57,6 +57,15 @@ def responses():
     write("response", "typed_fields", b'{"acquirerId":1,"pspId":null,"result":'
           b'{"resultStatus":"S","resultCode":["SUCCESS"],"resultMessage":{}}}')
     write("response", "status_ss", b'{"result":{"resultStatus":"SS","resultCode":"SUCCESS"}}')
+    # inquiryPayment answers (parsed with the payment fields too)
+    with open(os.path.join(VECTORS, "vector_c.json")) as f:
+        write("response", "inquiry_paid", json.load(f)["c2_response"]["body"])
+    write("response", "inquiry_in_process", gw.inquiry_body(
+        "PR_1", "paymentRequestId", ("U", "PAYMENT_IN_PROCESS")))
+    write("response", "inquiry_not_found", gw.result_body("F", "ORDER_NOT_EXIST"))
+    for typo in ("prstring", "prstatus", "timenum", "amountnum", "nocurrency"):
+        write("response", "inquiry_" + typo,
+              gw.inquiry_body("PR_1", "paymentRequestId", spoil=typo))
     write("response", "c1_controls", '{"result":{"resultStatus":"F","resultCode":'
           '"A\u0085\u009f\u00a0\\u0085\\u007f\\n","resultMessage":"\U0001F600\u4e2d"}}')
 

@@ -1,6 +1,8 @@
 # A hot standby refuses every function that sends or queues a cancellation
-# (issue 18.8), before anything else: SQLSTATE 25006, "cannot cancel
+# (issue 18.8) before anything else: SQLSTATE 25006, "cannot cancel
 # Alipay+ payments in a read-only transaction", hint "Run on the primary.";
+# an inquiry (issue 15) the same way, "cannot inquire about Alipay+
+# payments in a read-only transaction";
 # nothing reaches the gateway.  The same queue is then worked off on the
 # primary.
 use strict;
@@ -44,13 +46,21 @@ my %calls = (
 	'alipayplus_process_backlog' => 'CALL alipayplus_process_backlog()',
 	'alipayplus._call_cancel' =>
 	  "SELECT * FROM alipayplus._call_cancel(NULL, '$tag-direct')");
-for my $name (sort keys %calls)
+# an inquiry is recorded, so it is refused there too, in its own words (issue 15)
+my %inquiries = (
+	'alipayplus_inquire_payment' =>
+	  "SELECT * FROM alipayplus_inquire_payment(payment_request_id => '$tag-new')",
+	'alipayplus._call_inquiry' =>
+	  "SELECT * FROM alipayplus._call_inquiry(NULL, '$tag-direct')");
+for my $name (sort(keys %calls), sort(keys %inquiries))
 {
+	my $sql = $calls{$name} // $inquiries{$name};
+	my $what = exists $calls{$name} ? 'cancel' : 'inquire about';
 	my ($ret, $out, $err) =
-	  $standby->psql('postgres', "\\set VERBOSITY verbose\n$calls{$name}");
+	  $standby->psql('postgres', "\\set VERBOSITY verbose\n$sql");
 	isnt($ret, 0, "standby: $name fails");
 	like($err,
-		qr/ERROR:  25006: cannot cancel Alipay\+ payments in a read-only transaction\n/,
+		qr/ERROR:  25006: cannot \Q$what\E Alipay\+ payments in a read-only transaction\n/,
 		"standby: $name refuses with 25006");
 	like($err, qr/HINT:  Run on the primary\./, "standby: $name says to run on the primary");
 }
