@@ -1388,6 +1388,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 {
 	Run			run;
 	MemoryContext cxt;
+	MemoryContext caller_cxt = CurrentMemoryContext;
 
 	memset(counts, 0, sizeof(*counts));
 	memset(&run, 0, sizeof(run));
@@ -1412,6 +1413,19 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 													 ALLOCSET_SMALL_SIZES);
 		MemoryContextSwitchTo(old);
 		run_pipeline(&run, continue_run);
+
+		/*
+		 * What the run says of itself was written in the step contexts
+		 * (SPI's, in procedure mode), which SPI_finish frees: the caller
+		 * reads it and raises it after that, so it moves to the caller's
+		 * context first
+		 */
+		if (counts->stopped_because != NULL)
+			counts->stopped_because = MemoryContextStrdup(caller_cxt,
+														  counts->stopped_because);
+		if (counts->last_error != NULL)
+			counts->last_error = MemoryContextStrdup(caller_cxt,
+													 counts->last_error);
 		if (opts->mode == APS_TXN_WORKER)
 		{
 			StartTransactionCommand();
@@ -1451,11 +1465,13 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	counts->still_unknown = run.unknown;
 	last_gateway_calls = run.gateway_calls;
 	last_gateway_silent = run.gateway_silent;
-	if (counts->last_error != NULL)
-		counts->last_error = pstrdup(counts->last_error);
 	MemoryContextDelete(cxt);
-	/* an interrupt seen and recorded: now PostgreSQL's own error */
-	if (run.interrupted != NULL && opts->mode == APS_TXN_PROCEDURE)
+	/*
+	 * An interrupt seen and recorded: now PostgreSQL's own error, in the
+	 * caller's transaction too (which then rolls back everything), even
+	 * when a settle's subtransaction caught it inside an owner's trigger
+	 */
+	if (run.interrupted != NULL && opts->mode != APS_TXN_WORKER)
 	{
 		CHECK_FOR_INTERRUPTS();
 		ereport(ERROR,
