@@ -2446,6 +2446,7 @@ COMMENT ON PROCEDURE @extschema@.alipayplus_resolve_backlog(integer, interval, i
 	'Work the resolutions (and the cancellations they request) until each is decided, committing as it goes, with progress NOTICEs';
 REVOKE ALL ON TABLE alipayplus.resolutions FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._resolve_step(bigint, alipayplus.inquiries) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._resolve_binding() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_request_resolve(text, text, timestamptz, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.alipayplus_process_resolutions(integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._claim_resolutions(bigint, integer, text, interval, bigint[]) FROM PUBLIC;
