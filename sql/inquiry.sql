@@ -89,7 +89,7 @@ INSERT INTO spoilt_cases (id) VALUES ('nopayresult-iq'), ('otherpayment-iq'),
 	('ptyped-prstring-iq'), ('ptyped-prstatus-iq'), ('ptyped-prnocode-iq'),
 	('ptyped-timenum-iq'), ('ptyped-badtime-iq'), ('ptyped-amountnum-iq'),
 	('ptyped-amountdot-iq'), ('ptyped-nocurrency-iq'), ('noresult-iq'),
-	('badjson-iq'), ('typed-statusbool-iq'), ('rstatus-X-iq');
+	('badjson-iq'), ('typed-statusbool-iq'), ('rstatus-X-iq'), ('noecho-iq');
 SELECT c.id, r.result_status, r.result_code, r.payment_status, r.signature_verified
 FROM spoilt_cases c, LATERAL alipayplus_inquire_payment(payment_request_id => c.id) r
 ORDER BY c.n;
@@ -99,6 +99,10 @@ WHERE sent_id IN (SELECT id FROM spoilt_cases) ORDER BY inquiry_id;
 -- paymentId asked, the answer about another paymentId: refused too
 SELECT result_status, result_code, payment_id
 FROM alipayplus_inquire_payment(payment_id => 'otherpayment-iq-by-id');
+-- paymentId asked, the answer without a paymentId (only the request id): refused
+SELECT result_status, result_code, payment_status, payment_id
+FROM alipayplus_inquire_payment(payment_id => 'noecho-iq-by-id');
+SELECT error_detail FROM alipayplus.inquiries WHERE sent_id = 'noecho-iq-by-id';
 
 -- the payment's time is read whatever the session's time zone and date style
 SET TimeZone = 'America/Los_Angeles';

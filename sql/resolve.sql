@@ -83,7 +83,8 @@ SELECT sent_id, state, late_payment_status FROM alipayplus.cancellations WHERE s
 SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'inprocess-rs')$$);
 SELECT alipayplus_note_refund('rs-refund');
 SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-refund')$$);
-SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-old', initiated_at => '2020-01-01')$$);
+INSERT INTO rs_orders (id, req, created) VALUES (20, 'rs-old', '2020-01-01');
+SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-old')$$);
 SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-x', inquiry_interval => '0')$$);
 SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-x', inquiry_total => '2 days')$$);
 SELECT errcheck($$SELECT alipayplus_request_resolve('p', 'r')$$);
@@ -93,6 +94,44 @@ SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-x'
 SELECT errcheck($$SELECT * FROM alipayplus_process_resolutions()$$);
 COMMIT;
 SELECT count(*) AS resolutions_after_refusals FROM alipayplus.resolutions;
+
+-- issue 15 review fixes: only pending orders are decided, under their row lock
+-- refused at the request: an order no longer pending, an unknown one
+SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'paid-rs')$$);
+SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'rs-nobody')$$);
+-- the caller's initiated_at does not move the bound order's window
+INSERT INTO rs_orders (id, req, created) VALUES (11, 'inprocess-rs-init', now() - interval '1 minute'),
+	(12, 'inprocess-rs-ship', now()), (13, 'paid-rs-trig', now()), (14, 'noecho-rs', now()),
+	(15, 'failed-PROCESS_FAIL-rs-ok', now());
+SELECT initiated_at = (SELECT created FROM rs_orders WHERE id = 11) AS initiated_from_order
+FROM alipayplus_request_resolve(payment_request_id => 'inprocess-rs-init', initiated_at => now() - interval '6 days',
+	inquiry_interval => '10 ms', inquiry_total => '1 hour');
+-- queued, then shipped (cancel decision) / refused by an owner's trigger (paid)
+SELECT count(*) FROM rs_orders o, LATERAL alipayplus_request_resolve(payment_request_id => o.req,
+	inquiry_interval => '10 ms', inquiry_total => '0') WHERE o.id BETWEEN 12 AND 15;
+UPDATE rs_orders SET status = 'SHIPPED' WHERE id = 12;
+CREATE FUNCTION rs_no_paid() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+	IF NEW.req = 'paid-rs-trig' AND NEW.status = 'PAID' THEN
+		RAISE EXCEPTION 'paid needs a ledger entry first';
+	END IF;
+	RETURN NEW;
+END $f$;
+CREATE TRIGGER rs_no_paid BEFORE UPDATE ON rs_orders FOR EACH ROW EXECUTE FUNCTION rs_no_paid();
+SELECT * FROM alipayplus_process_resolutions();
+SELECT r.sent_id, r.state, r.decision, regexp_replace(r.applied, '^cancellation \d+', 'cancellation N') AS applied,
+	o.status AS order_status, (SELECT count(*) FROM alipayplus.cancellations c WHERE c.sent_id = r.sent_id) AS cancellations,
+	(SELECT count(*) FROM alipayplus.inquiries i WHERE i.resolution_id = r.resolution_id
+	 AND i.completed_at IS NOT NULL) AS inquiries
+FROM alipayplus.resolutions r JOIN rs_orders o ON o.req = r.sent_id
+WHERE o.id >= 12 ORDER BY o.id;
+DROP TRIGGER rs_no_paid ON rs_orders;
+-- a binding without paid_value / failed_value: refused
+SELECT alipayplus_bind_orders('rs_orders', 'req', 'status', 'CANCELLED', 'CANCELLING',
+	initiated_at_column => 'created', pending_values => ARRAY['PENDING']);
+INSERT INTO rs_orders (id, req) VALUES (16, 'paid-rs-nobind');
+SELECT errcheck($$SELECT alipayplus_request_resolve(payment_request_id => 'paid-rs-nobind')$$);
+SELECT errcheck($$SELECT * FROM alipayplus_request_resolve_stale('0 s')$$);
 
 -- nothing of it is PUBLIC
 SELECT p.proname, NOT EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0)

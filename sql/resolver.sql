@@ -81,6 +81,7 @@ WHERE state LIKE 'RESOLUTION%';
 -- inquiry in flight is recorded as local.statement_timeout (never the
 -- gateway's local.timeout) and decides nothing, the run says why, and
 -- PostgreSQL's own error follows
+INSERT INTO rv_orders (id, req, created) VALUES (10, 'slow-3000-rv-3', now());
 SELECT (alipayplus_request_resolve(payment_request_id => 'slow-3000-rv-3', inquiry_interval => '0.05 s', inquiry_total => '1 hour')).state;
 SET statement_timeout = '1s';
 CALL alipayplus_resolve_backlog(progress => NULL);
@@ -95,6 +96,7 @@ SELECT count(*) AS open_inquiries FROM alipayplus.inquiries WHERE completed_at I
 UPDATE alipayplus.resolutions SET next_inquiry_at = now() + interval '1 day' WHERE sent_id LIKE 'slow-%';
 
 -- the SELECT form and the procedure serve resolutions too, in the same pipeline
+INSERT INTO rv_orders (id, req, created) VALUES (11, 'paid-rv-2', now()), (12, 'later-5-rv-2', now());
 SELECT (alipayplus_request_resolve(payment_request_id => 'paid-rv-2', inquiry_total => '1 s')).state;
 SELECT (alipayplus_request_resolve(payment_request_id => 'later-5-rv-2', inquiry_total => '1 hour')).state;
 SELECT claimed, cancelled FROM alipayplus_process_cancellations();

@@ -322,7 +322,9 @@ typedef struct ApsRunCounts
 				failed,
 				to_cancel,		/* a cancellation was requested */
 				waiting,		/* still unknown: asked again later */
-				resolve_attention;	/* an F of the inquiry, a refused cancel */
+				settled_elsewhere,	/* the order no longer pending: not applied */
+				resolve_attention;	/* an F of the inquiry, a refused cancel,
+								 * an answer the order could not take */
 	int64		still_unknown;	/* RESOLVING resolutions at the last look */
 } ApsRunCounts;
 

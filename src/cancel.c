@@ -523,7 +523,14 @@ payment_fields_problem(ApsResult *r, const char *field, const char *value)
 	}
 	if (!r->saw_payment_result)
 		return "result S without a paymentResult: the payment's state is not given";
-	if (echoed != NULL && strcmp(echoed, sent) != 0)
+	/*
+	 * Alipay+ echoes both ids in a result S: one that lacks the id asked
+	 * about cannot be tied to the payment, so it decides nothing
+	 */
+	if (echoed == NULL)
+		return psprintf("result S without the %s asked about: the answer cannot be tied to the payment",
+						field);
+	if (strcmp(echoed, sent) != 0)
 		return psprintf("the answer is about %s \"%s\", not the one asked about",
 						field, aps_network_text(echoed, strlen(echoed)));
 	if (r->payment_time != NULL && !iso8601_time(r->payment_time, NULL))

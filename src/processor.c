@@ -962,6 +962,8 @@ settle_inquiry_slot(Run *run, Slot *s, const char *abandon_code,
 	}
 	else if (strcmp(decision, "wait") == 0 || strcmp(decision, "unanswered") == 0)
 		c->waiting++;
+	else if (strcmp(decision, "settled_elsewhere") == 0)
+		c->settled_elsewhere++;
 	else
 		c->resolve_attention++;
 	code = result_text(&r, APS_CALL_RESULT_CODE);
@@ -1035,8 +1037,8 @@ resolve_summary(Run *run, int64 unknown)
 	ApsRunCounts *c = run->counts;
 
 	return psprintf("%d paid, %d failed, %d cancellations requested (%d cancelled), "
-					"%d for a person, " INT64_FORMAT " still unknown",
-					c->paid, c->failed, c->to_cancel, c->cancelled,
+					"%d settled elsewhere, %d for a person, " INT64_FORMAT " still unknown",
+					c->paid, c->failed, c->to_cancel, c->cancelled, c->settled_elsewhere,
 					c->resolve_attention + c->attention, unknown);
 }
 
@@ -1645,11 +1647,11 @@ resolve_done_notice(ApsRunCounts *counts)
 	ereport(NOTICE,
 			(errmsg("resolved in %.1f s (processor run %lld, %s): %d inquiries; "
 					"%d paid, %d failed, %d cancellations requested, %d cancelled, "
-					"%d for a person, %d still unknown",
+					"%d settled elsewhere, %d for a person, %d still unknown",
 					counts->elapsed_ms / 1000.0, (long long) counts->run_id,
 					counts->stopped_because ? counts->stopped_because : "",
 					counts->inquired, counts->paid, counts->failed,
-					counts->to_cancel, counts->cancelled,
+					counts->to_cancel, counts->cancelled, counts->settled_elsewhere,
 					counts->resolve_attention + counts->attention,
 					(int) counts->still_unknown),
 			 errhint("alipayplus.resolutions has each payment's state and decision; alipayplus.attention what a person must look at.")));
@@ -1681,8 +1683,8 @@ alipayplus_process_resolutions(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ApsRunOptions opts;
 	ApsRunCounts counts;
-	Datum		values[6];
-	bool		nulls[6];
+	Datum		values[7];
+	bool		nulls[7];
 
 	aps_refuse_read_only_to("resolve Alipay+ payments");
 	memset(&opts, 0, sizeof(opts));
@@ -1699,6 +1701,7 @@ alipayplus_process_resolutions(PG_FUNCTION_ARGS)
 	values[3] = Int32GetDatum(counts.to_cancel);
 	values[4] = Int32GetDatum(counts.resolve_attention);
 	values[5] = Int32GetDatum(counts.waiting);
+	values[6] = Int32GetDatum(counts.settled_elsewhere);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }

@@ -92,6 +92,9 @@ inquiryPayment outcomes (per id and API, requests are counted apart):
   nopayresult-...        signed S without a paymentResult
   otherpayment-...       signed paid answer about another payment (the id
                          asked about comes back changed)
+  noecho-...             signed paid answer without the id asked about (no
+                         paymentRequestId when asked by it, no paymentId when
+                         asked by paymentId)
   ptyped-KIND-...        signed S whose payment fields are malformed:
                          prstring (paymentResult "S"), prstatus (status "X"),
                          prnocode, timenum (paymentTime 1), badtime
@@ -487,7 +490,8 @@ PAYMENT_TYPOS = {
 def inquiry_body(ident, field, payment=None, spoil=None, padding=False):
     """Compact JSON of an inquiry's S answer about id `ident` sent in
     `field`; payment = (status, code) of paymentResult, None for paid;
-    spoil: "other" (about another payment) or a PAYMENT_TYPOS key."""
+    spoil: "other" (about another payment), "noecho" (without the id
+    asked about) or a PAYMENT_TYPOS key."""
     status, code = payment or ("S", "SUCCESS")
     if spoil == "other":
         ident = ident + "-other"
@@ -500,6 +504,8 @@ def inquiry_body(ident, field, payment=None, spoil=None, padding=False):
                            "resultMessage": MESSAGES.get(code, "Scripted payment result."),
                            "resultStatus": status}}
     d.update(ids)
+    if spoil == "noecho":
+        del d[field]
     d["paymentAmount"] = dict(PAYMENT_AMOUNT)
     if status == "S":
         d["paymentTime"] = PAYMENT_TIME
@@ -538,6 +544,8 @@ def inquiry_plan_for(ident, count, cancelled, chaos=0.0, chaos_stall_ms=3000):
         return Plan("nopayresult", spoil="nopayresult")
     if m(r"otherpayment"):
         return Plan("otherpayment", spoil="other")
+    if m(r"noecho"):
+        return Plan("noecho", spoil="noecho")
     if (r := m(r"ptyped-(\w+)")) and r.group(1) in PAYMENT_TYPOS:
         return Plan("ptyped:" + r.group(1), spoil=r.group(1))
     plan = plan_for(ident, count, chaos, chaos_stall_ms)

@@ -43,6 +43,7 @@ slow_inquiry_waiting() {
 run_case() {
 	local name=$1 signal=$2 pid t_sig t_end
 	for id in paid-ri-$name-1-$TAG paid-ri-$name-2-$TAG slow-30000-ri-$name-$TAG; do
+		q "$DB" "INSERT INTO ri_orders (req) VALUES ('$id')" >/dev/null
 		q "$DB" "SELECT alipayplus_request_resolve(payment_request_id => '$id', inquiry_total => '1 hour')" >/dev/null
 	done
 	{
@@ -129,6 +130,11 @@ echo "# setting up database $DB"
 q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database $DB"; finish; }
 q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; finish; }
+# the resolver decides only for bound orders still pending
+q "$DB" "CREATE TABLE ri_orders (req text PRIMARY KEY, status text NOT NULL DEFAULT 'PENDING');
+	SELECT alipayplus_bind_orders('ri_orders', 'req', 'status', 'CANCELLED', 'CANCELLING',
+		paid_value => 'PAID', failed_value => 'FAILED', pending_values => ARRAY['PENDING'])" >/dev/null ||
+	{ not_ok "bind the orders"; finish; }
 
 echo "# 1. a query cancel while an inquiry hangs"
 run_case cancel pg_cancel_backend

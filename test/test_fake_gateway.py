@@ -551,6 +551,17 @@ class LiveGateway(unittest.TestCase):
         a = self.inquire("prnotfound-1")
         self.assertEqual(self.payment(a), ("F", "ORDER_NOT_EXIST"))
 
+    def test_inquiry_noecho(self):
+        # a signed paid answer without the id asked about (and only that one)
+        a = self.inquire("noecho-1")
+        self.assertEqual(self.payment(a), ("S", "SUCCESS"))
+        self.assertNotIn("paymentRequestId", a)
+        self.assertIn("paymentId", a)
+        a = self.inquire("noecho-2", field="paymentId")
+        self.assertEqual(self.payment(a), ("S", "SUCCESS"))
+        self.assertNotIn("paymentId", a)
+        self.assertEqual(a["paymentRequestId"], "PR-noecho-2")
+
     def test_inquiry_later_paid(self):
         got = [self.payment(self.inquire("later-2-x")) for _ in range(4)]
         self.assertEqual(got, [("U", "PAYMENT_IN_PROCESS")] * 2 + [("S", "SUCCESS")] * 2)

@@ -193,6 +193,10 @@ expect "the orders followed" "CANCELLED CANCELLING CANCELLED CANCELLED" \
 	"$(q $OLD "SELECT string_agg(st, ' ' ORDER BY c.cancellation_id) FROM orders o JOIN alipayplus.cancellations c ON c.sent_id = o.req")"
 # the resolver (issue 15) works on the updated database: paid, and in
 # process until the total (0 here), then cancelled in the same CALL
+# (it needs the paid, failed and pending values: bound again with them)
+q $OLD "SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING',
+	paid_value => 'PAID', failed_value => 'FAILED', pending_values => ARRAY['PENDING']);
+	INSERT INTO orders (req) VALUES ('paid-rsv-up-$TAG'), ('inprocess-rsv-up-$TAG')" >/dev/null
 q $OLD "SELECT alipayplus_request_resolve(payment_request_id => 'paid-rsv-up-$TAG'),
 	alipayplus_request_resolve(payment_request_id => 'inprocess-rsv-up-$TAG', inquiry_total => '0')" >/dev/null
 psql_rig -q -d $OLD -c "SET client_min_messages = warning" -c "CALL alipayplus_resolve_backlog(time_budget => '1 minute')" >/dev/null 2>&1 ||

@@ -36,11 +36,15 @@ CREATE TABLE alipayplus.resolutions (
 	/*
 	 * RESOLVING: inquiries go on; PAID, FAILED: Alipay+ said so and the
 	 * order was given the answer; CANCELLING: still unknown at the end, a
-	 * cancellation was requested (cancellation_id); ATTENTION: a person
-	 * must look (an F of the inquiry itself, or a cancel that was refused)
+	 * cancellation was requested (cancellation_id); SETTLED_ELSEWHERE:
+	 * the order was no longer pending when the answer came (paid by a
+	 * notification, shipped, cancelled): nothing was applied; ATTENTION: a
+	 * person must look (an F of the inquiry itself, a cancel that was
+	 * refused, an answer the order could not be given)
 	 */
 	state text NOT NULL DEFAULT 'RESOLVING'
-		CHECK (state IN ('RESOLVING', 'PAID', 'FAILED', 'CANCELLING', 'ATTENTION')),
+		CHECK (state IN ('RESOLVING', 'PAID', 'FAILED', 'CANCELLING', 'ATTENTION',
+						 'SETTLED_ELSEWHERE')),
 	inquiry_interval interval NOT NULL,
 	/* no inquiry after this: a payment still unknown is cancelled */
 	give_up_at timestamptz NOT NULL,
@@ -85,6 +89,30 @@ CREATE TRIGGER resolutions_wake_worker AFTER INSERT OR UPDATE OF next_inquiry_at
  * ------------------------------------------------------------------ */
 
 /*
+ * Refuse to queue resolutions the resolver could not carry out: it gives
+ * the order the paid or failed status Alipay+ tells, and decides only for
+ * orders in one of the binding's pending values.
+ */
+CREATE FUNCTION alipayplus._resolve_binding()
+RETURNS alipayplus.order_binding
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF NOT FOUND OR b.paid_value IS NULL OR b.failed_value IS NULL OR b.pending_values IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+			MESSAGE = 'resolving payments needs a bound orders table with paid_value, failed_value and pending_values',
+			DETAIL = 'The resolver gives the order the paid or failed status Alipay+ tells, and decides only for orders still pending; without them it could not apply what it learns.',
+			HINT = 'Bind the table again with alipayplus_bind_orders(..., paid_value => ''PAID'', failed_value => ''FAILED'', pending_values => ARRAY[''PENDING'']); alipayplus_inquire_payment() asks Alipay+ without deciding anything.';
+	END IF;
+	RETURN b;
+END;
+$$;
+
+/*
  * Queue the resolution of a payment whose result is unknown, in the
  * caller's transaction (no network).  The ids and the initiation time are
  * completed from the bound order, whose row is locked so that a concurrent
@@ -108,9 +136,11 @@ DECLARE
 	v_payment_id text := $1;
 	v_initiated timestamptz := $3;
 	v_deadline timestamptz;
+	b alipayplus.order_binding;
 BEGIN
 	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
 	PERFORM alipayplus._check_ids($1, $2);
+	b := alipayplus._resolve_binding();
 	IF $4 IS NULL OR $4 <= interval '0' OR $4 > interval '1 hour' THEN
 		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
 			MESSAGE = format('inquiry_interval must be more than 0 and at most 1 hour, not %s',
@@ -128,7 +158,8 @@ BEGIN
 	IF o.order_found THEN
 		v_request_id := coalesce(v_request_id, o.request_id);
 		v_payment_id := coalesce(v_payment_id, o.payment_id);
-		v_initiated := coalesce(v_initiated, o.initiated_at);
+		/* the order's own time wins: a caller cannot move the window */
+		v_initiated := coalesce(o.initiated_at, v_initiated);
 	END IF;
 	/* the request id whenever it is known, as for a cancellation */
 	v_field := CASE WHEN v_request_id IS NOT NULL THEN 'paymentRequestId' ELSE 'paymentId' END;
@@ -148,6 +179,15 @@ BEGIN
 		RAISE EXCEPTION USING ERRCODE = 'ZA003',
 			MESSAGE = format('%s is a known refund, not a payment', coalesce(v_request_id, v_payment_id)),
 			HINT = 'Refunds are never cancelled; see alipayplus.known_refunds.';
+	END IF;
+	/* under the order's row lock: paid, shipped or unknown orders are not resolved */
+	IF NOT coalesce(o.order_found AND o.status = ANY (b.pending_values), false) THEN
+		RAISE EXCEPTION USING ERRCODE = 'ZA005',
+			MESSAGE = CASE WHEN o.order_found
+				THEN format('order %s is no longer pending: its status is %s', coalesce(v_request_id, v_payment_id), coalesce(o.status, 'NULL'))
+				ELSE format('%s has no bound order, so it is not pending', coalesce(v_request_id, v_payment_id)) END,
+			DETAIL = 'Only orders in one of the binding''s pending_values are resolved.',
+			HINT = 'Nothing was changed; alipayplus_inquire_payment() tells what Alipay+ knows.';
 	END IF;
 	IF v_initiated IS NOT NULL THEN
 		v_deadline := @extschema@.alipayplus_cancel_deadline(v_initiated);
@@ -197,6 +237,8 @@ AS $$
 DECLARE
 	r alipayplus.resolutions;
 	c alipayplus.cancellations;
+	b alipayplus.order_binding;
+	o record;
 	v_verified boolean := coalesce(i.signature_verified, false);
 	v_decision text;
 	v_applied text;
@@ -228,18 +270,58 @@ BEGIN
 		END IF;
 	END IF;
 
+	IF v_decision IN ('paid', 'failed', 'cancel') THEN
+		/*
+		 * Only an order still pending is decided, as seen under its row
+		 * lock: one paid by a notification, shipped or cancelled since it
+		 * was queued keeps its status (a paid or failed answer about an
+		 * order whose cancellation is requested is recorded late on the
+		 * cancellation, as a late notification is)
+		 */
+		o := alipayplus._lock_order(r.sent_field, r.sent_id);
+		SELECT * INTO b FROM alipayplus.order_binding;
+		IF NOT coalesce(o.order_found AND o.status = ANY (b.pending_values), false) THEN
+			IF v_decision <> 'cancel' AND o.status IN (b.cancelled_value, b.cancelling_value) THEN
+				PERFORM @extschema@.alipayplus_apply_payment_result(r.payment_request_id,
+					CASE v_decision WHEN 'paid' THEN 'S' ELSE 'F' END, i.payment_code,
+					coalesce(r.payment_id, i.payment_id));
+			END IF;
+			v_applied := pg_catalog.format('%s answer not applied: the order is %s, no longer pending',
+				v_decision, CASE WHEN o.order_found THEN coalesce(o.status, 'NULL') ELSE 'gone' END);
+			v_decision := 'settled_elsewhere';
+		END IF;
+	END IF;
+
 	IF v_decision IN ('paid', 'failed') THEN
-		/* the order, through the notifications' path (a cancel requested
-		   meanwhile keeps it cancelling: recorded_late) */
-		v_applied := @extschema@.alipayplus_apply_payment_result(r.payment_request_id,
-			CASE v_decision WHEN 'paid' THEN 'S' ELSE 'F' END, i.payment_code,
-			coalesce(r.payment_id, i.payment_id));
+		/*
+		 * the order, through the notifications' path, in a subtransaction:
+		 * an owner's trigger or CHECK that refuses it leaves the inquiry
+		 * recorded and the resolution for a person, and the run goes on
+		 */
+		BEGIN
+			v_applied := @extschema@.alipayplus_apply_payment_result(r.payment_request_id,
+				CASE v_decision WHEN 'paid' THEN 'S' ELSE 'F' END, i.payment_code,
+				coalesce(r.payment_id, i.payment_id));
+			IF v_applied <> 'applied' THEN
+				v_applied := pg_catalog.format('%s answer not applied (%s)', v_decision, v_applied);
+				v_decision := 'not_applied';
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01', '40001', '40P01') THEN
+				RAISE;
+			END IF;
+			v_applied := pg_catalog.format('%s answer not applied: %s (SQLSTATE %s)',
+				v_decision, v_msg, v_state);
+			v_decision := 'not_applied';
+		END;
 	ELSIF v_decision = 'cancel' THEN
 		BEGIN
+			/* only_pending: never a paid or shipped order */
 			IF r.sent_field = 'paymentRequestId' THEN
-				c := alipayplus._mark_cancelling(NULL, r.sent_id, r.initiated_at);
+				c := alipayplus._mark_cancelling(NULL, r.sent_id, r.initiated_at, true);
 			ELSE
-				c := alipayplus._mark_cancelling(r.sent_id, NULL, r.initiated_at);
+				c := alipayplus._mark_cancelling(r.sent_id, NULL, r.initiated_at, true);
 			END IF;
 			v_applied := 'cancellation ' || c.cancellation_id || ' ' || c.state;
 		EXCEPTION WHEN OTHERS THEN
@@ -260,6 +342,7 @@ BEGIN
 			CASE WHEN v_verified THEN '' ELSE ' (not verified)' END,
 		state = CASE v_decision WHEN 'paid' THEN 'PAID' WHEN 'failed' THEN 'FAILED'
 					WHEN 'cancel' THEN 'CANCELLING' WHEN 'wait' THEN 'RESOLVING'
+					WHEN 'settled_elsewhere' THEN 'SETTLED_ELSEWHERE'
 					ELSE 'ATTENTION' END,
 		next_inquiry_at = CASE WHEN v_decision = 'wait' THEN v_next END,
 		decided_at = CASE WHEN v_decision <> 'wait' THEN v_now END,
@@ -418,7 +501,7 @@ RETURN LEAST(
 CREATE FUNCTION @extschema@.alipayplus_process_resolutions(max_count integer DEFAULT 100,
 	time_budget interval DEFAULT interval '50 seconds')
 RETURNS TABLE (inquired integer, paid integer, failed integer, cancel integer,
-	attention integer, waiting integer)
+	attention integer, waiting integer, settled_elsewhere integer)
 AS 'MODULE_PATHNAME', 'alipayplus_process_resolutions'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
@@ -445,23 +528,16 @@ DECLARE
 	v_id text;
 	v_open boolean;
 	r alipayplus.resolutions;
-	o record;
-	v_pending text[];
 	v_state text;
 	v_msg text;
 BEGIN
 	/* refused as a whole, before anything else */
 	PERFORM alipayplus._refuse_read_only_to('resolve Alipay+ payments');
+	PERFORM alipayplus._resolve_binding();
 	FOR v_id IN SELECT s FROM @extschema@.alipayplus_stale_orders($1) s LOOP
 		BEGIN
-			/* still pending under the order's row lock (shipped or paid meanwhile: skipped) */
-			o := alipayplus._lock_order('paymentRequestId', v_id);
-			SELECT b.pending_values INTO v_pending FROM alipayplus.order_binding b;
-			IF NOT o.order_found OR o.status IS NULL OR o.status <> ALL (v_pending) THEN
-				RETURN QUERY SELECT v_id, 'not_pending'::text,
-					pg_catalog.format('the order is %s now, not pending', coalesce(o.status, 'gone'));
-				CONTINUE;
-			END IF;
+			/* still pending under the order's row lock (shipped or paid
+			   meanwhile: not_pending, from alipayplus_request_resolve) */
 			v_open := EXISTS (SELECT 1 FROM alipayplus.resolutions x
 							  WHERE x.state = 'RESOLVING' AND x.payment_request_id = v_id);
 			r := @extschema@.alipayplus_request_resolve(payment_request_id => v_id,
@@ -477,6 +553,7 @@ BEGIN
 			END IF;
 			RETURN QUERY SELECT v_id,
 				CASE v_state WHEN '55000' THEN 'cancel_requested'
+							 WHEN 'ZA005' THEN 'not_pending'
 							 WHEN 'ZA002' THEN 'window_closed'
 							 WHEN 'ZA003' THEN 'refund'
 							 ELSE 'error' END,
