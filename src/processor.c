@@ -1308,16 +1308,27 @@ run_pipeline(Run *run, int64 continue_run)
 			step_begin(run);
 			settle_slots(run, stop != NULL ? run->unanswered_code : NULL, stop);
 			run->first_done_at = 0;
-			if (stop == NULL && (run->interrupted = pending_interrupt(run)) != NULL)
+			if (run->interrupted == NULL &&
+				(run->interrupted = pending_interrupt(run)) != NULL)
 			{
-				/* a cancel caught while an answer was applied: stop now */
+				/*
+				 * A cancel caught while an answer was applied: stop now.  If
+				 * the run was already stopping (statement_timeout near), the
+				 * calls are settled already; the stop's reason becomes the
+				 * interrupt, so that it ends with PostgreSQL's error.
+				 */
+				bool		settled = stop != NULL;
+
 				stop = psprintf("interrupted: %s", run->interrupted);
 				run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
 					"local.statement_timeout" : "local.interrupted";
-				aps_http_abandon_all();
-				HOLD_INTERRUPTS();
-				held = true;
-				settle_slots(run, run->unanswered_code, stop);
+				if (!settled)
+				{
+					aps_http_abandon_all();
+					HOLD_INTERRUPTS();
+					held = true;
+					settle_slots(run, run->unanswered_code, stop);
+				}
 			}
 			free_slots = run->width - run->busy_slots;
 			want = (int) Min((int64) free_slots, opts->max_count - run->claims);

@@ -8,6 +8,11 @@
 # and everything the run did rolls back with the caller's transaction.
 # The CALL form's case is in test/audit.sh (slowtrig).
 #
+# Second case: the run stops first because statement_timeout is near
+# (its own margin), and the timeout itself then fires while that stop
+# applies an answer that had already come in: still PostgreSQL's error,
+# never a result (seen in CI: the run returned its counts).
+#
 # Run as root from the repository, with the rig up:  bash test/select_interrupt.sh
 
 source "$(dirname "${BASH_SOURCE[0]}")/shell_common.bash"
@@ -44,4 +49,44 @@ expect "everything rolled back with the caller: no attempt on record" \
 	"0" "$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts")"
 expect "every cancellation still due, none flagged" \
 	"6" "$(q $DB "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention")"
+
+# Case 2, in a database of its own.  Order a is answered at once and its
+# owner's trigger takes 2.2 s, so the first settle ends past the 2 s mark
+# (statement_timeout 2.5 s less the run's 0.5 s margin); order b's answer
+# (0.5 s) has come in meanwhile, and the stop applies it: b's trigger
+# sleeps, and the statement timeout fires inside it.
+q postgres "DROP DATABASE $DB WITH (FORCE)" >/dev/null 2>&1
+DB=apc_selint2
+scratch_db $DB || { not_ok "create database $DB with the extension"; finish; }
+$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<'SQL' || { not_ok "set up case 2"; finish; }
+CREATE TABLE orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
+CREATE FUNCTION slow_trigger() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN
+	IF NEW.st = 'CANCELLED' THEN
+		PERFORM pg_sleep(CASE WHEN NEW.req LIKE '%-a' THEN 2.2 ELSE 1 END);
+	END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER slow BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION slow_trigger();
+SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+INSERT INTO orders (req) VALUES ('selint2-a'), ('slow-500-selint2-b');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req);
+SQL
+out=$($PGBIN/psql -X -qAt -d "$DB" 2>&1 <<'SQL'
+\set VERBOSITY terse
+SET statement_timeout = '2500ms';
+SELECT 'returned', claimed FROM alipayplus_process_cancellations(10, '1 min');
+\echo SQLSTATE=:SQLSTATE
+SQL
+)
+echo "$out" | sed 's/^/# /'
+expect "near the timeout, then the timeout in the stop's apply: PostgreSQL's error (57014)" \
+	"SQLSTATE=57014" "$(echo "$out" | grep -o 'SQLSTATE=[0-9A-Z]*' | tail -n 1)"
+if echo "$out" | grep -q '^returned'; then
+	not_ok "case 2: the SELECT form returned a result after the statement timeout"
+else
+	ok "case 2: no result row after the statement timeout"
+fi
+expect "case 2: everything rolled back with the caller" \
+	"0|2" "$(q $DB "SELECT (SELECT count(*) FROM alipayplus.cancel_attempts), (SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention)")"
 finish
