@@ -99,332 +99,18 @@ LANGUAGE C;
 COMMENT ON PROCEDURE @extschema@.alipayplus_require_top_level(text) IS
 	'Internal: raises 25001 unless the calling procedure can commit (a CALL of its own, outside a transaction block)';
 
-CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_process_backlog(max_count integer DEFAULT 1000000,
-	time_budget interval DEFAULT '1 hour', progress interval DEFAULT '5 seconds')
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_said timestamptz := pg_catalog.clock_timestamp();
-	v_left interval;
-	v_run bigint;
-	r record;
-	n integer := 0;
-	n_cancelled integer := 0;
-	n_unanswered integer := 0;
-	v_last_error text;
-	v_due bigint;
-	v_rate float8;
-	v_interrupted boolean := false;
-BEGIN
-	/* before anything is claimed or sent: it must be able to commit */
-	CALL @extschema@.alipayplus_require_top_level('alipayplus_process_backlog');
-	/*
-	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
-	 * a loop over a query that is not read-only, lets CallContext say it
-	 * can commit, yet makes the first COMMIT fail; it must fail here
-	 */
-	COMMIT;
-	LOOP
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
-		EXIT WHEN n >= max_count OR v_left <= interval '0';
-		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
-			least(max_count - n,
-				  /* one at first if the library is not loaded in this session yet */
-				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
-			v_left, v_run) x;
-		v_run := r.run_id;
-		n := n + r.claimed;
-		n_cancelled := n_cancelled + r.cancelled;
-		n_unanswered := n_unanswered + r.unanswered;
-		v_last_error := coalesce(r.last_error, v_last_error);
-		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
-		COMMIT;
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		IF progress IS NOT NULL AND pg_catalog.clock_timestamp() - v_said >= progress THEN
-			v_said := pg_catalog.clock_timestamp();
-			v_rate := n / greatest(extract(epoch FROM v_said - v_start), 0.001);
-			IF pg_catalog.has_function_privilege('@extschema@.alipayplus_queue_depth()', 'EXECUTE') THEN
-				SELECT q.due INTO v_due FROM @extschema@.alipayplus_queue_depth() q;
-			END IF;
-			RAISE NOTICE '% done (% cancelled), % per second, % still due, about % left',
-				n, n_cancelled, round(v_rate::numeric, 1), coalesce(v_due::text, 'how many'),
-				CASE WHEN v_rate > 0 AND v_due IS NOT NULL
-					 THEN pg_catalog.make_interval(secs => round((v_due / v_rate)::numeric))::text
-					 ELSE 'unknown' END;
-		END IF;
-		EXIT WHEN r.claimed = 0 OR v_interrupted;
-	END LOOP;
-	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-	IF progress IS NOT NULL THEN
-		RAISE NOTICE '% done (% cancelled) in %, processor run %',
-			n, n_cancelled, date_trunc('second', pg_catalog.clock_timestamp() - v_start), v_run;
-	END IF;
-	IF n > 0 AND n_unanswered = n THEN
-		RAISE EXCEPTION USING
-			ERRCODE = 'ZA004',
-			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
-			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
-			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
-	END IF;
-END;
-$$;
-
-CREATE OR REPLACE PROCEDURE @extschema@.alipayplus_run_cancellations(max_count integer DEFAULT 100,
-	time_budget interval DEFAULT '50 seconds')
-LANGUAGE plpgsql
-AS $$
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_left interval;
-	v_run bigint;
-	r record;
-	n integer := 0;
-	n_unanswered integer := 0;
-	v_last_error text;
-	v_interrupted boolean := false;
-BEGIN
-	/* before anything is claimed or sent: it must be able to commit */
-	CALL @extschema@.alipayplus_require_top_level('alipayplus_run_cancellations');
-	/*
-	 * and a COMMIT, the only sure test: a caller's deferred constraint, or
-	 * a loop over a query that is not read-only, lets CallContext say it
-	 * can commit, yet makes the first COMMIT fail; it must fail here
-	 */
-	COMMIT;
-	LOOP
-		PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-		v_left := time_budget - (pg_catalog.clock_timestamp() - v_start);
-		EXIT WHEN n >= max_count OR v_left <= interval '0';
-		SELECT * INTO r FROM @extschema@.alipayplus_process_cancellations(
-			least(max_count - n,
-				  /* one at first if the library is not loaded in this session yet */
-				  coalesce(current_setting('alipayplus.max_concurrency', true)::integer, 1)),
-			v_left, v_run) x;
-		v_run := r.run_id;
-		n := n + r.claimed;
-		n_unanswered := n_unanswered + r.unanswered;
-		v_last_error := coalesce(r.last_error, v_last_error);
-		v_interrupted := current_setting('alipayplus_cancel.interrupted', true) = 'true';
-		COMMIT;
-		EXIT WHEN r.claimed = 0 OR v_interrupted;
-	END LOOP;
-	PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-	IF n > 0 AND n_unanswered = n THEN
-		RAISE EXCEPTION USING
-			ERRCODE = 'ZA004',
-			MESSAGE = format('the Alipay+ gateway did not answer any of the %s attempts of processor run %s', n, v_run),
-			DETAIL = format('Last: %s. The attempts are recorded in alipayplus.cancel_attempts and each cancellation backs off on its own.', v_last_error),
-			HINT = 'Check alipayplus.gateway_url, alipayplus.ca_file and the network.';
-	END IF;
-END;
-$$;
+/*
+ * The procedures themselves call it from C now: see the issue 16 section
+ * below, where alipayplus_process_backlog and alipayplus_run_cancellations
+ * are replaced.
+ */
 
 /* ---- issue 19, item 6: time_budget fits the calls' millisecond limits ---- */
 
-CREATE OR REPLACE FUNCTION @extschema@.alipayplus_process_cancellations(max_count integer DEFAULT 100,
-	time_budget interval DEFAULT '50 seconds', continue_run bigint DEFAULT NULL)
-RETURNS TABLE (run_id bigint, claimed integer, cancelled integer, retrying integer,
-	attention integer, unanswered integer, busy integer, elapsed_ms numeric,
-	last_error text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-	v_start timestamptz := pg_catalog.clock_timestamp();
-	v_done bigint[] := '{}';
-	v_window alipayplus.cancellations[];
-	v_claimed alipayplus.cancellations[];
-	v_width integer;
-	v_nothing_due boolean;
-	v_left_ms integer;
-	c alipayplus.cancellations;
-	a alipayplus.cancel_attempts;
-	r record;
-	n_claimed integer := 0;
-	n_cancelled integer := 0;
-	n_retrying integer := 0;
-	n_attention integer := 0;
-	n_unanswered integer := 0;
-	n_busy integer := 0;
-	v_stop text := 'nothing due';
-	v_claim_error text;
-	v_last_error text;
-	v_run bigint;
-	v_statement_timeout interval := current_setting('statement_timeout')::interval;
-	v_concurrency integer;
-	v_interrupted boolean := false;
-BEGIN
-	IF $1 IS NULL OR $1 < 1 THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'max_count must be at least 1';
-	END IF;
-	IF $2 IS NULL OR $2 <= interval '0' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'time_budget must be positive';
-	END IF;
-	/* the calls' time limits are milliseconds in an integer */
-	IF $2 > interval '24 days' THEN
-		RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-			MESSAGE = 'time_budget must be at most 24 days',
-			DETAIL = 'A run''s calls are bounded by what is left of its time budget, in milliseconds that must fit an integer.',
-			HINT = 'A run is meant to take seconds to hours: give a shorter time_budget and run it again.';
-	END IF;
-	PERFORM alipayplus._check_config();
-	/* read only now: the line above loads the library that defines it */
-	v_concurrency := current_setting('alipayplus.max_concurrency')::integer;
-	PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', 'false', true);
-
-	LOOP
-		IF n_claimed >= $1 THEN
-			v_stop := 'max_count reached';
-			EXIT;
-		END IF;
-		v_left_ms := (extract(epoch FROM $2 - (pg_catalog.clock_timestamp() - v_start)) * 1000)::integer;
-		IF v_left_ms <= 0 THEN
-			v_stop := 'time budget used';
-			EXIT;
-		END IF;
-		IF v_statement_timeout > interval '0'
-		   AND pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()
-			   > v_statement_timeout - interval '500 ms' THEN
-			v_stop := 'statement_timeout near';
-			EXIT;
-		END IF;
-
-		/*
-		 * Claim a window of due rows in one statement (SKIP LOCKED), then
-		 * take each one's bound order row without waiting.  A row whose
-		 * order is locked (a notification or request in progress) is left
-		 * for a later run; one whose order cannot be used is flagged.
-		 */
-		v_width := least(v_concurrency, $1 - n_claimed);
-		v_window := '{}';
-		v_claimed := ARRAY(
-			SELECT x FROM alipayplus.cancellations x
-			WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-				AND x.next_attempt_at <= pg_catalog.clock_timestamp()
-				AND x.cancellation_id <> ALL (v_done)
-			ORDER BY x.next_attempt_at, x.cancellation_id
-			LIMIT v_width
-			FOR UPDATE SKIP LOCKED);
-		v_nothing_due := cardinality(v_claimed) < v_width;
-		FOREACH c IN ARRAY v_claimed LOOP
-			v_done := v_done || c.cancellation_id;
-			v_claim_error := NULL;
-			BEGIN
-				/* by its request id when known (issue 19, item 3) */
-				PERFORM alipayplus._lock_order(
-					CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
-					coalesce(c.payment_request_id, c.sent_id), true);
-			EXCEPTION
-				WHEN lock_not_available THEN
-					n_busy := n_busy + 1;
-					CONTINUE;
-				WHEN OTHERS THEN
-					GET STACKED DIAGNOSTICS v_claim_error = MESSAGE_TEXT;
-			END;
-			IF v_claim_error IS NOT NULL THEN
-				n_claimed := n_claimed + 1;
-				UPDATE alipayplus.cancellations x SET
-					needs_attention = true, next_attempt_at = NULL,
-					attention_reason = format('the bound order cannot be used: %s; fix the order row, then run alipayplus_requeue_cancellation(%s)',
-											  v_claim_error, x.cancellation_id)
-				WHERE x.cancellation_id = c.cancellation_id;
-				n_attention := n_attention + 1;
-				CONTINUE;
-			END IF;
-			v_window := v_window || c;
-		END LOOP;
-
-		/*
-		 * Under a statement_timeout, the calls must leave time to record
-		 * and apply their answers before the statement would be cancelled.
-		 */
-		IF v_statement_timeout > interval '0' THEN
-			v_left_ms := least(v_left_ms,
-				(extract(epoch FROM v_statement_timeout
-						 - (pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())) * 1000)::integer
-				- 500 - 5 * cardinality(v_window));
-		END IF;
-		IF cardinality(v_window) > 0 THEN
-			n_claimed := n_claimed + cardinality(v_window);
-			/* call them all at once, then settle each */
-			FOR r IN
-				SELECT * FROM alipayplus._call_cancel_many(
-					ARRAY(SELECT w.sent_field FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
-					ARRAY(SELECT w.sent_id FROM unnest(v_window) WITH ORDINALITY w ORDER BY w.ordinality),
-					v_left_ms)
-			LOOP
-				c := v_window[r.ord];
-				IF r.result_code = 'local.not_sent' THEN
-					/* the run's time ran out before this call started: left due */
-					n_claimed := n_claimed - 1;
-					CONTINUE;
-				END IF;
-				a := alipayplus._settle(c, r, 'alipayplus_process_cancellations');
-				IF current_setting('alipayplus_cancel.interrupted', true) = 'true' THEN
-					v_interrupted := true;
-				END IF;
-				IF alipayplus._unanswered(a.result_code) THEN
-					n_unanswered := n_unanswered + 1;
-					v_last_error := format('%s: %s', a.result_code, a.error_detail);
-				END IF;
-				SELECT * INTO c FROM alipayplus.cancellations x
-				WHERE x.cancellation_id = c.cancellation_id;
-				IF c.needs_attention THEN
-					n_attention := n_attention + 1;
-				ELSIF c.state = 'CANCELLED' THEN
-					n_cancelled := n_cancelled + 1;
-				ELSE
-					n_retrying := n_retrying + 1;
-				END IF;
-			END LOOP;
-		END IF;
-
-		IF v_interrupted THEN
-			/* a cancel or statement_timeout came while an answer was applied */
-			v_stop := 'interrupted';
-			EXIT;
-		END IF;
-		IF v_nothing_due THEN
-			v_stop := 'nothing due';
-			EXIT;
-		END IF;
-		/* a gateway that answers nothing: do not spend the run on it */
-		IF n_claimed >= 3 AND n_unanswered = n_claimed THEN
-			v_stop := 'gateway not answering';
-			EXIT;
-		END IF;
-	END LOOP;
-
-	IF $3 IS NOT NULL THEN
-		UPDATE alipayplus.processor_runs x SET
-			finished_at = pg_catalog.clock_timestamp(),
-			claimed = x.claimed + n_claimed, cancelled = x.cancelled + n_cancelled,
-			retrying = x.retrying + n_retrying, attention = x.attention + n_attention,
-			unanswered = x.unanswered + n_unanswered, busy = x.busy + n_busy,
-			stopped_because = v_stop
-		WHERE x.run_id = $3
-		RETURNING x.run_id INTO v_run;
-	END IF;
-	IF v_run IS NULL THEN
-		INSERT INTO alipayplus.processor_runs AS x
-			(started_at, finished_at, claimed, cancelled, retrying, attention,
-			 unanswered, busy, stopped_because)
-		VALUES (v_start, pg_catalog.clock_timestamp(), n_claimed, n_cancelled,
-				n_retrying, n_attention, n_unanswered, n_busy, v_stop)
-		RETURNING x.run_id INTO v_run;
-	END IF;
-
-	RETURN QUERY SELECT v_run, n_claimed, n_cancelled, n_retrying, n_attention,
-		n_unanswered, n_busy,
-		round(extract(epoch FROM pg_catalog.clock_timestamp() - v_start) * 1000, 1),
-		v_last_error;
-END;
-$$;
+/*
+ * alipayplus_process_cancellations takes its time budget in milliseconds
+ * now in C: it is replaced in the issue 16 section below.
+ */
 
 /* ---- issue 19, item 4: an order update changes exactly one row ---- */
 
@@ -1108,63 +794,7 @@ ALTER TABLE alipayplus.cancellations
  * times (clock_timestamp), so a notification recorded after the close is
  * later than the close whenever its transaction began.
  */
-/* created with pg_catalog alone on the search_path: see extension/src/60_views.sql */
-SET search_path = pg_catalog, pg_temp;
-CREATE OR REPLACE VIEW alipayplus.attention AS
-SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
-	c.payment_id, c.state, c.attempt_count, c.last_result_status,
-	c.last_result_code, c.last_result_message, c.last_attempt_at,
-	c.requested_at, c.deadline,
-	CASE
-		WHEN c.needs_attention THEN c.attention_reason || coalesce('; and ' || l.late_paid, '')
-		WHEN l.late_paid IS NOT NULL THEN l.late_paid
-		WHEN l.unanswered THEN
-			format('the gateway did not answer the last %s attempts (last: %s); the cancellation keeps retrying: check alipayplus.gateway_url and the network',
-				   c.unanswered_streak, c.last_result_code)
-		WHEN l.overdue THEN
-			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
-				   c.next_attempt_at)
-		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
-	END AS reason
-FROM alipayplus.cancellations c
-CROSS JOIN LATERAL (
-	SELECT
-		/* a paid notification after the request (or a paid order when it
-		   was requested), not yet seen by a person */
-		CASE WHEN c.late_payment_status = 'S'
-				AND (c.attention_closed_at IS NULL OR c.late_payment_at > c.attention_closed_at) THEN
-			format('%s, and the cancellation is %s: ask Alipay+ (inquiryPayment) whether the payment stands, and refund it if it does; then alipayplus_close_attention(%s, note)',
-				   CASE WHEN c.late_payment_code = 'order.paid' THEN
-						format('the bound order was paid when its cancellation was requested at %s', c.late_payment_at)
-					ELSE format('a paid notification (S%s) arrived at %s after the cancellation was requested',
-								coalesce(' ' || c.late_payment_code, ''), c.late_payment_at) END,
-				   c.state, c.cancellation_id)
-		END AS late_paid,
-		c.state = 'CANCELLING' AND c.unanswered_streak >= 3
-			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at) AS unanswered,
-		c.state = 'CANCELLING' AND c.next_attempt_at < pg_catalog.now() - interval '10 minutes'
-			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
-				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
-		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
-			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
-				 OR c.deadline > c.attention_closed_at) AS past_deadline
-) l
-WHERE c.needs_attention
-	OR l.late_paid IS NOT NULL
-	OR l.unanswered OR l.overdue OR l.past_deadline
-UNION ALL
-/* an order at the cancelling value that no cancellation in progress will reach */
-SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
-	NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-	format('the order with request id %s is at the cancelling value, but %s: request its cancellation again (alipayplus_request_cancel(payment_request_id => %L)), which moves the order to the cancelled value if Alipay+ cancelled it, or queues the cancellation',
-		   s.request_id,
-		   CASE WHEN s.cancellation_id IS NULL THEN 'no ledger row knows it'
-				ELSE format('its ledger row %s is %s and flags nothing', s.cancellation_id, s.state) END,
-		   s.request_id)
-FROM alipayplus._stranded_orders() s;
-COMMENT ON VIEW alipayplus.attention IS
-	'Each cancellation a person must look at, and why, until it is handled (alipayplus_close_attention)';
-SET search_path = @extschema@;
+/* the view alipayplus.attention of 1.3 is created in the last issue 15 section */
 
 /*
  * A late notification is kept with the clock time it is recorded at, and
@@ -1327,38 +957,7 @@ AS $$
 	WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
 		AND x.next_attempt_at IS NOT NULL
 $$;
-/* created with pg_catalog alone on the search_path: see extension/src/60_views.sql */
-SET search_path = pg_catalog, pg_temp;
-CREATE OR REPLACE VIEW alipayplus.stats AS
-WITH recent AS (
-	SELECT a.result_status, a.result_code, a.latency_ms
-	FROM alipayplus.cancel_attempts a
-	WHERE a.attempted_at > pg_catalog.now() - interval '1 hour'
-)
-SELECT
-	/* backends waiting on Alipay+ right now (each may have many calls in flight) */
-	(SELECT count(*) FROM pg_catalog.pg_stat_activity s
-	 WHERE s.wait_event_type = 'Extension' AND s.wait_event = 'Extension'
-	   AND s.query ~* 'alipayplus_(process_cancellations|run_cancellations|process_backlog|cancel_payment)') AS backends_calling,
-	q.queued, q.due, q.oldest_due,
-	(SELECT count(*) FROM alipayplus.cancellations x WHERE x.needs_attention) AS needing_attention,
-	(SELECT count(*) FROM recent) AS attempts_last_hour,
-	(SELECT count(*) FROM recent WHERE result_status = 'S') AS s_last_hour,
-	(SELECT count(*) FROM recent WHERE result_status = 'F') AS f_last_hour,
-	(SELECT count(*) FROM recent WHERE result_status = 'U' AND result_code NOT LIKE 'local.%') AS u_last_hour,
-	(SELECT count(*) FROM recent WHERE result_code LIKE 'local.%') AS local_last_hour,
-	(SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p50_ms,
-	(SELECT round(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p95_ms,
-	(SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms)::numeric, 1) FROM recent) AS latency_p99_ms
-FROM (SELECT count(*) AS queued,
-			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
-			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
-	  FROM alipayplus.cancellations x
-	  WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-		AND x.next_attempt_at IS NOT NULL) q;
-COMMENT ON VIEW alipayplus.stats IS
-	'Queue depth, the oldest due row, and the last hour''s attempts by outcome with latency percentiles';
-SET search_path = @extschema@;
+/* the view alipayplus.stats of 1.3 is created in the last issue 15 section */
 /*
  * An exhausted local.* code is ours to fix: its built-in note (quoted in
  * the attention reason, src/ledger.c) names the settings to check.  The
@@ -2607,7 +2206,7 @@ SELECT
 	(SELECT count(*) FROM alipayplus.inquiries i
 	 WHERE i.inquired_at > pg_catalog.now() - interval '1 hour') AS inquiries_last_hour,
 	r.paid_last_hour, r.failed_last_hour, r.cancel_requested_last_hour,
-	r.attention_last_hour
+	r.attention_last_hour, r.settled_elsewhere_last_hour
 FROM (SELECT count(*) AS queued,
 			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
 			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
@@ -2620,7 +2219,8 @@ CROSS JOIN (SELECT count(*) FILTER (WHERE x.state = 'RESOLVING') AS resolving,
 				   count(*) FILTER (WHERE x.state = 'PAID' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS paid_last_hour,
 				   count(*) FILTER (WHERE x.state = 'FAILED' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS failed_last_hour,
 				   count(*) FILTER (WHERE x.state = 'CANCELLING' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS cancel_requested_last_hour,
-				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour
+				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour,
+				   count(*) FILTER (WHERE x.state = 'SETTLED_ELSEWHERE' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS settled_elsewhere_last_hour
 			FROM alipayplus.resolutions x
 			WHERE x.state = 'RESOLVING' OR x.decided_at > pg_catalog.now() - interval '1 hour') r;
 COMMENT ON VIEW alipayplus.stats IS

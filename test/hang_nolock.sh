@@ -16,6 +16,8 @@
 #     backend blocks, sampled while the UPDATE runs;
 #   - the processor's backend holds back no VACUUM horizon: backend_xmin
 #     and backend_xid are NULL, every sample during the hang;
+#   - it holds no lock on a relation, a row or a transaction id, and the
+#     attempt is on record, committed, "no answer yet", before the answer;
 #   - the call is still in flight after all of this (the checks happened
 #     during the hang).
 # Afterwards the call ends (local.timeout: the gateway really did not
@@ -73,6 +75,11 @@ if ! [[ "$pid" =~ ^[0-9]+$ ]] || [ "$(gateway_requests "$ID")" -lt 1 ]; then
 	finish
 fi
 ok "the processor's call is in flight (backend $pid)"
+expect "the attempt is on record, committed, before any answer: no answer yet" \
+	"local.no_answer_yet|t" \
+	"$(q "$DB" "SELECT result_code, completed_at IS NULL FROM alipayplus.cancel_attempts WHERE sent_id = '$ID'")"
+expect "the processor's backend holds no lock on a relation, a row or a transaction id" "0" \
+	"$(q "$DB" "SELECT count(*) FROM pg_locks WHERE pid = $pid AND locktype IN ('relation', 'tuple', 'transactionid')")"
 
 # xmin_sample: "xmin|xid" of the processor's backend, 'NULL' for none
 xmin_sample() {

@@ -137,7 +137,7 @@ SELECT
 	(SELECT count(*) FROM alipayplus.inquiries i
 	 WHERE i.inquired_at > pg_catalog.now() - interval '1 hour') AS inquiries_last_hour,
 	r.paid_last_hour, r.failed_last_hour, r.cancel_requested_last_hour,
-	r.attention_last_hour
+	r.attention_last_hour, r.settled_elsewhere_last_hour
 FROM (SELECT count(*) AS queued,
 			 count(*) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS due,
 			 min(x.next_attempt_at) FILTER (WHERE x.next_attempt_at <= pg_catalog.now()) AS oldest_due
@@ -150,7 +150,8 @@ CROSS JOIN (SELECT count(*) FILTER (WHERE x.state = 'RESOLVING') AS resolving,
 				   count(*) FILTER (WHERE x.state = 'PAID' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS paid_last_hour,
 				   count(*) FILTER (WHERE x.state = 'FAILED' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS failed_last_hour,
 				   count(*) FILTER (WHERE x.state = 'CANCELLING' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS cancel_requested_last_hour,
-				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour
+				   count(*) FILTER (WHERE x.state = 'ATTENTION' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS attention_last_hour,
+				   count(*) FILTER (WHERE x.state = 'SETTLED_ELSEWHERE' AND x.decided_at > pg_catalog.now() - interval '1 hour') AS settled_elsewhere_last_hour
 			FROM alipayplus.resolutions x
 			WHERE x.state = 'RESOLVING' OR x.decided_at > pg_catalog.now() - interval '1 hour') r;
 COMMENT ON VIEW alipayplus.stats IS
