@@ -191,7 +191,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	b alipayplus.order_binding;
 	c alipayplus.cancellations;
 BEGIN
 	SELECT * INTO c FROM alipayplus.cancellations x
@@ -210,22 +209,16 @@ BEGIN
 		coalesce(c.payment_request_id, c.sent_id));
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE x.cancellation_id = $1 FOR UPDATE;
-	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
+	IF c.state = 'CANCELLED' AND NOT c.needs_attention AND c.order_follow_at IS NULL THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
 			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
 	END IF;
 
 	IF c.state = 'CANCELLED' THEN
 		/* Alipay+ cancelled it; only the bound order has to follow */
-		SELECT * INTO b FROM alipayplus.order_binding;
-		IF FOUND THEN
-			PERFORM alipayplus._set_order_status(
-				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
-				coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
-				c.sent_field, c.sent_id);
-		END IF;
+		PERFORM alipayplus._order_follows(c);
 		UPDATE alipayplus.cancellations x SET
-			needs_attention = false, attention_reason = NULL
+			needs_attention = false, attention_reason = NULL, order_follow_at = NULL
 		WHERE x.cancellation_id = $1
 		RETURNING * INTO c;
 		RETURN c;
@@ -284,13 +277,15 @@ BEGIN
 		cancellation_id := NULL;
 		state := NULL;
 		v_flagged := false;
-		SELECT c.cancellation_id, c.state, c.needs_attention
+		SELECT c.cancellation_id, c.state,
+			c.needs_attention OR c.order_follow_at IS NOT NULL
 		INTO cancellation_id, state, v_flagged
 		FROM alipayplus.cancellations c
 		WHERE c.payment_request_id = _stranded_orders.request_id
 			OR (c.payment_request_id IS NULL
 				AND c.payment_id = _stranded_orders.payment_id)
-		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention
+				  OR c.order_follow_at IS NOT NULL) DESC, c.cancellation_id DESC
 		LIMIT 1;
 		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
 			RETURN NEXT;
@@ -1069,6 +1064,111 @@ REVOKE ALL ON FUNCTION alipayplus._refuse_read_only() FROM PUBLIC;
 /* ---- issue 16: every request on record before it leaves; the claim-then-call pipeline (issue 14) ---- */
 
 /*
+ * Set on a CANCELLED row whose bound order has yet to follow: the apply
+ * of its verified S was cut by the caller's interrupt; the next
+ * processor run updates the order (alipayplus._follow_orders).
+ */
+ALTER TABLE alipayplus.cancellations
+	ADD COLUMN order_follow_at timestamptz,
+	ADD CONSTRAINT cancellations_order_follow_check CHECK (
+		order_follow_at IS NULL OR (state = 'CANCELLED' AND NOT needs_attention));
+CREATE INDEX cancellations_order_follow ON alipayplus.cancellations (order_follow_at)
+	WHERE order_follow_at IS NOT NULL;
+
+/*
+ * A CANCELLED row's bound order follows the ledger: the order (found by
+ * its request id when the row knows it) is set to the bound cancelled
+ * value, with the order table owner's rights.  The order row is locked
+ * first, as on every path.
+ */
+CREATE FUNCTION alipayplus._order_follows(c alipayplus.cancellations)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF FOUND THEN
+		PERFORM alipayplus._set_order_status(
+			CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+			coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
+			c.sent_field, c.sent_id);
+	END IF;
+END;
+$$;
+
+/*
+ * The bound orders still to follow their CANCELLED ledger rows
+ * (order_follow_at: the apply of a verified S was cut by the caller's
+ * query cancel, statement_timeout or shutdown, src/ledger.c), at most
+ * max_count, each in a subtransaction of its own; called by every
+ * processor run when it starts (src/processor.c).  An order locked by
+ * someone else is tried again a second later; an order that cannot be
+ * updated (its owner's trigger fails, the row is gone) flags the ledger
+ * row for a person, as when the first apply fails.  A query cancel or a
+ * terminate is not swallowed: it is noted for the processor
+ * (alipayplus_cancel.interrupted), which then stops as on any interrupt,
+ * and the row stays to follow.  Returns how many orders followed.
+ */
+CREATE FUNCTION alipayplus._follow_orders(max_count integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c alipayplus.cancellations;
+	n integer := 0;
+	v_state text;
+	v_msg text;
+BEGIN
+	FOR c IN
+		SELECT * FROM alipayplus.cancellations x
+		WHERE x.order_follow_at <= pg_catalog.now()
+		ORDER BY x.order_follow_at, x.cancellation_id
+		LIMIT max_count
+	LOOP
+		BEGIN
+			PERFORM alipayplus._lock_order(
+				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+				coalesce(c.payment_request_id, c.sent_id), true);
+			SELECT * INTO c FROM alipayplus.cancellations x
+			WHERE x.cancellation_id = c.cancellation_id AND x.order_follow_at IS NOT NULL
+			FOR UPDATE SKIP LOCKED;
+			IF FOUND THEN
+				PERFORM alipayplus._order_follows(c);
+				UPDATE alipayplus.cancellations x SET order_follow_at = NULL
+				WHERE x.cancellation_id = c.cancellation_id;
+				n := n + 1;
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01', '57P02', '57P03') THEN
+				PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', v_msg, true);
+				RETURN n;
+			ELSIF v_state = '55P03' THEN
+				UPDATE alipayplus.cancellations x
+				SET order_follow_at = pg_catalog.clock_timestamp() + interval '1 second'
+				WHERE x.cancellation_id = c.cancellation_id;
+			ELSE
+				UPDATE alipayplus.cancellations x SET
+					order_follow_at = NULL, needs_attention = true,
+					attention_reason = pg_catalog.format('Alipay+ cancelled the payment (verified S), but the bound order could not be updated: %s (SQLSTATE %s); fix that, then run alipayplus_requeue_cancellation(%s)',
+						v_msg, v_state, c.cancellation_id)
+				WHERE x.cancellation_id = c.cancellation_id
+				RETURNING x.attention_reason INTO v_msg;
+				RAISE WARNING '%', v_msg;
+			END IF;
+		END;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+REVOKE ALL ON FUNCTION alipayplus._order_follows(alipayplus.cancellations) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._follow_orders(integer) FROM PUBLIC;
+
+/*
  * An attempt is put on record, committed, before its request leaves
  * (result_code 'local.no_answer_yet', completed_at NULL) and completed once
  * with its answer or the reason there is none.  Attempts recorded before
@@ -1355,9 +1455,9 @@ LANGUAGE C;
 REVOKE ALL ON FUNCTION alipayplus._wake_worker() FROM PUBLIC;
 COMMENT ON FUNCTION alipayplus._wake_worker() IS
 	'Trigger: wake the background worker when the transaction commits';
-CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
-	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
-		AND NOT NEW.needs_attention)
+CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at, order_follow_at ON alipayplus.cancellations
+	FOR EACH ROW WHEN ((NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
+		AND NOT NEW.needs_attention) OR NEW.order_follow_at IS NOT NULL)
 	EXECUTE FUNCTION alipayplus._wake_worker();
 
 /* ---- issue 15: inquiryPayment ---- */
@@ -2100,7 +2200,9 @@ RETURN LEAST(
 	(SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
 	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention),
 	(SELECT min(r.next_inquiry_at) FROM alipayplus.resolutions r
-	 WHERE r.state = 'RESOLVING'));
+	 WHERE r.state = 'RESOLVING'),
+	(SELECT min(x.order_follow_at) FROM alipayplus.cancellations x
+	 WHERE x.order_follow_at IS NOT NULL));
 
 SET search_path = pg_catalog, pg_temp;
 CREATE OR REPLACE VIEW alipayplus.attention AS
@@ -2117,6 +2219,9 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 		WHEN l.overdue THEN
 			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
 				   c.next_attempt_at)
+		WHEN l.follow_overdue THEN
+			format('Alipay+ cancelled the payment, and the bound order has waited since %s for the next processor run to update it: the processor is not running or its runs fail (see alipayplus.processor_runs); alipayplus_requeue_cancellation(%s) updates it now',
+				   c.order_follow_at, c.cancellation_id)
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
@@ -2140,11 +2245,12 @@ CROSS JOIN LATERAL (
 				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
 		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
 			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
-				 OR c.deadline > c.attention_closed_at) AS past_deadline
+				 OR c.deadline > c.attention_closed_at) AS past_deadline,
+		c.order_follow_at < pg_catalog.now() - interval '10 minutes' AS follow_overdue
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR l.unanswered OR l.overdue OR l.past_deadline
+	OR l.unanswered OR l.overdue OR l.past_deadline OR l.follow_overdue
 UNION ALL
 /* an order at the cancelling value that no cancellation in progress will reach */
 SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,

@@ -120,6 +120,7 @@ enum
 	Q_POLICY,
 	Q_APPLY_OTHER,
 	Q_NOT_APPLIED,
+	Q_FOLLOW_LATER,
 	Q_INTERRUPTED,
 	Q_STORED_S,
 	NUM_QUERIES
@@ -412,6 +413,25 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 		" RETURNING x.state, x.needs_attention, x.attention_reason",
 		4, {INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID}
 	},
+
+	/*
+	 * The same, when the apply was cut by the caller's interrupt, not by
+	 * the order's own fault: no person is asked.  After an S the bound
+	 * order follows at the next processor run (order_follow_at,
+	 * alipayplus._follow_orders); after any other answer the row is due
+	 * again at once (the same parameters, as for any retry).
+	 */
+	[Q_FOLLOW_LATER] = {
+		"UPDATE alipayplus.cancellations x SET"
+		" needs_attention = false, attention_reason = NULL,"
+		" order_follow_at = CASE WHEN x.state OPERATOR(pg_catalog.=) 'CANCELLED'"
+		"   THEN pg_catalog.clock_timestamp() END,"
+		" next_attempt_at = CASE WHEN x.state OPERATOR(pg_catalog.=) 'CANCELLING'"
+		"   THEN pg_catalog.clock_timestamp() END"
+		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" RETURNING x.state",
+		1, {INT8OID}
+	},
 	/*
 	 * tells the processor that a cancel arrived while an answer was
 	 * applied, and which (its message)
@@ -535,8 +555,11 @@ prepare_plans(void)
 		const char *at;
 		StringInfoData text;
 
-		/* made on first use (see Q_COMPLETE) */
-		if (i == Q_COMPLETE)
+		/*
+		 * made on first use: they use 1.3 columns, and this library also
+		 * serves a database still at an older version (see Q_COMPLETE)
+		 */
+		if (i == Q_COMPLETE || i == Q_FOLLOW_LATER)
 			continue;
 		initStringInfo(&text);
 		while ((at = strstr(sql, "@extschema@")) != NULL)
@@ -1422,6 +1445,7 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		char	   *why;
 		Datum		v[4];
 		char		n[4] = "    ";
+		bool		cut;
 
 		MemoryContextSwitchTo(mcxt);
 		edata = CopyErrorData();
@@ -1452,6 +1476,13 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		}
 		why = psprintf("%s (SQLSTATE %s)", edata->message,
 					   unpack_sql_state(edata->sqlerrcode));
+
+		/*
+		 * Cut by the caller's query cancel or statement_timeout (or the
+		 * run's own stop after one), not by the order's own fault: no
+		 * person is asked, the next run finishes it (Q_NOT_APPLIED)
+		 */
+		cut = edata->sqlerrcode == ERRCODE_QUERY_CANCELED;
 		v[0] = Int64GetDatum(c->cancellation_id);
 		v[1] = Int64GetDatum(attempt_id);
 		v[2] = CStringGetTextDatum(why);
@@ -1471,10 +1502,32 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 		}
 		else
 		{
+			char	   *reason = MemoryContextStrdup(mcxt, col_text(0, 3));
+
 			out->state = MemoryContextStrdup(mcxt, col_text(0, 1));
-			out->attention = true;
-			ereport(WARNING,
-					(errmsg("%s", col_text(0, 3))));
+			if (cut && run(Q_FOLLOW_LATER, v, " ") == 1)
+			{
+				/* the caller's interrupt said why already: NOTICE then */
+				int			level = interrupted ? NOTICE : WARNING;
+
+				if (strcmp(out->state, "CANCELLED") == 0)
+					ereport(level,
+							(errmsg("Alipay+ cancelled the payment (verified S, attempt %lld), but the update of the bound order was cut: %s",
+									(long long) attempt_id, why),
+							 errdetail("Ledger row %lld is CANCELLED; the next processor run updates the order.",
+									   (long long) c->cancellation_id)));
+				else
+					ereport(level,
+							(errmsg("Alipay+ answered %s (attempt %lld), but applying it was cut: %s",
+									status, (long long) attempt_id, why),
+							 errdetail("Ledger row %lld is due again: the next processor run asks Alipay+ again with the same parameters.",
+									   (long long) c->cancellation_id)));
+			}
+			else
+			{
+				out->attention = true;
+				ereport(WARNING, (errmsg("%s", reason)));
+			}
 		}
 		FreeErrorData(edata);
 	}

@@ -160,7 +160,11 @@ static SPIPlanPtr plan_stale;
 static SPIPlanPtr plan_claim;
 static SPIPlanPtr plan_next_due;
 static SPIPlanPtr plan_due;
+static SPIPlanPtr plan_follow;
 static Oid	plans_ext = InvalidOid;
+
+/* At most this many bound orders follow their ledger rows per run start */
+#define APS_FOLLOW_PER_RUN 1000
 
 static SPIPlanPtr
 keep(const char *sql, int nargs, Oid *types)
@@ -186,6 +190,7 @@ prepare_plans(Oid ext)
 	Oid			t_one[] = {TEXTOID};
 	Oid			t_stale[] = {INT8OID};
 	Oid			t_due[] = {OIDOID, OIDOID};
+	Oid			t_follow[] = {INT4OID};
 
 	if (plans_ext == ext && plan_claim != NULL)
 		return;
@@ -197,9 +202,11 @@ prepare_plans(Oid ext)
 		SPI_freeplan(plan_claim);
 		SPI_freeplan(plan_next_due);
 		SPI_freeplan(plan_due);
+		SPI_freeplan(plan_follow);
 		plan_claim = NULL;
 	}
 	plan_run_begin = keep("SELECT alipayplus._run_begin($1)", 1, t_one);
+	plan_follow = keep("SELECT alipayplus._follow_orders($1)", 1, t_follow);
 	plan_run_update = keep(
 		"UPDATE alipayplus.processor_runs x SET"
 		" claimed = x.claimed OPERATOR(pg_catalog.+) $2,"
@@ -1226,6 +1233,22 @@ run_pipeline(Run *run, int64 continue_run)
 													 &isnull));
 	}
 	reap(run);
+
+	/*
+	 * 2. the bound orders whose update an interrupt cut (ledger.c) follow
+	 * their CANCELLED ledger rows; an interrupt there stops the run
+	 */
+	{
+		Datum		v[1];
+
+		v[0] = Int32GetDatum(APS_FOLLOW_PER_RUN);
+		exec_plan(plan_follow, v, " ");
+		if ((run->interrupted = pending_interrupt(run)) != NULL)
+		{
+			stop = psprintf("interrupted: %s", run->interrupted);
+			run->unanswered_code = "local.interrupted";
+		}
+	}
 	step_end(run);
 
 	for (;;)

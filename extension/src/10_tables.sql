@@ -64,6 +64,12 @@ CREATE TABLE alipayplus.cancellations (
 	attention_closed_session_user name,
 	attention_closed_note text,
 	attention_closed_reason text,
+	/*
+	 * Set on a CANCELLED row whose bound order has yet to follow: the apply
+	 * of its verified S was cut by the caller's interrupt; the next
+	 * processor run updates the order (alipayplus._follow_orders).
+	 */
+	order_follow_at timestamptz,
 	UNIQUE (sent_field, sent_id),
 	CHECK (sent_id = CASE sent_field WHEN 'paymentRequestId' THEN payment_request_id
 									 ELSE payment_id END),
@@ -74,10 +80,14 @@ CREATE TABLE alipayplus.cancellations (
 		(attention_closed_at IS NULL) = (attention_closed_by IS NULL)
 		AND (attention_closed_at IS NULL) = (attention_closed_session_user IS NULL)
 		AND (attention_closed_at IS NULL) = (attention_closed_note IS NULL)
-		AND (attention_closed_at IS NULL) = (attention_closed_reason IS NULL))
+		AND (attention_closed_at IS NULL) = (attention_closed_reason IS NULL)),
+	CONSTRAINT cancellations_order_follow_check CHECK (
+		order_follow_at IS NULL OR (state = 'CANCELLED' AND NOT needs_attention))
 );
 CREATE INDEX cancellations_due ON alipayplus.cancellations (next_attempt_at)
 	WHERE state = 'CANCELLING' AND NOT needs_attention;
+CREATE INDEX cancellations_order_follow ON alipayplus.cancellations (order_follow_at)
+	WHERE order_follow_at IS NOT NULL;
 CREATE INDEX cancellations_request_id ON alipayplus.cancellations (payment_request_id);
 CREATE INDEX cancellations_payment_id ON alipayplus.cancellations (payment_id);
 COMMENT ON TABLE alipayplus.cancellations IS

@@ -223,7 +223,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	b alipayplus.order_binding;
 	c alipayplus.cancellations;
 BEGIN
 	SELECT * INTO c FROM alipayplus.cancellations x
@@ -242,22 +241,16 @@ BEGIN
 		coalesce(c.payment_request_id, c.sent_id));
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE x.cancellation_id = $1 FOR UPDATE;
-	IF c.state = 'CANCELLED' AND NOT c.needs_attention THEN
+	IF c.state = 'CANCELLED' AND NOT c.needs_attention AND c.order_follow_at IS NULL THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
 			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
 	END IF;
 
 	IF c.state = 'CANCELLED' THEN
 		/* Alipay+ cancelled it; only the bound order has to follow */
-		SELECT * INTO b FROM alipayplus.order_binding;
-		IF FOUND THEN
-			PERFORM alipayplus._set_order_status(
-				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
-				coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
-				c.sent_field, c.sent_id);
-		END IF;
+		PERFORM alipayplus._order_follows(c);
 		UPDATE alipayplus.cancellations x SET
-			needs_attention = false, attention_reason = NULL
+			needs_attention = false, attention_reason = NULL, order_follow_at = NULL
 		WHERE x.cancellation_id = $1
 		RETURNING * INTO c;
 		RETURN c;
@@ -274,6 +267,97 @@ END;
 $$;
 COMMENT ON FUNCTION @extschema@.alipayplus_requeue_cancellation(bigint) IS
 	'After a person fixed the cause: retry with a fresh attempt budget, or (for a CANCELLED row whose order could not follow) update the order';
+
+/*
+ * A CANCELLED row's bound order follows the ledger: the order (found by
+ * its request id when the row knows it) is set to the bound cancelled
+ * value, with the order table owner's rights.  The order row is locked
+ * first, as on every path.
+ */
+CREATE FUNCTION alipayplus._order_follows(c alipayplus.cancellations)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b alipayplus.order_binding;
+BEGIN
+	SELECT * INTO b FROM alipayplus.order_binding;
+	IF FOUND THEN
+		PERFORM alipayplus._set_order_status(
+			CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+			coalesce(c.payment_request_id, c.sent_id), b.cancelled_value,
+			c.sent_field, c.sent_id);
+	END IF;
+END;
+$$;
+
+/*
+ * The bound orders still to follow their CANCELLED ledger rows
+ * (order_follow_at: the apply of a verified S was cut by the caller's
+ * query cancel, statement_timeout or shutdown, src/ledger.c), at most
+ * max_count, each in a subtransaction of its own; called by every
+ * processor run when it starts (src/processor.c).  An order locked by
+ * someone else is tried again a second later; an order that cannot be
+ * updated (its owner's trigger fails, the row is gone) flags the ledger
+ * row for a person, as when the first apply fails.  A query cancel or a
+ * terminate is not swallowed: it is noted for the processor
+ * (alipayplus_cancel.interrupted), which then stops as on any interrupt,
+ * and the row stays to follow.  Returns how many orders followed.
+ */
+CREATE FUNCTION alipayplus._follow_orders(max_count integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c alipayplus.cancellations;
+	n integer := 0;
+	v_state text;
+	v_msg text;
+BEGIN
+	FOR c IN
+		SELECT * FROM alipayplus.cancellations x
+		WHERE x.order_follow_at <= pg_catalog.now()
+		ORDER BY x.order_follow_at, x.cancellation_id
+		LIMIT max_count
+	LOOP
+		BEGIN
+			PERFORM alipayplus._lock_order(
+				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
+				coalesce(c.payment_request_id, c.sent_id), true);
+			SELECT * INTO c FROM alipayplus.cancellations x
+			WHERE x.cancellation_id = c.cancellation_id AND x.order_follow_at IS NOT NULL
+			FOR UPDATE SKIP LOCKED;
+			IF FOUND THEN
+				PERFORM alipayplus._order_follows(c);
+				UPDATE alipayplus.cancellations x SET order_follow_at = NULL
+				WHERE x.cancellation_id = c.cancellation_id;
+				n := n + 1;
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+			IF v_state IN ('57014', '57P01', '57P02', '57P03') THEN
+				PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', v_msg, true);
+				RETURN n;
+			ELSIF v_state = '55P03' THEN
+				UPDATE alipayplus.cancellations x
+				SET order_follow_at = pg_catalog.clock_timestamp() + interval '1 second'
+				WHERE x.cancellation_id = c.cancellation_id;
+			ELSE
+				UPDATE alipayplus.cancellations x SET
+					order_follow_at = NULL, needs_attention = true,
+					attention_reason = pg_catalog.format('Alipay+ cancelled the payment (verified S), but the bound order could not be updated: %s (SQLSTATE %s); fix that, then run alipayplus_requeue_cancellation(%s)',
+						v_msg, v_state, c.cancellation_id)
+				WHERE x.cancellation_id = c.cancellation_id
+				RETURNING x.attention_reason INTO v_msg;
+				RAISE WARNING '%', v_msg;
+			END IF;
+		END;
+	END LOOP;
+	RETURN n;
+END;
+$$;
 
 /* The role the caller acts as (SET ROLE), which SECURITY DEFINER hides */
 CREATE FUNCTION alipayplus._outer_user()
@@ -544,7 +628,7 @@ AS 'MODULE_PATHNAME', 'alipayplus_wake_worker'
 LANGUAGE C;
 COMMENT ON FUNCTION alipayplus._wake_worker() IS
 	'Trigger: wake the background worker when the transaction commits';
-CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at ON alipayplus.cancellations
-	FOR EACH ROW WHEN (NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
-		AND NOT NEW.needs_attention)
+CREATE TRIGGER cancellations_wake_worker AFTER INSERT OR UPDATE OF next_attempt_at, order_follow_at ON alipayplus.cancellations
+	FOR EACH ROW WHEN ((NEW.state = 'CANCELLING' AND NEW.next_attempt_at IS NOT NULL
+		AND NOT NEW.needs_attention) OR NEW.order_follow_at IS NOT NULL)
 	EXECUTE FUNCTION alipayplus._wake_worker();

@@ -479,8 +479,9 @@ $$;
 
 /*
  * The earliest due time of a row the processor would claim (for the
- * background worker's sleep): a cancellation's next attempt or a
- * resolution's next inquiry (issue 15)
+ * background worker's sleep): a cancellation's next attempt, a
+ * resolution's next inquiry (issue 15), or an order still to follow its
+ * CANCELLED ledger row
  */
 CREATE FUNCTION alipayplus._next_due()
 RETURNS timestamptz
@@ -490,7 +491,9 @@ RETURN LEAST(
 	(SELECT min(x.next_attempt_at) FROM alipayplus.cancellations x
 	 WHERE x.state = 'CANCELLING' AND NOT x.needs_attention),
 	(SELECT min(r.next_inquiry_at) FROM alipayplus.resolutions r
-	 WHERE r.state = 'RESOLVING'));
+	 WHERE r.state = 'RESOLVING'),
+	(SELECT min(x.order_follow_at) FROM alipayplus.cancellations x
+	 WHERE x.order_follow_at IS NOT NULL));
 
 /*
  * The due resolutions, at most one inquiry each, through the pipeline in

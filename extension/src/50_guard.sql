@@ -338,13 +338,15 @@ BEGIN
 		cancellation_id := NULL;
 		state := NULL;
 		v_flagged := false;
-		SELECT c.cancellation_id, c.state, c.needs_attention
+		SELECT c.cancellation_id, c.state,
+			c.needs_attention OR c.order_follow_at IS NOT NULL
 		INTO cancellation_id, state, v_flagged
 		FROM alipayplus.cancellations c
 		WHERE c.payment_request_id = _stranded_orders.request_id
 			OR (c.payment_request_id IS NULL
 				AND c.payment_id = _stranded_orders.payment_id)
-		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention) DESC, c.cancellation_id DESC
+		ORDER BY (c.state = 'CANCELLING' OR c.needs_attention
+				  OR c.order_follow_at IS NOT NULL) DESC, c.cancellation_id DESC
 		LIMIT 1;
 		IF state IS DISTINCT FROM 'CANCELLING' AND NOT coalesce(v_flagged, false) THEN
 			RETURN NEXT;

@@ -44,6 +44,9 @@ SELECT c.cancellation_id, c.sent_field, c.sent_id, c.payment_request_id,
 		WHEN l.overdue THEN
 			format('overdue since %s: the processor is not running or its runs fail (see alipayplus.processor_runs and cron.job_run_details)',
 				   c.next_attempt_at)
+		WHEN l.follow_overdue THEN
+			format('Alipay+ cancelled the payment, and the bound order has waited since %s for the next processor run to update it: the processor is not running or its runs fail (see alipayplus.processor_runs); alipayplus_requeue_cancellation(%s) updates it now',
+				   c.order_follow_at, c.cancellation_id)
 		ELSE format('still CANCELLING after the cancel deadline %s; Alipay+ may answer CANCEL_WINDOW_EXCEED, consider a refund', c.deadline)
 	END AS reason
 FROM alipayplus.cancellations c
@@ -67,11 +70,12 @@ CROSS JOIN LATERAL (
 				 OR c.next_attempt_at + interval '10 minutes' > c.attention_closed_at) AS overdue,
 		c.state = 'CANCELLING' AND c.deadline <= pg_catalog.now()
 			AND (c.attention_closed_at IS NULL OR c.last_attempt_at > c.attention_closed_at
-				 OR c.deadline > c.attention_closed_at) AS past_deadline
+				 OR c.deadline > c.attention_closed_at) AS past_deadline,
+		c.order_follow_at < pg_catalog.now() - interval '10 minutes' AS follow_overdue
 ) l
 WHERE c.needs_attention
 	OR l.late_paid IS NOT NULL
-	OR l.unanswered OR l.overdue OR l.past_deadline
+	OR l.unanswered OR l.overdue OR l.past_deadline OR l.follow_overdue
 UNION ALL
 /* an order at the cancelling value that no cancellation in progress will reach */
 SELECT s.cancellation_id, NULL, NULL, s.request_id, s.payment_id, s.state,
