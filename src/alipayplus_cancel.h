@@ -146,6 +146,7 @@ extern int	aps_http_in_flight(void);
 extern void aps_http_add(ApsHttpExchange *ex);
 extern int	aps_http_wait(int timeout_ms);
 extern void aps_http_abandon_all(void);
+extern void aps_http_end(void);
 extern bool aps_interrupt_pending(void);
 extern void aps_http_post(ApsHttpExchange *exchange);
 extern void aps_http_post_many(ApsHttpExchange **exchanges, int n,

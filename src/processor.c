@@ -1425,6 +1425,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	Run			run;
 	MemoryContext cxt;
 	MemoryContext caller_cxt = CurrentMemoryContext;
+	volatile bool began = false;
 
 	memset(counts, 0, sizeof(*counts));
 	memset(&run, 0, sizeof(run));
@@ -1441,8 +1442,10 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 
+		/* refused (55006) when this session is in a run already */
 		run.width = aps_http_begin(Max(1, (int) Min((int64) aps_max_concurrency,
 													opts->max_count)));
+		began = true;
 		run.slots = palloc0(sizeof(Slot) * run.width);
 		for (int i = 0; i < run.width; i++)
 			run.slots[i].cxt = AllocSetContextCreate(cxt, "alipayplus call",
@@ -1488,13 +1491,17 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	}
 	PG_CATCH();
 	{
-		/* libcurl lets go of the calls' memory before it goes */
-		aps_http_abandon_all();
+		/*
+		 * libcurl lets go of the calls' memory before it goes (not when
+		 * this was a nested run refused: the calls are the outer run's)
+		 */
+		if (began)
+			aps_http_end();
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	aps_http_abandon_all();
+	aps_http_end();
 	if (run.spi_open && opts->mode == APS_TXN_CALLER)
 		SPI_finish();
 	counts->elapsed_ms = (double) (GetCurrentTimestamp() - run.start) / 1000.0;

@@ -363,6 +363,7 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 static ApsHttpExchange *aps_pool_ex[APS_MAX_CONCURRENCY];
 static int	aps_in_flight = 0;
 static int	aps_concurrency = 0;
+static bool aps_run_open = false;	/* between aps_http_begin and _end */
 
 /*
  * Get ready to keep up to "want" transfers in flight; returns how many
@@ -373,12 +374,36 @@ aps_http_begin(int want)
 {
 	int			concurrency = Max(1, Min(want, max_in_flight()));
 
+	/*
+	 * One run at a time per session: the handles, the multi handle and the
+	 * transfers in flight are the session's.  A call from inside a run (an
+	 * order table owner's trigger that calls Alipay+ while the run applies
+	 * an answer) would drive the run's transfers and free their memory.
+	 */
+	if (aps_run_open)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("this session is already calling Alipay+: a call cannot be made from inside another"),
+				 errdetail("A trigger or function that runs while this session's processor run (or single call) applies an answer called alipayplus_cancel_payment, alipayplus_inquire_payment or a processor function."),
+				 errhint("Queue the cancellation with alipayplus_request_cancel() instead: the processor calls Alipay+ for it.")));
+	aps_run_open = true;
 	Assert(aps_in_flight == 0);
 	ensure_handles(concurrency);
 	/* keep one connection per handle in use, also from run to run */
 	curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) concurrency);
 	aps_concurrency = concurrency;
 	return concurrency;
+}
+
+/*
+ * The end of a run (or a single call), on every path: every transfer
+ * still in flight is abandoned, and the session may call again
+ */
+void
+aps_http_end(void)
+{
+	aps_http_abandon_all();
+	aps_run_open = false;
 }
 
 /* Transfers in flight now */
@@ -559,7 +584,7 @@ aps_http_post_many(ApsHttpExchange **exs, int n, int want)
 	}
 	PG_FINALLY();
 	{
-		aps_http_abandon_all();
+		aps_http_end();
 	}
 	PG_END_TRY();
 }
