@@ -137,6 +137,8 @@ typedef struct ApsHttpExchange
 	struct curl_slist *headers;
 	char	   *errbuf;
 	TimestampTz started_at;
+	long		timeout_ms;		/* the time it may take */
+	TimestampTz timeout_at;		/* started_at + timeout_ms */
 	bool		done;
 	bool		not_sent;		/* its deadline passed before it could start */
 } ApsHttpExchange;

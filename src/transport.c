@@ -47,6 +47,12 @@
 /* how long before statement_timeout a call gives up on its own */
 #define APS_STATEMENT_MARGIN_MS 250
 
+/*
+ * libcurl's own timeout of a call is this much later than the call's: the
+ * call's is kept by aps_http_wait after reading what came in (see there)
+ */
+#define APS_TIMEOUT_BACKSTOP_MS 5000
+
 /* longest slice of waiting before interrupts are looked at again */
 #define APS_POLL_SLICE_MS 10
 
@@ -222,7 +228,9 @@ set_options(CURL *easy, ApsHttpExchange *ex, struct curl_slist *headers,
 		SETOPT(CURLOPT_CAINFO, aps_ca_file);
 	SETOPT(CURLOPT_PROXY, aps_proxy ? aps_proxy : "");
 	SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long) Min(aps_connect_timeout_ms, timeout_ms));
-	SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms);
+	/* the call's own time is kept by aps_http_wait; libcurl's is a backstop */
+	ex->timeout_ms = timeout_ms;
+	SETOPT(CURLOPT_TIMEOUT_MS, timeout_ms + APS_TIMEOUT_BACKSTOP_MS);
 	SETOPT(CURLOPT_TCP_NODELAY, 1L);
 	SETOPT(CURLOPT_USERAGENT, APS_USER_AGENT);
 	SETOPT(CURLOPT_POST, 1L);
@@ -322,6 +330,7 @@ start_transfer(CURL *easy, ApsHttpExchange *ex)
 						curl_easy_strerror(rc))));
 	}
 	ex->started_at = GetCurrentTimestamp();
+	ex->timeout_at = ex->started_at + (TimestampTz) ex->timeout_ms * 1000;
 	mc = curl_multi_add_handle(aps_multi, easy);
 	if (mc != CURLM_OK)
 	{
@@ -450,6 +459,7 @@ aps_http_wait(int timeout_ms)
 	int			running;
 	int			left;
 	int			finished = 0;
+	TimestampTz now;
 
 	if (aps_in_flight == 0)
 		return 0;
@@ -485,6 +495,33 @@ aps_http_wait(int timeout_ms)
 		for (int h = 0; h < aps_concurrency; h++)
 			if (aps_pool_ex[h] == ex)
 				aps_pool_ex[h] = NULL;
+		ex->easy = NULL;
+		aps_in_flight--;
+		finished++;
+	}
+
+	/*
+	 * The calls past their time, timed out here: after libcurl has read
+	 * what had come in.  Its own timeout (later by APS_TIMEOUT_BACKSTOP_MS)
+	 * is checked before it reads, so an answer that came in time, while
+	 * the run was applying other answers and not driving libcurl, would
+	 * have counted as the gateway's silence.
+	 */
+	now = GetCurrentTimestamp();
+	for (int h = 0; h < aps_concurrency; h++)
+	{
+		ApsHttpExchange *ex = aps_pool_ex[h];
+		CURL	   *easy;
+
+		if (ex == NULL || ex->done || now < ex->timeout_at)
+			continue;
+		easy = (CURL *) ex->easy;
+		snprintf(ex->errbuf, CURL_ERROR_SIZE,
+				 "Operation timed out after %ld milliseconds with %zu bytes received",
+				 (long) ((now - ex->started_at) / 1000), ex->response_len);
+		finish_transfer(easy, ex, CURLE_OPERATION_TIMEDOUT);
+		release_transfer(easy, ex);
+		aps_pool_ex[h] = NULL;
 		ex->easy = NULL;
 		aps_in_flight--;
 		finished++;
