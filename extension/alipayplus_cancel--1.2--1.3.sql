@@ -209,6 +209,14 @@ BEGIN
 		coalesce(c.payment_request_id, c.sent_id));
 	SELECT * INTO c FROM alipayplus.cancellations x
 	WHERE x.cancellation_id = $1 FOR UPDATE;
+	IF EXISTS (SELECT 1 FROM alipayplus.cancel_attempts a
+			   JOIN alipayplus.processor_runs p ON p.run_id = a.run_id
+			   WHERE a.cancellation_id = $1 AND a.result_code = 'local.no_answer_yet'
+				   AND a.completed_at IS NULL AND alipayplus._run_alive(p)) THEN
+		RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+			MESSAGE = format('cancellation %s is being called by a processor run right now', $1),
+			HINT = 'Its answer is applied when it comes (within alipayplus.timeout_ms); requeue it afterwards if it is still flagged.';
+	END IF;
 	IF c.state = 'CANCELLED' AND NOT c.needs_attention AND c.order_follow_at IS NULL THEN
 		RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
 			MESSAGE = format('cancellation %s is CANCELLED; there is nothing to requeue', $1);
@@ -1283,12 +1291,34 @@ BEGIN ATOMIC
 END;
 
 /*
- * Runs whose backend is gone (or this backend's own earlier runs, which an
- * error ended) are said to have ended unfinished, and the
- * attempts nobody will complete (their run ended, or their lease expired)
- * are returned, their ledger rows locked (SKIP LOCKED: one being settled
- * right now is left), to be completed as local.crashed.  p_run's own
- * attempts are never among them.
+ * Whether processor run x is still working: not finished, and its backend
+ * is there and still in the run (the worker; or a session whose current
+ * statement, active, began before the run did).  A session that has moved
+ * on from a run an error ended is not.  Where activity is not tracked
+ * (track_activities off) a backend that is there counts as in its run.
+ * The run's claims are its own while it works, however long an answer
+ * takes to apply (an order owner's slow trigger): they are never reaped.
+ */
+CREATE FUNCTION alipayplus._run_alive(x alipayplus.processor_runs)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT x.finished_at IS NULL AND x.stopped_because = 'running'
+		AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
+					WHERE s.backend_start = x.backend_start
+						AND (s.backend_type <> 'client backend' OR s.state IS NULL
+							 OR (s.state = 'active' AND s.query_start <= x.started_at)));
+END;
+
+/*
+ * Runs no longer working (alipayplus._run_alive: their backend is gone, or
+ * has moved on after an error ended them, or is this one) are said to have
+ * ended unfinished, and the attempts nobody will complete (their run
+ * ended; an attempt of no run, its lease expired) are returned, their
+ * ledger rows locked (SKIP LOCKED: one being settled right now is left),
+ * to be completed as local.crashed.  p_run's own attempts, and those of a
+ * run still working, are never among them.
  */
 CREATE FUNCTION alipayplus._stale_attempts(p_run bigint)
 RETURNS TABLE (attempt_id bigint, cancellation_id bigint, sent_field text,
@@ -1300,16 +1330,16 @@ BEGIN
 	UPDATE alipayplus.processor_runs x SET
 		finished_at = pg_catalog.clock_timestamp(),
 		stopped_because = CASE WHEN x.pid = pg_catalog.pg_backend_pid()
+				OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
+						   WHERE s.backend_start = x.backend_start)
 			THEN 'ended unfinished: an error ended the run; its calls without an answer are recorded as local.crashed'
 			ELSE 'ended unfinished: its backend exited during the run (pg_terminate_backend, a crash or kill); its calls without an answer are recorded as local.crashed' END
 	WHERE x.finished_at IS NULL AND x.stopped_because = 'running'
 		AND x.run_id IS DISTINCT FROM p_run
-		AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
-						 WHERE s.backend_start = x.backend_start)
-			 OR x.pid = pg_catalog.pg_backend_pid());
+		AND (x.pid = pg_catalog.pg_backend_pid() OR NOT alipayplus._run_alive(x));
 	RETURN QUERY
 	SELECT a.attempt_id, a.cancellation_id, a.sent_field, a.sent_id, a.request_time,
-		CASE WHEN p.finished_at IS NOT NULL OR (a.run_id IS NOT NULL AND p.run_id IS NULL)
+		CASE WHEN a.run_id IS NOT NULL
 			 THEN pg_catalog.format('processor run %s ended before the answer was recorded', a.run_id)
 			 ELSE pg_catalog.format('the claim expired at %s without an answer recorded', c.next_attempt_at) END
 	FROM alipayplus.cancel_attempts a
@@ -1317,9 +1347,9 @@ BEGIN
 	LEFT JOIN alipayplus.processor_runs p ON p.run_id = a.run_id
 	WHERE a.result_code = 'local.no_answer_yet' AND a.completed_at IS NULL
 		AND (p_run IS NULL OR a.run_id IS DISTINCT FROM p_run)
-		AND (c.next_attempt_at <= pg_catalog.clock_timestamp()
-			 OR p.finished_at IS NOT NULL
-			 OR (a.run_id IS NOT NULL AND p.run_id IS NULL))
+		AND (p.finished_at IS NOT NULL
+			 OR (a.run_id IS NOT NULL AND p.run_id IS NULL)
+			 OR (a.run_id IS NULL AND c.next_attempt_at <= pg_catalog.clock_timestamp()))
 	ORDER BY a.attempt_id
 	FOR UPDATE OF c SKIP LOCKED;
 END;
@@ -1353,6 +1383,11 @@ BEGIN
 		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
 			AND x.next_attempt_at <= pg_catalog.clock_timestamp()
 			AND x.cancellation_id <> ALL (p_skip)
+			/* a call of a run still working is its own (_stale_attempts) */
+			AND NOT EXISTS (SELECT 1 FROM alipayplus.cancel_attempts a
+							WHERE a.cancellation_id = x.cancellation_id
+								AND a.result_code = 'local.no_answer_yet'
+								AND a.completed_at IS NULL)
 		ORDER BY x.next_attempt_at, x.cancellation_id
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
@@ -1442,6 +1477,7 @@ COMMENT ON PROCEDURE @extschema@.alipayplus_run_cancellations(integer, interval)
 	'For pg_cron: the processor, committing as it goes; fails (ZA004) when the gateway answered nothing';
 
 REVOKE ALL ON FUNCTION alipayplus._run_begin(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._run_alive(alipayplus.processor_runs) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._stale_attempts(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._claim(bigint, integer, text, text, interval, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION alipayplus._next_due() FROM PUBLIC;

@@ -1561,6 +1561,24 @@ aps_settle_claimed(int64 cancellation_id, int64 attempt_id,
 	c.binding_known = false;
 	settle(&c, r, caller, attempt_id, answered_at, interrupted, &s, outer);
 	*attention = s.attention;
+	if (!s.recorded && !r->nulls[APS_CALL_RESULT_STATUS])
+	{
+		const char *status = TextDatumGetCString(r->values[APS_CALL_RESULT_STATUS]);
+
+		/*
+		 * Alipay+'s own answer for an attempt completed meanwhile (as
+		 * crashed, by a processor that took its run for ended): never in
+		 * silence.  The row is retried, and Alipay+ answers it again.
+		 */
+		if (strcmp(status, "U") != 0)
+			ereport(WARNING,
+					(errmsg("Alipay+ answered %s %s for attempt %lld of ledger row %lld, which was completed meanwhile: the answer is not applied",
+							status,
+							r->nulls[APS_CALL_RESULT_CODE] ? "" :
+							TextDatumGetCString(r->values[APS_CALL_RESULT_CODE]),
+							(long long) attempt_id, (long long) cancellation_id),
+					 errdetail("The attempt was completed by another processor, which took this run for ended; the cancellation is retried with the same parameters.")));
+	}
 	return s.recorded ? s.state : NULL;
 }
 

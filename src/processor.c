@@ -1202,6 +1202,60 @@ worker_run_begin(Run *run)
 													  1, &isnull));
 }
 
+/*
+ * continue_run may only name a run this session started and that has
+ * ended: naming another session's run would let a caller mark a working
+ * run's calls as its own and have them reaped as crashed.  The run is
+ * working again from here on (finished_at NULL), so that no other
+ * processor takes its calls for a crashed run's.
+ */
+static void
+adopt_continue_run(int64 run_id)
+{
+	Oid			t[1] = {INT8OID};
+	Datum		v[1];
+	bool		isnull;
+	bool		own;
+	bool		ended;
+
+	v[0] = Int64GetDatum(run_id);
+	if (SPI_execute_with_args(
+							  "SELECT x.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()"
+							  " AND x.backend_start OPERATOR(pg_catalog.=)"
+							  " (SELECT s.backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) s),"
+							  " x.finished_at IS NOT NULL"
+							  " FROM alipayplus.processor_runs x WHERE x.run_id OPERATOR(pg_catalog.=) $1"
+							  " FOR UPDATE",
+							  1, t, v, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up processor run " INT64_FORMAT, run_id);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("there is no processor run " INT64_FORMAT, run_id),
+				 errhint("Pass continue_run => NULL to start a new run.")));
+	own = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || !own)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("processor run " INT64_FORMAT " was not started by this session", run_id),
+				 errhint("continue_run may only name a finished run of the calling session; pass NULL to start a new run.")));
+	ended = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 2, &isnull));
+	if (!ended)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("processor run " INT64_FORMAT " is still running", run_id),
+				 errhint("continue_run may only name a run that has finished.")));
+	SPI_freetuptable(SPI_tuptable);
+	if (SPI_execute_with_args(
+							  "UPDATE alipayplus.processor_runs x SET finished_at = NULL,"
+							  " stopped_because = 'running'"
+							  " WHERE x.run_id OPERATOR(pg_catalog.=) $1",
+							  1, t, v, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not reopen processor run " INT64_FORMAT, run_id);
+}
+
 /* not inlined: its locals live outside run_processor's PG_TRY */
 static pg_noinline void
 run_pipeline(Run *run, int64 continue_run)
@@ -1220,7 +1274,10 @@ run_pipeline(Run *run, int64 continue_run)
 	SetConfigOption("alipayplus_cancel.interrupted", "false", PGC_USERSET,
 					PGC_S_SESSION);
 	if (continue_run != 0)
+	{
+		adopt_continue_run(continue_run);
 		counts->run_id = continue_run;
+	}
 	else if (opts->mode != APS_TXN_WORKER)
 	{
 		Datum		v[1];

@@ -49,9 +49,11 @@
 
 /*
  * libcurl's own timeout of a call is this much later than the call's: the
- * call's is kept by aps_http_wait after reading what came in (see there)
+ * call's is kept by aps_http_wait after reading what came in (see there).
+ * Long, because the run may be away applying answers (an order owner's
+ * slow triggers) for as long as they take; libcurl's is only a backstop.
  */
-#define APS_TIMEOUT_BACKSTOP_MS 5000
+#define APS_TIMEOUT_BACKSTOP_MS (10 * 60 * 1000)
 
 /* longest slice of waiting before interrupts are looked at again */
 #define APS_POLL_SLICE_MS 10

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# test/live_claims.sh: a processor run's claims are its own while it works
+# (found in review of issue 16):
+#   1. a settle slower than the lease (an order owner's 11.5 s trigger,
+#      alipayplus.timeout_ms 500, so a lease of 10.5 s): a second processor
+#      that runs meanwhile does not reap the first run's call in flight as
+#      crashed nor send it again; the first run records the gateway's S
+#      (before: U local.crashed "the claim expired", the S dropped in
+#      silence, a second request);
+#   2. alipayplus_requeue_cancellation of a row whose call is in flight is
+#      refused (55006), and the call is recorded once, as answered;
+#   3. continue_run may name only a finished run of the calling session:
+#      another session's run, working, is refused (42501), an unknown one
+#      22023, and the other run's calls are untouched.
+#
+# Run as root from the repository, with the rig up:  bash test/live_claims.sh
+
+source "$(dirname "${BASH_SOURCE[0]}")/shell_common.bash"
+set +e
+
+DB=apc_live
+TAG=$(date +%s%N)
+TMP=$(mktemp -d /tmp/apc_live.XXXXXX)
+scratch_db $DB || { not_ok "create database $DB with the extension"; finish; }
+$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<SQL || { not_ok "set up"; finish; }
+CREATE TABLE orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
+CREATE FUNCTION slow_trigger() RETURNS trigger LANGUAGE plpgsql AS
+\$\$ BEGIN
+	IF NEW.st = 'CANCELLED' AND NEW.req LIKE 'lc-a-%' THEN PERFORM pg_sleep(11.5); END IF;
+	RETURN NEW;
+END \$\$;
+CREATE TRIGGER slow BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION slow_trigger();
+SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
+INSERT INTO orders VALUES ('lc-a-$TAG'), ('slow-200-lc-b-$TAG');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req);
+DROP ROLE IF EXISTS apc_live_ops;
+CREATE ROLE apc_live_ops LOGIN;
+GRANT EXECUTE ON FUNCTION alipayplus_process_cancellations(integer, interval, bigint) TO apc_live_ops;
+SQL
+
+# 1. run A: a is answered at once and applied for 11.5 s; b is answered
+#    after 0.2 s, its answer waiting while a is applied
+$PGBIN/psql -X -q -d "$DB" >"$TMP/a.out" 2>&1 <<SQL &
+SET alipayplus.timeout_ms = 500;
+SET alipayplus.max_concurrency = 2;
+CALL alipayplus_run_cancellations(2, '5 min') /* live-a-$TAG */;
+\echo SQLSTATE=:SQLSTATE
+SQL
+bg=$!
+BG_PIDS+=($bg)
+# wait for A's calls to reach the gateway, then past the 10.5 s lease
+deadline=$(($(now_ms) + 20000))
+while [ "$(now_ms)" -lt $deadline ] && [ "$(gateway_requests "slow-200-lc-b-$TAG")" -lt 1 ]; do
+	sleep 0.05
+done
+sleep 10.8
+run_a=$(q $DB "SELECT run_id FROM alipayplus.processor_runs WHERE finished_at IS NULL ORDER BY run_id LIMIT 1")
+
+# 2. meanwhile: requeue of b, whose call is A's, is refused
+$PGBIN/psql -X -q -d "$DB" >"$TMP/rq.out" 2>&1 <<SQL
+SELECT alipayplus_requeue_cancellation(cancellation_id) FROM alipayplus.cancellations WHERE sent_id = 'slow-200-lc-b-$TAG';
+\echo SQLSTATE=:SQLSTATE
+SQL
+sed 's/^/#   requeue: /' "$TMP/rq.out"
+expect "requeue of a row whose call is in flight is refused (55006)" 55006 "$(line_value "$TMP/rq.out" SQLSTATE)"
+
+# 3. continue_run of A's run by another role, and of no run
+$PGBIN/psql -X -q -U apc_live_ops -d "$DB" >"$TMP/cr.out" 2>&1 <<SQL
+SELECT claimed FROM alipayplus_process_cancellations(10, '5 s', continue_run => $run_a);
+\echo SQLSTATE=:SQLSTATE
+SQL
+sed 's/^/#   continue_run: /' "$TMP/cr.out"
+expect "continue_run of another session's run is refused (42501)" 42501 "$(line_value "$TMP/cr.out" SQLSTATE)"
+$PGBIN/psql -X -q -U apc_live_ops -d "$DB" >"$TMP/cr2.out" 2>&1 <<SQL
+SELECT claimed FROM alipayplus_process_cancellations(10, '5 s', continue_run => 999999);
+\echo SQLSTATE=:SQLSTATE
+SQL
+expect "continue_run of no run is refused (22023)" 22023 "$(line_value "$TMP/cr2.out" SQLSTATE)"
+expect "A's run is still working after both" "running|" \
+	"$(q $DB "SELECT stopped_because || '|' || coalesce(finished_at::text, '') FROM alipayplus.processor_runs WHERE run_id = $run_a")"
+
+# and a second processor, past A's lease, while A still applies a
+$PGBIN/psql -X -q -d "$DB" >"$TMP/b.out" 2>&1 <<SQL
+CALL alipayplus_run_cancellations(10, '3 s');
+\echo SQLSTATE=:SQLSTATE
+SQL
+sed 's/^/#   second processor: /' "$TMP/b.out"
+expect "the second processor sends nothing for b" 1 "$(gateway_requests "slow-200-lc-b-$TAG")"
+wait_exit "$bg" 30 || not_ok "run A still runs 30 s later"
+sed 's/^/#   run A: /' "$TMP/a.out"
+expect "run A succeeds" 00000 "$(line_value "$TMP/a.out" SQLSTATE)"
+expect "b's answer is recorded as the gateway's S, by run A, once; nothing crashed" \
+	"1|S SUCCESS|$run_a|0" \
+	"$(q $DB "SELECT count(*) || '|' || max(result_status || ' ' || result_code) || '|' || max(run_id) || '|' ||
+		(SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code = 'local.crashed')
+		FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-200-lc-b-$TAG'")"
+expect "both ledger rows and orders CANCELLED" "2|2" \
+	"$(q $DB "SELECT (SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED') || '|' ||
+		(SELECT count(*) FROM orders WHERE st = 'CANCELLED')")"
+
+# continue_run of the session's own finished run is still accepted
+$PGBIN/psql -X -q -d "$DB" >"$TMP/own.out" 2>&1 <<SQL
+SELECT run_id AS r FROM alipayplus_process_cancellations(1, '2 s') \\gset
+SELECT 'OWN=' || (run_id = :r) AS e FROM alipayplus_process_cancellations(1, '2 s', continue_run => :r) \\gset
+\\echo :e
+SQL
+expect "continue_run of the session's own finished run adds to it" "true" "$(line_value "$TMP/own.out" OWN)"
+rm -rf "$TMP"
+finish
