@@ -274,6 +274,8 @@ typedef enum ApsPollVerdict
 {
 	APS_POLL_GO_ON,
 	APS_POLL_LOOK_FOR_WORK,		/* claim again now (the worker's latch was set) */
+	APS_POLL_DRAIN,				/* no more claims; settle the calls in flight
+								 * as they are answered, then return */
 	APS_POLL_STOP				/* no more claims; settle, abandon, return */
 } ApsPollVerdict;
 

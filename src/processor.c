@@ -124,6 +124,7 @@ typedef struct Run
 	TimestampTz last_progress;
 	TimestampTz first_done_at;	/* when the first answer not settled came */
 	bool		nothing_due;
+	bool		draining;		/* claim nothing more; end when all settled */
 	int			gateway_calls;	/* calls the gateway answered or not */
 	int			gateway_silent; /* of which got no answer (connect, TLS, timeout) */
 	int			flushed[6];		/* counts already added to the run row */
@@ -1356,6 +1357,8 @@ run_pipeline(Run *run, int64 continue_run)
 				run->unanswered_code = "local.interrupted";
 				run->interrupted = "shutdown";
 			}
+			else if (verdict == APS_POLL_DRAIN)
+				run->draining = true;
 			else if (verdict == APS_POLL_LOOK_FOR_WORK)
 			{
 				/* the worker was told of new work: claim again */
@@ -1367,8 +1370,8 @@ run_pipeline(Run *run, int64 continue_run)
 		/* settle what came in, and claim for the free slots, in one step */
 		if (stop != NULL ||
 			settle_due(run) ||
-			(look_for_work && !run->nothing_due && free_slots > 0 &&
-			 run->claims < opts->max_count))
+			(look_for_work && !run->nothing_due && !run->draining &&
+			 free_slots > 0 && run->claims < opts->max_count))
 		{
 			int			want;
 			bool		held = false;
@@ -1417,7 +1420,8 @@ run_pipeline(Run *run, int64 continue_run)
 				HOLD_INTERRUPTS();
 				held = true;
 			}
-			if (stop == NULL && want > 0 && (look_for_work || !run->nothing_due))
+			if (stop == NULL && want > 0 && !run->draining &&
+				(look_for_work || !run->nothing_due))
 			{
 				if (counts->run_id == 0 && opts->mode == APS_TXN_WORKER)
 					worker_run_begin(run);
@@ -1443,7 +1447,9 @@ run_pipeline(Run *run, int64 continue_run)
 
 		if (run->busy_slots == 0)
 		{
-			if (run->claims >= opts->max_count)
+			if (run->draining)
+				stop = "configuration reloaded";
+			else if (run->claims >= opts->max_count)
 				stop = "max_count reached";
 			else if (run->nothing_due && opts->wait_for_inquiries &&
 					 wait_for_inquiry(run))

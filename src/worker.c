@@ -26,8 +26,11 @@
  *	  an XACT_EVENT_COMMIT callback sets the worker's latch.  A transaction
  *	  that rolls back wakes nobody.  CREATE, ALTER and DROP EXTENSION wake
  *	  it too.
- *	- by SIGHUP (the configuration is re-read between runs) and SIGTERM
- *	  (the engine stops, what has come in is settled, the worker exits).
+ *	- by SIGHUP: the run in progress claims nothing more, settles the calls
+ *	  in flight as they are answered, and ends ('configuration reloaded');
+ *	  the configuration is re-read before the next run, which follows at
+ *	  once.  And by SIGTERM (the engine stops, what has come in is
+ *	  settled, the worker exits).
  * An ERROR inside a run is logged, the transaction aborted, and the worker
  * backs off (1 s, doubling up to 60 s) and goes on.  With the extension not
  * (or no longer) created in the database it waits quietly: one LOG line,
@@ -38,7 +41,11 @@
  * ProcessUtility hook (every backend has the preloaded library) asks the
  * worker to leave, and the launcher to start none for
  * APS_WORKER_LEAVE_PAUSE_MS, when the database's owner runs one of them on
- * the worker's database; PostgreSQL waits up to 5 s for the worker to go.
+ * the worker's database and the command will run (top level, outside a
+ * transaction block, with the rights it needs); PostgreSQL waits up to 5 s
+ * for the worker to go.  A database that does not allow connections
+ * (ALLOW_CONNECTIONS false) is waited for, with one LOG line.  The worker
+ * does not take default_transaction_read_only from its database.
  *
  * Shared memory (one ApsWorkerShared) is requested through PG15's
  * shmem_request_hook; it exists only when the library is preloaded, and
@@ -56,6 +63,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
@@ -74,8 +82,11 @@
 #include "storage/spin.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "alipayplus_cancel.h"
@@ -206,6 +217,23 @@ alipayplus_wake_worker(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* Whether the current role may create databases (RENAME needs it) */
+static bool
+may_create_databases(void)
+{
+	HeapTuple	tup;
+	bool		createdb;
+
+	if (superuser())
+		return true;
+	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	createdb = ((Form_pg_authid) GETSTRUCT(tup))->rolcreatedb;
+	ReleaseSysCache(tup);
+	return createdb;
+}
+
 /*
  * The database owner runs DROP DATABASE, ALTER DATABASE RENAME or SET
  * TABLESPACE on the worker's database: ask the worker to leave, and the
@@ -213,7 +241,7 @@ alipayplus_wake_worker(PG_FUNCTION_ARGS)
  * with "database is being accessed by other users".
  */
 static void
-ask_worker_to_leave(const char *dbname)
+ask_worker_to_leave(const char *dbname, bool needs_createdb)
 {
 	Oid			dboid;
 	PGPROC	   *proc = NULL;
@@ -222,6 +250,8 @@ ask_worker_to_leave(const char *dbname)
 		return;
 	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || !pg_database_ownercheck(dboid, GetUserId()))
+		return;
+	if (needs_createdb && !may_create_databases())
 		return;
 	SpinLockAcquire(&aps_shared->mutex);
 	if (aps_shared->target == dboid)
@@ -255,11 +285,22 @@ aps_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Node	   *parsetree = pstmt->utilityStmt;
 	bool		extension = false;
 
+	/*
+	 * DROP DATABASE and SET TABLESPACE run only as a statement of their own
+	 * (PreventInTransactionBlock): any other time they fail, and the worker
+	 * stays.  RENAME runs anywhere, but needs CREATEDB too.
+	 */
+	bool		alone = context == PROCESS_UTILITY_TOPLEVEL &&
+		!IsTransactionBlock() && !IsSubTransaction();
+
 	if (IsA(parsetree, DropdbStmt))
-		ask_worker_to_leave(((DropdbStmt *) parsetree)->dbname);
+	{
+		if (alone)
+			ask_worker_to_leave(((DropdbStmt *) parsetree)->dbname, false);
+	}
 	else if (IsA(parsetree, RenameStmt) &&
 			 ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-		ask_worker_to_leave(((RenameStmt *) parsetree)->subname);
+		ask_worker_to_leave(((RenameStmt *) parsetree)->subname, true);
 	else if (IsA(parsetree, AlterDatabaseStmt))
 	{
 		AlterDatabaseStmt *stmt = (AlterDatabaseStmt *) parsetree;
@@ -267,8 +308,9 @@ aps_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 		foreach(lc, stmt->options)
 		{
-			if (strcmp(((DefElem *) lfirst(lc))->defname, "tablespace") == 0)
-				ask_worker_to_leave(stmt->dbname);
+			if (strcmp(((DefElem *) lfirst(lc))->defname, "tablespace") == 0 &&
+				alone)
+				ask_worker_to_leave(stmt->dbname, false);
 		}
 	}
 	else if (IsA(parsetree, CreateExtensionStmt) ||
@@ -360,7 +402,7 @@ reload_config_if_asked(void)
  * ---------------------------------------------------------------------- */
 
 static Oid
-database_by_name(const char *name)
+database_by_name(const char *name, bool *allowconn)
 {
 	Oid			dboid;
 
@@ -385,6 +427,7 @@ database_by_name(const char *name)
 		if (strcmp(NameStr(db->datname), name) == 0)
 		{
 			dboid = db->oid;
+			*allowconn = db->datallowconn;
 			break;
 		}
 	}
@@ -402,6 +445,7 @@ aps_launcher_main(Datum main_arg)
 	uint64		generation;
 	bool		said_missing = false;
 	bool		said_no_slot = false;
+	bool		said_no_connections = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -422,6 +466,7 @@ aps_launcher_main(Datum main_arg)
 		TimestampTz now;
 		TimestampTz pause;
 		Oid			dboid;
+		bool		allowconn = false;
 		BackgroundWorker bgw;
 		char		name[BGW_MAXLEN];
 
@@ -460,7 +505,7 @@ aps_launcher_main(Datum main_arg)
 			continue;
 		}
 
-		dboid = database_by_name(aps_database_name);
+		dboid = database_by_name(aps_database_name, &allowconn);
 		if (!OidIsValid(dboid))
 		{
 			if (!said_missing)
@@ -477,6 +522,26 @@ aps_launcher_main(Datum main_arg)
 					(errmsg("alipayplus_cancel found database \"%s\"; starting the worker",
 							aps_database_name)));
 		said_missing = false;
+
+		/* a worker would fail to connect (FATAL) at every try */
+		if (!allowconn)
+		{
+			if (!said_no_connections)
+				ereport(LOG,
+						(errmsg("alipayplus_cancel worker waits: database \"%s\" does not allow connections",
+								aps_database_name),
+						 errhint("ALTER DATABASE %s ALLOW_CONNECTIONS true; the worker starts within %d s.",
+								 quote_identifier(aps_database_name),
+								 APS_WORKER_DB_LOOK_MS / 1000)));
+			said_no_connections = true;
+			nap(APS_WORKER_DB_LOOK_MS);
+			continue;
+		}
+		if (said_no_connections)
+			ereport(LOG,
+					(errmsg("alipayplus_cancel: database \"%s\" allows connections again; starting the worker",
+							aps_database_name)));
+		said_no_connections = false;
 
 		snprintf(name, sizeof(name), "alipayplus_cancel worker for database %s",
 				 aps_database_name);
@@ -549,6 +614,9 @@ worker_poll(void *arg)
 {
 	if (ShutdownRequestPending || asked_to_leave() || superseded())
 		return APS_POLL_STOP;
+	/* new settings: end this run, the next one reads them */
+	if (ConfigReloadPending)
+		return APS_POLL_DRAIN;
 	if (MyLatch->is_set)
 	{
 		ResetLatch(MyLatch);
@@ -613,6 +681,17 @@ aps_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	am_worker = true;
+
+	/*
+	 * A database's default_transaction_read_only is for its sessions; the
+	 * worker's own transactions must write the ledger, or it would fail at
+	 * every run
+	 */
+	if (DefaultXactReadOnly)
+		ereport(LOG,
+				(errmsg("alipayplus_cancel worker ignores default_transaction_read_only = on of its database")));
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET,
+					PGC_S_OVERRIDE);
 
 	memcpy(&generation, MyBgworkerEntry->bgw_extra, sizeof(generation));
 	SpinLockAcquire(&aps_shared->mutex);
