@@ -1109,18 +1109,21 @@ $$;
 
 /*
  * The bound orders still to follow their CANCELLED ledger rows
- * (order_follow_at: the apply of a verified S was cut by the caller's
- * query cancel, statement_timeout or shutdown, src/ledger.c), at most
- * max_count, each in a subtransaction of its own; called by every
- * processor run when it starts (src/processor.c).  An order locked by
- * someone else is tried again a second later; an order that cannot be
- * updated (its owner's trigger fails, the row is gone) flags the ledger
- * row for a person, as when the first apply fails.  A query cancel or a
- * terminate is not swallowed: it is noted for the processor
- * (alipayplus_cancel.interrupted), which then stops as on any interrupt,
- * and the row stays to follow.  Returns how many orders followed.
+ * (order_follow_at: since when; the apply of a verified S was cut by the
+ * caller's query cancel or statement_timeout, src/ledger.c), at most
+ * max_count and until p_until, each in a subtransaction of its own;
+ * called by every processor run when it starts (src/processor.c).  An
+ * order locked by someone else is left for the next run (order_follow_at
+ * stays, so that alipayplus.attention lists one still waiting after 10
+ * minutes); an order whose update fails (its owner's trigger refuses)
+ * flags the ledger row for a person, as when the first apply fails.  An
+ * update cut again (57014: the caller's interrupt, or a trigger that says
+ * so) flags the row too, so that one order cannot hold up the queue run
+ * after run; the cancel is then noted for the processor
+ * (alipayplus_cancel.interrupted), which stops as on any interrupt.
+ * Returns how many orders followed.
  */
-CREATE FUNCTION alipayplus._follow_orders(max_count integer)
+CREATE FUNCTION alipayplus._follow_orders(max_count integer, p_until timestamptz)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1130,6 +1133,7 @@ DECLARE
 	n integer := 0;
 	v_state text;
 	v_msg text;
+	v_err text;
 BEGIN
 	FOR c IN
 		SELECT * FROM alipayplus.cancellations x
@@ -1137,6 +1141,7 @@ BEGIN
 		ORDER BY x.order_follow_at, x.cancellation_id
 		LIMIT max_count
 	LOOP
+		EXIT WHEN pg_catalog.clock_timestamp() >= p_until;
 		BEGIN
 			PERFORM alipayplus._lock_order(
 				CASE WHEN c.payment_request_id IS NULL THEN c.sent_field ELSE 'paymentRequestId' END,
@@ -1150,23 +1155,21 @@ BEGIN
 				WHERE x.cancellation_id = c.cancellation_id;
 				n := n + 1;
 			END IF;
-		EXCEPTION WHEN OTHERS THEN
+		/* OTHERS alone does not catch a query cancel (57014) */
+		EXCEPTION WHEN query_canceled OR OTHERS THEN
 			GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-			IF v_state IN ('57014', '57P01', '57P02', '57P03') THEN
-				PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', v_msg, true);
-				RETURN n;
-			ELSIF v_state = '55P03' THEN
-				UPDATE alipayplus.cancellations x
-				SET order_follow_at = pg_catalog.clock_timestamp() + interval '1 second'
-				WHERE x.cancellation_id = c.cancellation_id;
-			ELSE
+			IF v_state <> '55P03' THEN
 				UPDATE alipayplus.cancellations x SET
 					order_follow_at = NULL, needs_attention = true,
 					attention_reason = pg_catalog.format('Alipay+ cancelled the payment (verified S), but the bound order could not be updated: %s (SQLSTATE %s); fix that, then run alipayplus_requeue_cancellation(%s)',
 						v_msg, v_state, c.cancellation_id)
 				WHERE x.cancellation_id = c.cancellation_id
-				RETURNING x.attention_reason INTO v_msg;
-				RAISE WARNING '%', v_msg;
+				RETURNING x.attention_reason INTO v_err;
+				RAISE WARNING '%', v_err;
+			END IF;
+			IF v_state = '57014' THEN
+				PERFORM pg_catalog.set_config('alipayplus_cancel.interrupted', v_msg, true);
+				RETURN n;
 			END IF;
 		END;
 	END LOOP;
@@ -1174,7 +1177,7 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION alipayplus._order_follows(alipayplus.cancellations) FROM PUBLIC;
-REVOKE ALL ON FUNCTION alipayplus._follow_orders(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION alipayplus._follow_orders(integer, timestamptz) FROM PUBLIC;
 
 /*
  * An attempt is put on record, committed, before its request leaves

@@ -415,20 +415,17 @@ static const LedgerQuery queries[NUM_QUERIES] = {
 	},
 
 	/*
-	 * The same, when the apply was cut by the caller's interrupt, not by
-	 * the order's own fault: no person is asked.  After an S the bound
-	 * order follows at the next processor run (order_follow_at,
-	 * alipayplus._follow_orders); after any other answer the row is due
-	 * again at once (the same parameters, as for any retry).
+	 * The same for a verified S whose order update the caller's interrupt
+	 * cut, not the order's own fault: no person is asked; the bound order
+	 * follows at the next processor run (order_follow_at, since when;
+	 * alipayplus._follow_orders).
 	 */
 	[Q_FOLLOW_LATER] = {
 		"UPDATE alipayplus.cancellations x SET"
 		" needs_attention = false, attention_reason = NULL,"
-		" order_follow_at = CASE WHEN x.state OPERATOR(pg_catalog.=) 'CANCELLED'"
-		"   THEN pg_catalog.clock_timestamp() END,"
-		" next_attempt_at = CASE WHEN x.state OPERATOR(pg_catalog.=) 'CANCELLING'"
-		"   THEN pg_catalog.clock_timestamp() END"
+		" order_follow_at = pg_catalog.clock_timestamp()"
 		" WHERE x.cancellation_id OPERATOR(pg_catalog.=) $1"
+		" AND x.state OPERATOR(pg_catalog.=) 'CANCELLED'"
 		" RETURNING x.state",
 		1, {INT8OID}
 	},
@@ -1478,11 +1475,13 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 					   unpack_sql_state(edata->sqlerrcode));
 
 		/*
-		 * Cut by the caller's query cancel or statement_timeout (or the
-		 * run's own stop after one), not by the order's own fault: no
-		 * person is asked, the next run finishes it (Q_NOT_APPLIED)
+		 * A verified S whose order update the caller's query cancel or
+		 * statement_timeout cut (or the run's own stop after one), not the
+		 * order's own fault: no person is asked, the next run updates the
+		 * order (Q_FOLLOW_LATER).  Any other answer is flagged as always.
 		 */
-		cut = edata->sqlerrcode == ERRCODE_QUERY_CANCELED;
+		cut = edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+			strcmp(status, "S") == 0;
 		v[0] = Int64GetDatum(c->cancellation_id);
 		v[1] = Int64GetDatum(attempt_id);
 		v[2] = CStringGetTextDatum(why);
@@ -1508,20 +1507,11 @@ settle(const LedgerRow *c, const ApsCallResult *r, const char *caller,
 			if (cut && run(Q_FOLLOW_LATER, v, " ") == 1)
 			{
 				/* the caller's interrupt said why already: NOTICE then */
-				int			level = interrupted ? NOTICE : WARNING;
-
-				if (strcmp(out->state, "CANCELLED") == 0)
-					ereport(level,
-							(errmsg("Alipay+ cancelled the payment (verified S, attempt %lld), but the update of the bound order was cut: %s",
-									(long long) attempt_id, why),
-							 errdetail("Ledger row %lld is CANCELLED; the next processor run updates the order.",
-									   (long long) c->cancellation_id)));
-				else
-					ereport(level,
-							(errmsg("Alipay+ answered %s (attempt %lld), but applying it was cut: %s",
-									status, (long long) attempt_id, why),
-							 errdetail("Ledger row %lld is due again: the next processor run asks Alipay+ again with the same parameters.",
-									   (long long) c->cancellation_id)));
+				ereport(interrupted ? NOTICE : WARNING,
+						(errmsg("Alipay+ cancelled the payment (verified S, attempt %lld), but the update of the bound order was cut: %s",
+								(long long) attempt_id, why),
+						 errdetail("Ledger row %lld is CANCELLED; the next processor run updates the order.",
+								   (long long) c->cancellation_id)));
 			}
 			else
 			{

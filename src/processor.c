@@ -191,7 +191,7 @@ prepare_plans(Oid ext)
 	Oid			t_one[] = {TEXTOID};
 	Oid			t_stale[] = {INT8OID};
 	Oid			t_due[] = {OIDOID, OIDOID};
-	Oid			t_follow[] = {INT4OID};
+	Oid			t_follow[] = {INT4OID, TIMESTAMPTZOID};
 
 	if (plans_ext == ext && plan_claim != NULL)
 		return;
@@ -207,7 +207,7 @@ prepare_plans(Oid ext)
 		plan_claim = NULL;
 	}
 	plan_run_begin = keep("SELECT alipayplus._run_begin($1)", 1, t_one);
-	plan_follow = keep("SELECT alipayplus._follow_orders($1)", 1, t_follow);
+	plan_follow = keep("SELECT alipayplus._follow_orders($1, $2)", 2, t_follow);
 	plan_run_update = keep(
 		"UPDATE alipayplus.processor_runs x SET"
 		" claimed = x.claimed OPERATOR(pg_catalog.+) $2,"
@@ -1294,13 +1294,15 @@ run_pipeline(Run *run, int64 continue_run)
 
 	/*
 	 * 2. the bound orders whose update an interrupt cut (ledger.c) follow
-	 * their CANCELLED ledger rows; an interrupt there stops the run
+	 * their CANCELLED ledger rows, within the run's limits; an interrupt
+	 * there stops the run
 	 */
 	{
-		Datum		v[1];
+		Datum		v[2];
 
-		v[0] = Int32GetDatum(APS_FOLLOW_PER_RUN);
-		exec_plan(plan_follow, v, " ");
+		v[0] = Int32GetDatum((int) Min(opts->max_count, (int64) APS_FOLLOW_PER_RUN));
+		v[1] = TimestampTzGetDatum(run->budget_end);
+		exec_plan(plan_follow, v, "  ");
 		if ((run->interrupted = pending_interrupt(run)) != NULL)
 		{
 			stop = psprintf("interrupted: %s", run->interrupted);
