@@ -112,6 +112,8 @@ typedef struct Run
 	const ApsRunOptions *opts;
 	ApsRunCounts *counts;
 	MemoryContext cxt;			/* lives across the run's commits */
+	MemoryContext step_cxt;		/* current in a step and between steps;
+								 * reset at each step's end */
 	Oid			owner;			/* the steps run as the extension's owner */
 	int			width;			/* calls in flight at most */
 	Slot	   *slots;
@@ -253,6 +255,7 @@ step_begin(Run *run)
 			elog(ERROR, "SPI_connect failed");
 		run->spi_open = true;
 	}
+	MemoryContextSwitchTo(run->step_cxt);
 	ext = get_extension_oid("alipayplus_cancel", true);
 	if (!OidIsValid(ext))
 		ereport(ERROR,
@@ -279,26 +282,28 @@ step_begin(Run *run)
 	prepare_plans(ext);
 }
 
-/* End the step: commit it (procedure, worker) */
+/*
+ * End the step: commit it (procedure, worker).  Its memory goes with it,
+ * so that a long run's memory stays flat: SPI's (the statements' results)
+ * and the step context (with what was allocated since the last step ended).
+ * What must outlive a step is in the run's context or a slot's.
+ */
 static void
 step_end(Run *run)
 {
 	AtEOXact_GUC(true, run->save_nestlevel);
 	SetUserIdAndSecContext(run->save_uid, run->save_sec);
-	switch (run->opts->mode)
+	if (run->opts->mode == APS_TXN_PROCEDURE)
+		SPI_commit();
+	SPI_finish();
+	run->spi_open = false;
+	if (run->opts->mode == APS_TXN_WORKER)
 	{
-		case APS_TXN_CALLER:
-			break;
-		case APS_TXN_PROCEDURE:
-			SPI_commit();
-			break;
-		case APS_TXN_WORKER:
-			SPI_finish();
-			run->spi_open = false;
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			break;
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 	}
+	MemoryContextSwitchTo(run->step_cxt);
+	MemoryContextReset(run->step_cxt);
 }
 
 static void
@@ -391,6 +396,9 @@ note_unanswered(Run *run, const char *code, const char *detail)
 	MemoryContext old = MemoryContextSwitchTo(run->cxt);
 
 	run->counts->unanswered++;
+	/* the one before it goes: a long run keeps only the last */
+	if (run->counts->last_error != NULL)
+		pfree(run->counts->last_error);
 	run->counts->last_error = psprintf("%s: %s", code, detail ? detail : "");
 	MemoryContextSwitchTo(old);
 }
@@ -1195,6 +1203,19 @@ worker_run_begin(Run *run)
 													  1, &isnull));
 }
 
+/*
+ * The stop reason of run->interrupted, in the run's context (it outlives
+ * the step); sets the code of the calls it leaves without an answer
+ */
+static const char *
+interrupt_stop(Run *run)
+{
+	run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
+		"local.statement_timeout" : "local.interrupted";
+	return MemoryContextStrdup(run->cxt,
+							   psprintf("interrupted: %s", run->interrupted));
+}
+
 /* not inlined: its locals live outside run_processor's PG_TRY */
 static pg_noinline void
 run_pipeline(Run *run, int64 continue_run)
@@ -1248,9 +1269,7 @@ run_pipeline(Run *run, int64 continue_run)
 					aps_http_abandon_all();
 					CHECK_FOR_INTERRUPTS();
 				}
-				stop = psprintf("interrupted: %s", run->interrupted);
-				run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
-					"local.statement_timeout" : "local.interrupted";
+				stop = interrupt_stop(run);
 			}
 			else if (now >= run->budget_end)
 			{
@@ -1319,9 +1338,7 @@ run_pipeline(Run *run, int64 continue_run)
 				 */
 				bool		settled = stop != NULL;
 
-				stop = psprintf("interrupted: %s", run->interrupted);
-				run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
-					"local.statement_timeout" : "local.interrupted";
+				stop = interrupt_stop(run);
 				if (!settled)
 				{
 					aps_http_abandon_all();
@@ -1424,8 +1441,11 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 		for (int i = 0; i < run.width; i++)
 			run.slots[i].cxt = AllocSetContextCreate(cxt, "alipayplus call",
 													 ALLOCSET_SMALL_SIZES);
-		MemoryContextSwitchTo(old);
+		run.step_cxt = AllocSetContextCreate(cxt, "alipayplus step",
+											 ALLOCSET_DEFAULT_SIZES);
+		MemoryContextSwitchTo(run.step_cxt);
 		run_pipeline(&run, continue_run);
+		MemoryContextSwitchTo(old);
 
 		/*
 		 * What the run says of itself was written in the step contexts
@@ -1456,6 +1476,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 				SPI_finish();
 			}
 			CommitTransactionCommand();
+			MemoryContextSwitchTo(old);
 		}
 		else if (run.spi_open && opts->mode != APS_TXN_CALLER)
 		{
@@ -1467,6 +1488,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 	{
 		/* libcurl lets go of the calls' memory before it goes */
 		aps_http_abandon_all();
+		MemoryContextSwitchTo(caller_cxt);
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}
