@@ -1448,10 +1448,9 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 		MemoryContextSwitchTo(old);
 
 		/*
-		 * What the run says of itself was written in the step contexts
-		 * (SPI's, in procedure mode), which SPI_finish frees: the caller
-		 * reads it and raises it after that, so it moves to the caller's
-		 * context first
+		 * What the run says of itself is in the run's context, deleted
+		 * below: the caller reads it and raises it after that, so it moves
+		 * to the caller's context first
 		 */
 		if (counts->stopped_because != NULL)
 			counts->stopped_because = MemoryContextStrdup(caller_cxt,
