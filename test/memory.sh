@@ -5,9 +5,11 @@
 # 1. A procedure run (CALL alipayplus_process_backlog(), SPI connected
 #    nonatomic over many commits) over 3000 due cancellations: from another
 #    session pg_log_backend_memory_contexts() of its backend, about every
-#    0.3 s; the largest "Grand total" logged minus the first one (taken when
+#    0.1 s; the largest "Grand total" logged minus the first one (taken when
 #    few rows were settled) stays below 8 MB (the engine used to keep every
 #    step's results, ~45 KB a row: over 100 MB here).
+#    The same for the SELECT form (alipayplus_process_cancellations(), one
+#    transaction, SPI connected in each step).
 # 2. The background worker (APS_TXN_WORKER, which commits with
 #    CommitTransactionCommand between steps) in a throwaway cluster: its
 #    "Grand total" after 500 cancellations and after 2500 more, each time
@@ -41,63 +43,78 @@ grand_totals() {
 	{ grep -a "\[$2\].*Grand total: " "$1" || true; } | sed 's/.*Grand total: \([0-9]*\) bytes.*/\1/'
 }
 
-# ---------------------------------------------------------------------------
-if [ -z "${SKIP1:-}" ]; then
-echo "# 1. a procedure run over 3000 rows"
-q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database $DB"; finish; }
-q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; finish; }
+# sampled_run NAME SQL PATTERN: queue N cancellations in a fresh database,
+# run SQL (a processor form over them) in the background, and log the
+# memory contexts of its backend (pg_stat_activity.query LIKE PATTERN)
+# every 0.1 s while it runs; check that it cancels all N and that the
+# largest "Grand total" is less than 8 MB above the first one, with at
+# least 1000 rows sent to the gateway in between
 N=3000
-q "$DB" "SELECT count(*) FROM generate_series(1, $N) i,
-	alipayplus_request_cancel(payment_request_id => 'mem-$TAG-' || i)" >/dev/null ||
-	{ not_ok "queue $N cancellations"; finish; }
-PGOPTIONS="-c alipayplus.max_concurrency=16" $PGBIN/psql -X -qAt -d "$DB" \
-	-c "CALL alipayplus_process_backlog($N, '10 min')" >"$TMP/call.out" 2>&1 &
-bg=$!
-BG_PIDS+=("$bg")
-pid=""
-deadline=$(($(now_ms) + 20000))
-while [ -z "$pid" ] && [ "$(now_ms)" -lt $deadline ]; do
-	pid=$(q "$DB" "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CALL alipayplus_process_backlog%'
-		AND pid <> pg_backend_pid() LIMIT 1")
-	[ -n "$pid" ] || sleep 0.05
-done
-[ -n "$pid" ] || { not_ok "the CALL's backend not found"; finish; }
-# samples: the rows cancelled at each memory dump
-: >"$TMP/settled"
-while kill -0 "$bg" 2>/dev/null; do
-	if [ "$(q "$DB" "SELECT pg_log_backend_memory_contexts($pid)" 2>/dev/null)" = t ]; then
-		q "$DB" "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED'" >>"$TMP/settled"
+sampled_run() {
+	local name=$1 sql=$2 pattern=$3 tag="mem-$TAG-$RANDOM" pid="" bg rc deadline
+	local first max rows t
+	local -a totals sent
+	q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+	q postgres "CREATE DATABASE $DB" >/dev/null || { not_ok "create database $DB"; return; }
+	q "$DB" "CREATE EXTENSION alipayplus_cancel" >/dev/null || { not_ok "create extension"; return; }
+	q "$DB" "SELECT count(*) FROM generate_series(1, $N) i,
+		alipayplus_request_cancel(payment_request_id => '$tag-' || i)" >/dev/null ||
+		{ not_ok "queue $N cancellations"; return; }
+	PGOPTIONS="-c alipayplus.max_concurrency=16" $PGBIN/psql -X -qAt -d "$DB" \
+		-c "$sql" >"$TMP/run.out" 2>&1 &
+	bg=$!
+	BG_PIDS+=("$bg")
+	deadline=$(($(now_ms) + 20000))
+	while [ -z "$pid" ] && [ "$(now_ms)" -lt $deadline ]; do
+		pid=$(q "$DB" "SELECT pid FROM pg_stat_activity WHERE query LIKE '$pattern'
+			AND pid <> pg_backend_pid() LIMIT 1")
+		[ -n "$pid" ] || sleep 0.05
+	done
+	[ -n "$pid" ] || { not_ok "$name: its backend not found"; return; }
+	# the requests the gateway had seen at each memory dump
+	: >"$TMP/sent"
+	while kill -0 "$bg" 2>/dev/null; do
+		if [ "$(q "$DB" "SELECT pg_log_backend_memory_contexts($pid)" 2>/dev/null)" = t ]; then
+			{ grep -c "$tag-" "$RIG/gateway.jsonl" || true; } >>"$TMP/sent"
+		fi
+		sleep 0.1
+	done
+	wait "$bg"
+	rc=$?
+	expect "$name ends without error" "0" "$rc"
+	expect "$name: all $N cancelled" "$N" \
+		"$(q "$DB" "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED'")"
+	sleep 1
+	mapfile -t totals < <(grand_totals "$RIG/postgres.log" "$pid")
+	mapfile -t sent <"$TMP/sent"
+	echo "# ${#totals[@]} memory dumps; requests sent at them: ${sent[*]}"
+	echo "# Grand totals: ${totals[*]}"
+	if [ "${#totals[@]}" -lt 3 ]; then
+		not_ok "$name: too few memory dumps of the running backend (${#totals[@]})"
+		return
 	fi
-	sleep 0.3
-done
-wait "$bg"
-rc=$?
-expect "the CALL ends without error" "0" "$rc"
-expect "all $N cancelled" "$N" \
-	"$(q "$DB" "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED'")"
-sleep 1
-mapfile -t totals < <(grand_totals "$RIG/postgres.log" "$pid")
-mapfile -t settled <"$TMP/settled"
-echo "# ${#totals[@]} memory dumps; rows cancelled at them: ${settled[*]}"
-echo "# Grand totals: ${totals[*]}"
-if [ "${#totals[@]}" -lt 3 ]; then
-	not_ok "too few memory dumps of the running CALL (${#totals[@]})"
-else
 	first=${totals[0]}
 	max=$first
 	for t in "${totals[@]}"; do [ "$t" -gt "$max" ] && max=$t; done
-	rows=$((settled[${#settled[@]} - 1] - settled[0]))
+	rows=$((sent[${#sent[@]} - 1] - sent[0]))
 	if [ "$rows" -lt 1000 ]; then
-		not_ok "too few rows settled between the first and the last dump ($rows)"
+		not_ok "$name: too few rows sent between the first and the last dump ($rows)"
 	elif [ $((max - first)) -lt $((8 * 1024 * 1024)) ]; then
-		ok "procedure run: memory flat: the largest total $max bytes, the first $first ($((max - first)) bytes more, $rows rows settled in between)"
+		ok "$name: memory flat: the largest total $max bytes, the first $first ($((max - first)) bytes more, $rows rows sent in between)"
 	else
-		not_ok "procedure run: memory grows with the rows: $first -> $max bytes ($(((max - first) / rows)) bytes a row over $rows rows)"
+		not_ok "$name: memory grows with the rows: $first -> $max bytes ($(((max - first) / rows)) bytes a row over $rows rows)"
 	fi
-fi
-q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-fi
+	q postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------------------
+echo "# 1. a procedure run over $N rows"
+sampled_run "CALL alipayplus_process_backlog" "CALL alipayplus_process_backlog($N, '10 min')" \
+	'CALL alipayplus_process_backlog%'
+echo "# 1b. the SELECT form over $N rows (one transaction)"
+sampled_run "SELECT alipayplus_process_cancellations" \
+	"SELECT cancelled FROM alipayplus_process_cancellations($N, '10 min')" \
+	'SELECT cancelled FROM alipayplus_process_cancellations%'
 
 # ---------------------------------------------------------------------------
 echo "# 2. the background worker over 500, then 2500 more cancellations"
