@@ -15,6 +15,9 @@
 #    "Grand total" after 500 cancellations and after 2500 more, each time
 #    when it is idle again: it grows by less than 1 MB (it used to keep
 #    ~2.8 KB a call in TopMemoryContext: ~7 MB here).
+# 3. Then the worker's runs fail (alipayplus.client_id set to '' and the
+#    configuration reloaded): after three failed runs no run's memory
+#    context is left in it and its total grows by less than 256 KB.
 # The bounds are loose (memory is flat with the fix: growth of a few
 # hundred KB at most from caches) and far below what a leak per row gives.
 # Needs the rig up.
@@ -169,6 +172,32 @@ if [ $((b - a)) -lt $((1024 * 1024)) ]; then
 else
 	not_ok "worker: memory grows with the calls: $a bytes after 500, $b after 2500 more ($(((b - a) / 2500)) bytes a call)"
 fi
-expect "no ERROR in the throwaway cluster's log" "0" "$(grep -c 'ERROR' "$TMP/postgres.log")"
+expect "no ERROR in the throwaway cluster's log so far" "0" "$(grep -c 'ERROR' "$TMP/postgres.log")"
+
+# ---------------------------------------------------------------------------
+echo "# 3. failed runs of the worker leave no memory behind"
+echo "alipayplus.client_id = ''" >>"$WPGDATA/postgresql.conf"
+wq shop "SELECT pg_reload_conf()" >/dev/null
+deadline=$(($(now_ms) + 60000))
+while [ "$(now_ms)" -lt $deadline ] &&
+	[ "$(grep -c 'alipayplus_cancel worker retries in' "$TMP/postgres.log")" -lt 3 ]; do
+	sleep 0.2
+done
+nfail=$(grep -c 'configuration parameter "alipayplus.client_id" is not set' "$TMP/postgres.log" || true)
+if [ "$nfail" -ge 3 ]; then
+	ok "$nfail runs of the worker failed (client_id not set)"
+else
+	not_ok "only $nfail runs of the worker failed"
+fi
+read -r wpid c < <(worker_idle_total 3000) || true
+expect "the same worker after them" "$wpid_a" "$wpid"
+# every dump of the worker was taken while it was idle: none shows a run's context
+expect "no 'alipayplus pipeline' context left in the worker after them" "0" \
+	"$(grep -c "\[$wpid\].*alipayplus pipeline" "$TMP/postgres.log")"
+if [ -n "$c" ] && [ $((c - b)) -lt $((256 * 1024)) ]; then
+	ok "worker: memory flat over failed runs: $b bytes before, $c after"
+else
+	not_ok "worker: memory after failed runs: $b bytes before, '$c' after"
+fi
 
 finish
