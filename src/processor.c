@@ -112,6 +112,8 @@ typedef struct Run
 	const ApsRunOptions *opts;
 	ApsRunCounts *counts;
 	MemoryContext cxt;			/* lives across the run's commits */
+	MemoryContext step_cxt;		/* current in a step and between steps;
+								 * reset at each step's end */
 	Oid			owner;			/* the steps run as the extension's owner */
 	int			width;			/* calls in flight at most */
 	Slot	   *slots;
@@ -261,6 +263,7 @@ step_begin(Run *run)
 			elog(ERROR, "SPI_connect failed");
 		run->spi_open = true;
 	}
+	MemoryContextSwitchTo(run->step_cxt);
 	ext = get_extension_oid("alipayplus_cancel", true);
 	if (!OidIsValid(ext))
 		ereport(ERROR,
@@ -287,26 +290,28 @@ step_begin(Run *run)
 	prepare_plans(ext);
 }
 
-/* End the step: commit it (procedure, worker) */
+/*
+ * End the step: commit it (procedure, worker).  Its memory goes with it,
+ * so that a long run's memory stays flat: SPI's (the statements' results)
+ * and the step context (with what was allocated since the last step ended).
+ * What must outlive a step is in the run's context or a slot's.
+ */
 static void
 step_end(Run *run)
 {
 	AtEOXact_GUC(true, run->save_nestlevel);
 	SetUserIdAndSecContext(run->save_uid, run->save_sec);
-	switch (run->opts->mode)
+	if (run->opts->mode == APS_TXN_PROCEDURE)
+		SPI_commit();
+	SPI_finish();
+	run->spi_open = false;
+	if (run->opts->mode == APS_TXN_WORKER)
 	{
-		case APS_TXN_CALLER:
-			break;
-		case APS_TXN_PROCEDURE:
-			SPI_commit();
-			break;
-		case APS_TXN_WORKER:
-			SPI_finish();
-			run->spi_open = false;
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			break;
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 	}
+	MemoryContextSwitchTo(run->step_cxt);
+	MemoryContextReset(run->step_cxt);
 }
 
 static void
@@ -399,6 +404,9 @@ note_unanswered(Run *run, const char *code, const char *detail)
 	MemoryContext old = MemoryContextSwitchTo(run->cxt);
 
 	run->counts->unanswered++;
+	/* the one before it goes: a long run keeps only the last */
+	if (run->counts->last_error != NULL)
+		pfree(run->counts->last_error);
 	run->counts->last_error = psprintf("%s: %s", code, detail ? detail : "");
 	MemoryContextSwitchTo(old);
 }
@@ -1257,6 +1265,19 @@ adopt_continue_run(int64 run_id)
 		elog(ERROR, "could not reopen processor run " INT64_FORMAT, run_id);
 }
 
+/*
+ * The stop reason of run->interrupted, in the run's context (it outlives
+ * the step); sets the code of the calls it leaves without an answer
+ */
+static const char *
+interrupt_stop(Run *run)
+{
+	run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
+		"local.statement_timeout" : "local.interrupted";
+	return MemoryContextStrdup(run->cxt,
+							   psprintf("interrupted: %s", run->interrupted));
+}
+
 /* not inlined: its locals live outside run_processor's PG_TRY */
 static pg_noinline void
 run_pipeline(Run *run, int64 continue_run)
@@ -1304,10 +1325,7 @@ run_pipeline(Run *run, int64 continue_run)
 		v[1] = TimestampTzGetDatum(run->budget_end);
 		exec_plan(plan_follow, v, "  ");
 		if ((run->interrupted = pending_interrupt(run)) != NULL)
-		{
-			stop = psprintf("interrupted: %s", run->interrupted);
-			run->unanswered_code = "local.interrupted";
-		}
+			stop = interrupt_stop(run);
 	}
 	step_end(run);
 
@@ -1331,9 +1349,7 @@ run_pipeline(Run *run, int64 continue_run)
 					aps_http_abandon_all();
 					CHECK_FOR_INTERRUPTS();
 				}
-				stop = psprintf("interrupted: %s", run->interrupted);
-				run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
-					"local.statement_timeout" : "local.interrupted";
+				stop = interrupt_stop(run);
 			}
 			else if (now >= run->budget_end)
 			{
@@ -1404,9 +1420,7 @@ run_pipeline(Run *run, int64 continue_run)
 				 */
 				bool		settled = stop != NULL;
 
-				stop = psprintf("interrupted: %s", run->interrupted);
-				run->unanswered_code = strstr(run->interrupted, "statement timeout") ?
-					"local.statement_timeout" : "local.interrupted";
+				stop = interrupt_stop(run);
 				if (!settled)
 				{
 					aps_http_abandon_all();
@@ -1515,14 +1529,16 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 		for (int i = 0; i < run.width; i++)
 			run.slots[i].cxt = AllocSetContextCreate(cxt, "alipayplus call",
 													 ALLOCSET_SMALL_SIZES);
-		MemoryContextSwitchTo(old);
+		run.step_cxt = AllocSetContextCreate(cxt, "alipayplus step",
+											 ALLOCSET_DEFAULT_SIZES);
+		MemoryContextSwitchTo(run.step_cxt);
 		run_pipeline(&run, continue_run);
+		MemoryContextSwitchTo(old);
 
 		/*
-		 * What the run says of itself was written in the step contexts
-		 * (SPI's, in procedure mode), which SPI_finish frees: the caller
-		 * reads it and raises it after that, so it moves to the caller's
-		 * context first
+		 * What the run says of itself is in the run's context, deleted
+		 * below: the caller reads it and raises it after that, so it moves
+		 * to the caller's context first
 		 */
 		if (counts->stopped_because != NULL)
 			counts->stopped_because = MemoryContextStrdup(caller_cxt,
@@ -1547,6 +1563,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 				SPI_finish();
 			}
 			CommitTransactionCommand();
+			MemoryContextSwitchTo(old);
 		}
 		else if (run.spi_open && opts->mode != APS_TXN_CALLER)
 		{
@@ -1562,6 +1579,7 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 		 */
 		if (began)
 			aps_http_end();
+		MemoryContextSwitchTo(caller_cxt);
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}

@@ -90,7 +90,8 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 		newcap = Max(newcap, 1024);
 		newcap = Min(newcap, APS_MAX_RESPONSE_BYTES + 1);
-		newbuf = palloc_extended(newcap, MCXT_ALLOC_NO_OOM);
+		newbuf = MemoryContextAllocExtended(GetMemoryChunkContext(ex), newcap,
+											MCXT_ALLOC_NO_OOM);
 		if (newbuf == NULL)
 		{
 			ex->response_no_memory = true;
@@ -315,10 +316,14 @@ start_transfer(CURL *easy, ApsHttpExchange *ex)
 {
 	CURLcode	rc;
 	CURLMcode	mc;
+	MemoryContext old;
 
 	curl_easy_reset(easy);
+	/* what the call needs lives as long as its exchange (see finish_transfer) */
+	old = MemoryContextSwitchTo(GetMemoryChunkContext(ex));
 	ex->errbuf = palloc0(CURL_ERROR_SIZE);
 	ex->headers = request_headers(ex);
+	MemoryContextSwitchTo(old);
 	rc = set_options(easy, ex, ex->headers, ex->errbuf);
 	if (rc == CURLE_OK)
 		rc = curl_easy_setopt(easy, CURLOPT_PRIVATE, ex);
@@ -351,6 +356,13 @@ start_transfer(CURL *easy, ApsHttpExchange *ex)
 static void
 finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 {
+	/*
+	 * The outcome goes where the exchange is (e.g. the engine's slot), not
+	 * in the current context: the transfer may finish in a wait of another
+	 * call's, or between the steps of a long run
+	 */
+	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(ex));
+
 	ex->curl_code = result;
 	ex->latency_ms = (double) (GetCurrentTimestamp() - ex->started_at) / 1000.0;
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &ex->http_status);
@@ -365,6 +377,7 @@ finish_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
 		ex->hdr_content_encoding = response_header(easy, ex, "Content-Encoding");
 	}
 	ex->done = true;
+	MemoryContextSwitchTo(old);
 }
 
 /*
