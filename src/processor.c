@@ -56,6 +56,7 @@
 #include "lib/stringinfo.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -127,6 +128,7 @@ typedef struct Run
 	TimestampTz first_done_at;	/* when the first answer not settled came */
 	bool		nothing_due;
 	bool		draining;		/* claim nothing more; end when all settled */
+	int64		locked_run;		/* the run whose lock it holds, or 0 */
 	int			gateway_calls;	/* calls the gateway answered or not */
 	int			gateway_silent; /* of which got no answer (connect, TLS, timeout) */
 	int			flushed[6];		/* counts already added to the run row */
@@ -165,6 +167,14 @@ static SPIPlanPtr plan_next_due;
 static SPIPlanPtr plan_due;
 static SPIPlanPtr plan_follow;
 static Oid	plans_ext = InvalidOid;
+
+/*
+ * A working run holds a session advisory lock (APS_RUN_LOCK_KEY, the low
+ * 32 bits of its run_id; 'APSR'): alipayplus._run_alive looks for it in
+ * pg_locks.  Released when the run ends, also on an error, and with the
+ * session.
+ */
+#define APS_RUN_LOCK_KEY 0x41505352
 
 /* At most this many bound orders follow their ledger rows per run start */
 #define APS_FOLLOW_PER_RUN 1000
@@ -1186,6 +1196,36 @@ progress_notice(Run *run, int64 due)
 					left)));
 }
 
+/* The run's lock (APS_RUN_LOCK_KEY): working, for every other session */
+static void
+run_lock_tag(LOCKTAG *tag, int64 run_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) APS_RUN_LOCK_KEY,
+						 (uint32) (run_id & 0xFFFFFFFF), 2);
+}
+
+static void
+hold_run_lock(Run *run, int64 run_id)
+{
+	LOCKTAG		tag;
+
+	run_lock_tag(&tag, run_id);
+	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	run->locked_run = run_id;
+}
+
+static void
+release_run_lock(Run *run)
+{
+	LOCKTAG		tag;
+
+	if (run->locked_run == 0)
+		return;
+	run_lock_tag(&tag, run->locked_run);
+	LockRelease(&tag, ExclusiveLock, true);
+	run->locked_run = 0;
+}
+
 /*
  * The worker's run begins at the first claim of a busy period, not at
  * every wake-up: its row is written only when a row is due.  In the step.
@@ -1209,6 +1249,7 @@ worker_run_begin(Run *run)
 	run->counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 													  SPI_tuptable->tupdesc,
 													  1, &isnull));
+	hold_run_lock(run, run->counts->run_id);
 }
 
 /*
@@ -1299,6 +1340,7 @@ run_pipeline(Run *run, int64 continue_run)
 	{
 		adopt_continue_run(continue_run);
 		counts->run_id = continue_run;
+		hold_run_lock(run, continue_run);
 	}
 	else if (opts->mode != APS_TXN_WORKER)
 	{
@@ -1310,6 +1352,7 @@ run_pipeline(Run *run, int64 continue_run)
 		counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 													 SPI_tuptable->tupdesc, 1,
 													 &isnull));
+		hold_run_lock(run, counts->run_id);
 	}
 	reap(run);
 
@@ -1579,12 +1622,14 @@ run_processor(const ApsRunOptions *opts, ApsRunCounts *counts,
 		 */
 		if (began)
 			aps_http_end();
+		release_run_lock(&run);
 		MemoryContextSwitchTo(caller_cxt);
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	aps_http_end();
+	release_run_lock(&run);
 	if (run.spi_open && opts->mode == APS_TXN_CALLER)
 		SPI_finish();
 	counts->elapsed_ms = (double) (GetCurrentTimestamp() - run.start) / 1000.0;

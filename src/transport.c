@@ -410,9 +410,9 @@ aps_http_begin(int want)
 				 errmsg("this session is already calling Alipay+: a call cannot be made from inside another"),
 				 errdetail("A trigger or function that runs while this session's processor run (or single call) applies an answer called alipayplus_cancel_payment, alipayplus_inquire_payment or a processor function."),
 				 errhint("Queue the cancellation with alipayplus_request_cancel() instead: the processor calls Alipay+ for it.")));
-	aps_run_open = true;
 	Assert(aps_in_flight == 0);
 	ensure_handles(concurrency);
+	aps_run_open = true;
 	/* keep one connection per handle in use, also from run to run */
 	curl_multi_setopt(aps_multi, CURLMOPT_MAXCONNECTS, (long) concurrency);
 	aps_concurrency = concurrency;

@@ -11,7 +11,13 @@
 #      refused (55006), and the call is recorded once, as answered;
 #   3. continue_run may name only a finished run of the calling session:
 #      another session's run, working, is refused (42501), an unknown one
-#      22023, and the other run's calls are untouched.
+#      22023, and the other run's calls are untouched;
+#   4. a processor that works in one transaction (the SELECT form) judges
+#      runs that began after it as working (found in review: it read
+#      pg_stat_activity as of its first look, took them for ended, reaped
+#      their calls and a third processor sent them again);
+#   5. a run in a session with track_activities off is working too (found
+#      in review: taken for ended at once).
 #
 # Run as root from the repository, with the rig up:  bash test/live_claims.sh
 
@@ -97,6 +103,49 @@ expect "b's answer is recorded as the gateway's S, by run A, once; nothing crash
 expect "both ledger rows and orders CANCELLED" "2|2" \
 	"$(q $DB "SELECT (SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLED') || '|' ||
 		(SELECT count(*) FROM orders WHERE st = 'CANCELLED')")"
+
+# 4. B works in one transaction (max_concurrency 1, a 2 s call); A begins
+#    0.5 s later and calls x (4 s); after B, C runs while x is in flight
+q $DB "SELECT count(*) FROM alipayplus_request_cancel(payment_request_id => 'slow-2000-lc-b1-$TAG')" >/dev/null
+$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<SQL &
+SET alipayplus.max_concurrency = 1;
+SELECT run_id FROM alipayplus_process_cancellations(10, '20 s');
+SQL
+bgb=$!
+BG_PIDS+=($bgb)
+sleep 0.3
+q $DB "SELECT count(*) FROM alipayplus_request_cancel(payment_request_id => 'slow-4000-lc-x-$TAG')" >/dev/null
+sleep 0.2
+$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<SQL &
+CALL alipayplus_run_cancellations(1, '1 min');
+SQL
+bga=$!
+BG_PIDS+=($bga)
+wait_exit "$bgb" 20 || not_ok "B still runs"
+sleep 0.5
+q $DB "CALL alipayplus_run_cancellations(10, '10 s')" >/dev/null 2>&1
+wait_exit "$bga" 20 || not_ok "A still runs"
+expect "a run begun after a one-transaction processor: x sent once, recorded S, nothing crashed" \
+	"1|S SUCCESS|0" \
+	"$(gateway_requests "slow-4000-lc-x-$TAG")|$(q $DB "SELECT string_agg(result_status || ' ' || result_code, ',') FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-4000-lc-x-$TAG'")|$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code = 'local.crashed'")"
+
+# 5. A with track_activities off; B runs while A's call is in flight
+q $DB "SELECT count(*) FROM alipayplus_request_cancel(payment_request_id => 'slow-3000-lc-ta-$TAG')" >/dev/null
+$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<SQL &
+SET track_activities = off;
+CALL alipayplus_run_cancellations(1, '1 min');
+SQL
+bga=$!
+BG_PIDS+=($bga)
+deadline=$(($(now_ms) + 10000))
+while [ "$(now_ms)" -lt $deadline ] && [ "$(gateway_requests "slow-3000-lc-ta-$TAG")" -lt 1 ]; do
+	sleep 0.05
+done
+q $DB "CALL alipayplus_run_cancellations(10, '5 s')" >/dev/null 2>&1
+wait_exit "$bga" 20 || not_ok "A still runs"
+expect "a run with track_activities off: sent once, recorded S, nothing crashed" \
+	"1|S SUCCESS|0" \
+	"$(gateway_requests "slow-3000-lc-ta-$TAG")|$(q $DB "SELECT string_agg(result_status || ' ' || result_code, ',') FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-3000-lc-ta-$TAG'")|$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code = 'local.crashed'")"
 
 # continue_run of the session's own finished run is still accepted
 $PGBIN/psql -X -q -d "$DB" >"$TMP/own.out" 2>&1 <<SQL

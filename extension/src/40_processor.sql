@@ -57,23 +57,27 @@ END;
 
 /*
  * Whether processor run x is still working: not finished, and its backend
- * is there and still in the run (the worker; or a session whose current
- * statement, active, began before the run did).  A session that has moved
- * on from a run an error ended is not.  Where activity is not tracked
- * (track_activities off) a backend that is there counts as in its run.
- * The run's claims are its own while it works, however long an answer
- * takes to apply (an order owner's slow trigger): they are never reaped.
+ * holds the run's session advisory lock (src/processor.c: key 1095783250,
+ * 'APSR', and the low 32 bits of the run id), which it takes when the run
+ * begins and lets go when the run ends, also on an error, and with the
+ * session.  pg_locks is read afresh at every call (pg_stat_activity would
+ * be as of the transaction's first look).  The run's claims are its own
+ * while it works, however long an answer takes to apply (an order owner's
+ * slow trigger): they are never reaped.
  */
 CREATE FUNCTION alipayplus._run_alive(x alipayplus.processor_runs)
 RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT x.finished_at IS NULL AND x.stopped_because = 'running'
-		AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(x.pid) s
-					WHERE s.backend_start = x.backend_start
-						AND (s.backend_type <> 'client backend' OR s.state IS NULL
-							 OR (s.state = 'active' AND s.query_start <= x.started_at)));
+		AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+					WHERE l.locktype = 'advisory' AND l.pid = x.pid AND l.granted
+						AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+										  WHERE d.datname = pg_catalog.current_database())
+						AND l.classid = 1095783250::pg_catalog.oid
+						AND l.objid = pg_catalog.oid(x.run_id OPERATOR(pg_catalog.&) 4294967295)
+						AND l.objsubid = 2);
 END;
 
 /*

@@ -389,6 +389,12 @@ BEGIN
 							WHERE i.resolution_id = x.resolution_id AND i.completed_at IS NULL
 								AND i.run_id IS DISTINCT FROM p_run
 								AND (p.finished_at IS NOT NULL OR p.run_id IS NULL)))
+			/* an inquiry of a run still working is its own, however long it takes */
+			AND NOT EXISTS (SELECT 1 FROM alipayplus.inquiries i
+							JOIN alipayplus.processor_runs p ON p.run_id = i.run_id
+							WHERE i.resolution_id = x.resolution_id AND i.completed_at IS NULL
+								AND i.run_id IS DISTINCT FROM p_run
+								AND alipayplus._run_alive(p))
 		ORDER BY x.next_inquiry_at, x.resolution_id
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);
