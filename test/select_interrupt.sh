@@ -30,13 +30,14 @@ INSERT INTO orders (req) SELECT 'selint-' || i FROM generate_series(1, 6) i;
 SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req);
 SQL
 
-# timed_select CASE: the SELECT form under statement_timeout 2.5 s ends with
+# timed_select CASE TIMEOUT [PRELUDE]: the SELECT form under statement_timeout
+# TIMEOUT (after the SQL PRELUDE, in the same session) ends with
 # PostgreSQL's 57014 and returns no row
 timed_select() {
 	local out
-	out=$($PGBIN/psql -X -qAt -d "$DB" 2>&1 <<'SQL'
+	out=$({ echo "${3:-}"; cat <<'SQL'; } | $PGBIN/psql -X -qAt -d "$DB" -v timeout="$2" 2>&1
 \set VERBOSITY terse
-SET statement_timeout = '2500ms';
+SET statement_timeout = :'timeout';
 SELECT 'returned', claimed FROM alipayplus_process_cancellations(10, '1 min');
 \echo SQLSTATE=:SQLSTATE
 SQL
@@ -50,17 +51,21 @@ SQL
 		ok "$1: no result row after the statement timeout"
 	fi
 }
-timed_select "the timeout in an owner's trigger"
+timed_select "the timeout in an owner's trigger" 2500ms
 expect "everything rolled back with the caller: no attempt on record" \
 	"0" "$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts")"
 expect "every cancellation still due, none flagged" \
 	"6" "$(q $DB "SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention")"
 
 # Case 2, in a database of its own.  Order a is answered at once and its
-# owner's trigger takes 2.2 s, so the first settle ends past the 2 s mark
-# (statement_timeout 2.5 s less the run's 0.5 s margin); order b's answer
+# owner's trigger takes 3.7 s, so the first settle ends past the 3.5 s mark
+# (statement_timeout 4 s less the run's 0.5 s margin); order b's answer
 # (0.5 s) has come in meanwhile, and the stop applies it: b's trigger
-# sleeps, and the statement timeout fires inside it.
+# sleeps, and the statement timeout fires inside it.  Two calls made first
+# in the same session leave it two open connections, so that b's request
+# leaves at once (on a new one, its TLS handshake would wait on a's settle,
+# b would still be unanswered at the stop, and the run would end early
+# without the timeout: rightly, with its counts).
 q postgres "DROP DATABASE $DB WITH (FORCE)" >/dev/null 2>&1
 DB=apc_selint2
 scratch_db $DB || { not_ok "create database $DB with the extension"; finish; }
@@ -69,16 +74,21 @@ CREATE TABLE orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
 CREATE FUNCTION slow_trigger() RETURNS trigger LANGUAGE plpgsql AS
 $$ BEGIN
 	IF NEW.st = 'CANCELLED' THEN
-		PERFORM pg_sleep(CASE WHEN NEW.req LIKE '%-a' THEN 2.2 ELSE 1 END);
+		PERFORM pg_sleep(CASE WHEN NEW.req LIKE '%-a' THEN 3.7
+							  WHEN NEW.req LIKE '%-b' THEN 1 ELSE 0 END);
 	END IF;
 	RETURN NEW;
 END $$;
 CREATE TRIGGER slow BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION slow_trigger();
 SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
-INSERT INTO orders (req) VALUES ('selint2-a'), ('slow-500-selint2-b');
-SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req);
+INSERT INTO orders (req) VALUES ('selint2-a'), ('slow-500-selint2-b'),
+	('slow-200-selint2-warm-1'), ('slow-200-selint2-warm-2');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req) WHERE req LIKE '%warm%';
 SQL
-timed_select "near the timeout, then the timeout in the stop's apply"
+timed_select "near the timeout, then the timeout in the stop's apply" 4000ms \
+	"SELECT claimed FROM alipayplus_process_cancellations(2, '10 s');
+	 SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req)
+		WHERE req NOT LIKE '%warm%';"
 expect "case 2: everything rolled back with the caller" \
-	"0|2" "$(q $DB "SELECT (SELECT count(*) FROM alipayplus.cancel_attempts), (SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention)")"
+	"0|2" "$(q $DB "SELECT (SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id NOT LIKE '%warm%'), (SELECT count(*) FROM alipayplus.cancellations WHERE state = 'CANCELLING' AND NOT needs_attention)")"
 finish
