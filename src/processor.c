@@ -129,6 +129,7 @@ typedef struct Run
 	bool		nothing_due;
 	bool		draining;		/* claim nothing more; end when all settled */
 	int64		locked_run;		/* the run whose lock it holds, or 0 */
+	Oid			runs_rel;		/* alipayplus.processor_runs, for that lock */
 	int			gateway_calls;	/* calls the gateway answered or not */
 	int			gateway_silent; /* of which got no answer (connect, TLS, timeout) */
 	int			flushed[6];		/* counts already added to the run row */
@@ -167,14 +168,6 @@ static SPIPlanPtr plan_next_due;
 static SPIPlanPtr plan_due;
 static SPIPlanPtr plan_follow;
 static Oid	plans_ext = InvalidOid;
-
-/*
- * A working run holds a session advisory lock (APS_RUN_LOCK_KEY, the low
- * 32 bits of its run_id; 'APSR'): alipayplus._run_alive looks for it in
- * pg_locks.  Released when the run ends, also on an error, and with the
- * session.
- */
-#define APS_RUN_LOCK_KEY 0x41505352
 
 /* At most this many bound orders follow their ledger rows per run start */
 #define APS_FOLLOW_PER_RUN 1000
@@ -1196,21 +1189,39 @@ progress_notice(Run *run, int64 due)
 					left)));
 }
 
-/* The run's lock (APS_RUN_LOCK_KEY): working, for every other session */
+/*
+ * A working run holds a session-level lock on the object (database,
+ * alipayplus.processor_runs, the low 32 bits of its run_id, 0):
+ * alipayplus._run_alive looks for it in pg_locks.  No SQL can take or let
+ * go of such a lock (an advisory lock could be squatted by any role, and
+ * pg_advisory_unlock_all() in an order owner's trigger would let it go);
+ * the run lets it go when it ends, PostgreSQL when the transaction aborts
+ * (a session lock of the standard lock method does not outlive an abort)
+ * or the session ends.
+ */
 static void
-run_lock_tag(LOCKTAG *tag, int64 run_id)
+run_lock_tag(LOCKTAG *tag, Oid runs_rel, int64 run_id)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) APS_RUN_LOCK_KEY,
-						 (uint32) (run_id & 0xFFFFFFFF), 2);
+	SET_LOCKTAG_OBJECT(*tag, MyDatabaseId, runs_rel,
+					   (uint32) (run_id & 0xFFFFFFFF), 0);
 }
 
 static void
 hold_run_lock(Run *run, int64 run_id)
 {
 	LOCKTAG		tag;
+	Oid			runs_rel = get_relname_relid("processor_runs",
+											 get_namespace_oid("alipayplus", false));
 
-	run_lock_tag(&tag, run_id);
-	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	if (!OidIsValid(runs_rel))
+		elog(ERROR, "table alipayplus.processor_runs not found");
+	run_lock_tag(&tag, runs_rel, run_id);
+	/* never waited for: only a run 2^32 ids away could hold it */
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("the lock of processor run " INT64_FORMAT " is held by another session", run_id)));
+	run->runs_rel = runs_rel;
 	run->locked_run = run_id;
 }
 
@@ -1221,8 +1232,10 @@ release_run_lock(Run *run)
 
 	if (run->locked_run == 0)
 		return;
-	run_lock_tag(&tag, run->locked_run);
-	LockRelease(&tag, ExclusiveLock, true);
+	run_lock_tag(&tag, run->runs_rel, run->locked_run);
+	/* an abort let it go already */
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		LockRelease(&tag, ExclusiveLock, true);
 	run->locked_run = 0;
 }
 
@@ -1359,8 +1372,11 @@ run_pipeline(Run *run, int64 continue_run)
 	/*
 	 * 2. the bound orders whose update an interrupt cut (ledger.c) follow
 	 * their CANCELLED ledger rows, within the run's limits; an interrupt
-	 * there stops the run
+	 * there stops the run.  Not in the caller's transaction under a
+	 * statement_timeout: an order slower than it would roll back every
+	 * such run, and with it the run's own work.
 	 */
+	if (opts->mode != APS_TXN_CALLER || StatementTimeout == 0)
 	{
 		Datum		v[2];
 

@@ -17,7 +17,12 @@
 #      pg_stat_activity as of its first look, took them for ended, reaped
 #      their calls and a third processor sent them again);
 #   5. a run in a session with track_activities off is working too (found
-#      in review: taken for ended at once).
+#      in review: taken for ended at once);
+#   6. a role holding advisory locks on every key does not hold a run up,
+#      and an order owner's trigger that calls pg_advisory_unlock_all()
+#      while the run applies its answer does not make it look ended (found
+#      in review of an advisory-lock design: runs waited for ever on a
+#      squatter's lock, and a second processor reaped the live run).
 #
 # Run as root from the repository, with the rig up:  bash test/live_claims.sh
 
@@ -33,6 +38,7 @@ CREATE TABLE orders (req text PRIMARY KEY, st text NOT NULL DEFAULT 'PENDING');
 CREATE FUNCTION slow_trigger() RETURNS trigger LANGUAGE plpgsql AS
 \$\$ BEGIN
 	IF NEW.st = 'CANCELLED' AND NEW.req LIKE 'lc-a-%' THEN PERFORM pg_sleep(11.5); END IF;
+	IF NEW.st = 'CANCELLED' AND NEW.req LIKE 'lc-unlock-%' THEN PERFORM pg_advisory_unlock_all(); END IF;
 	RETURN NEW;
 END \$\$;
 CREATE TRIGGER slow BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION slow_trigger();
@@ -146,6 +152,38 @@ wait_exit "$bga" 20 || not_ok "A still runs"
 expect "a run with track_activities off: sent once, recorded S, nothing crashed" \
 	"1|S SUCCESS|0" \
 	"$(gateway_requests "slow-3000-lc-ta-$TAG")|$(q $DB "SELECT string_agg(result_status || ' ' || result_code, ',') FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-3000-lc-ta-$TAG'")|$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code = 'local.crashed'")"
+
+# 6. a squatter on advisory keys, and an owner's trigger that lets go of
+#    every advisory lock while run A has another call in flight
+$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<'SQL' &
+SELECT count(pg_advisory_lock(1095783250, g)) FROM generate_series(1, 200) g;
+SELECT count(pg_advisory_lock(g::bigint)) FROM generate_series(1, 200) g;
+SELECT pg_sleep(12);
+SQL
+BG_PIDS+=($!)
+sleep 0.5
+$PGBIN/psql -X -q -d "$DB" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+INSERT INTO orders VALUES ('lc-unlock-1-$TAG'), ('slow-3000-lc-c-$TAG');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req)
+	WHERE req IN ('lc-unlock-1-$TAG', 'slow-3000-lc-c-$TAG');
+SQL
+t0=$(now_ms)
+$PGBIN/psql -X -q -d "$DB" >"$TMP/a6.out" 2>&1 <<SQL &
+SET alipayplus.max_concurrency = 2;
+CALL alipayplus_run_cancellations(2, '1 min');
+\echo SQLSTATE=:SQLSTATE
+SQL
+bga=$!
+BG_PIDS+=($bga)
+sleep 1.5
+q $DB "CALL alipayplus_run_cancellations(10, '3 s')" >/dev/null 2>&1
+wait_exit "$bga" 20 || not_ok "A still runs"
+el=$(($(now_ms) - t0))
+expect "beside a squatter on advisory keys, run A ends on its own" 00000 "$(line_value "$TMP/a6.out" SQLSTATE)"
+if [ "$el" -lt 10000 ]; then ok "run A was not held up (${el} ms)"; else not_ok "run A took ${el} ms"; fi
+expect "pg_advisory_unlock_all() in a trigger: c sent once, recorded S by A, nothing crashed" \
+	"1|S SUCCESS|0" \
+	"$(gateway_requests "slow-3000-lc-c-$TAG")|$(q $DB "SELECT string_agg(result_status || ' ' || result_code, ',') FROM alipayplus.cancel_attempts WHERE sent_id = 'slow-3000-lc-c-$TAG'")|$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts WHERE result_code = 'local.crashed'")"
 
 # continue_run of the session's own finished run is still accepted
 $PGBIN/psql -X -q -d "$DB" >"$TMP/own.out" 2>&1 <<SQL

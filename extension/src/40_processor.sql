@@ -57,13 +57,14 @@ END;
 
 /*
  * Whether processor run x is still working: not finished, and its backend
- * holds the run's session advisory lock (src/processor.c: key 1095783250,
- * 'APSR', and the low 32 bits of the run id), which it takes when the run
- * begins and lets go when the run ends, also on an error, and with the
- * session.  pg_locks is read afresh at every call (pg_stat_activity would
- * be as of the transaction's first look).  The run's claims are its own
- * while it works, however long an answer takes to apply (an order owner's
- * slow trigger): they are never reaped.
+ * holds the run's session-level lock on the object (this database,
+ * alipayplus.processor_runs, the low 32 bits of the run id, 0), which the
+ * run takes when it begins and lets go when it ends; an abort and the
+ * session's end let it go too, and no SQL can take or release it
+ * (src/processor.c).  pg_locks is read afresh at every call
+ * (pg_stat_activity would be as of the transaction's first look).  The
+ * run's claims are its own while it works, however long an answer takes to
+ * apply (an order owner's slow trigger): they are never reaped.
  */
 CREATE FUNCTION alipayplus._run_alive(x alipayplus.processor_runs)
 RETURNS boolean
@@ -72,12 +73,12 @@ SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT x.finished_at IS NULL AND x.stopped_because = 'running'
 		AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-					WHERE l.locktype = 'advisory' AND l.pid = x.pid AND l.granted
+					WHERE l.locktype = 'object' AND l.pid = x.pid AND l.granted
 						AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
 										  WHERE d.datname = pg_catalog.current_database())
-						AND l.classid = 1095783250::pg_catalog.oid
+						AND l.classid = 'alipayplus.processor_runs'::pg_catalog.regclass
 						AND l.objid = pg_catalog.oid(x.run_id OPERATOR(pg_catalog.&) 4294967295)
-						AND l.objsubid = 2);
+						AND l.objsubid = 0);
 END;
 
 /*
