@@ -33,7 +33,7 @@ LLVMFuzzerTestOneInput(const uint8 *data, size_t size)
 	static const size_t max_piece = 0x7fff * 64;
 	static char *expect = NULL;
 	static char *piece = NULL;
-	ApsHttpExchange ex;
+	ApsHttpExchange *ex;
 	size_t		expect_len = 0;
 	size_t		i = 0;
 
@@ -42,7 +42,8 @@ LLVMFuzzerTestOneInput(const uint8 *data, size_t size)
 		expect = malloc(APS_MAX_RESPONSE_BYTES + 1);
 		piece = malloc(max_piece);
 	}
-	memset(&ex, 0, sizeof(ex));
+	/* like the engine's, from an allocation: write_body allocates beside it */
+	ex = palloc0(sizeof(ApsHttpExchange));
 	while (i < size)
 	{
 		size_t		n;
@@ -63,26 +64,26 @@ LLVMFuzzerTestOneInput(const uint8 *data, size_t size)
 			i += 3;
 		}
 
-		got = write_body(piece, 1, n, &ex);
+		got = write_body(piece, 1, n, ex);
 		if (expect_len + n > APS_MAX_RESPONSE_BYTES)
 		{
-			if (got != 0 || !ex.response_too_large)
+			if (got != 0 || !ex->response_too_large)
 				aps_fuzz_fail("a piece past the cap was not refused as too large");
-			if (ex.response_len != expect_len)
+			if (ex->response_len != expect_len)
 				aps_fuzz_fail("a refused piece changed the body");
 			break;
 		}
-		if (got != n || ex.response_too_large || ex.response_no_memory)
+		if (got != n || ex->response_too_large || ex->response_no_memory)
 			aps_fuzz_fail("a piece within the cap was refused");
 		memcpy(expect + expect_len, piece, n);
 		expect_len += n;
-		if (ex.response_len != expect_len ||
+		if (ex->response_len != expect_len ||
 			(expect_len > 0 &&
-			 (ex.response == NULL ||
-			  ex.response_cap < expect_len + 1 ||
-			  ex.response_cap > APS_MAX_RESPONSE_BYTES + 1 ||
-			  ex.response[expect_len] != '\0' ||
-			  memcmp(ex.response, expect, expect_len) != 0)))
+			 (ex->response == NULL ||
+			  ex->response_cap < expect_len + 1 ||
+			  ex->response_cap > APS_MAX_RESPONSE_BYTES + 1 ||
+			  ex->response[expect_len] != '\0' ||
+			  memcmp(ex->response, expect, expect_len) != 0)))
 			aps_fuzz_fail("the collected body is not what was handed over");
 	}
 	aps_fuzz_reset();

@@ -258,6 +258,14 @@ palloc_extended(Size size, int flags)
 	return chunk_alloc(size, flags);
 }
 
+/* one context here: the one asked for does not matter */
+void *
+MemoryContextAllocExtended(MemoryContext context, Size size, int flags)
+{
+	(void) context;
+	return chunk_alloc(size, flags);
+}
+
 void
 pfree(void *pointer)
 {
