@@ -69,6 +69,19 @@ expect "fo-1, whose update was cut, waits for the next run: CANCELLED in the led
 expect "a person is asked nothing (alipayplus.attention is empty)" 0 \
 	"$(q $DB "SELECT count(*) FROM alipayplus.attention")"
 
+# hold_order REQ SECONDS: another session holds order REQ locked for
+# SECONDS, from half a second from now on
+hold_order() {
+	$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<SQL &
+BEGIN;
+SELECT 1 FROM shop.orders WHERE req = '$1' FOR UPDATE;
+SELECT pg_sleep($2);
+COMMIT;
+SQL
+	BG_PIDS+=($!)
+	sleep 0.5
+}
+
 # 2. the next run, while another session holds fo-1 locked: fo-1 is left
 #    for later without waiting; fo-2's order refuses (its owner's trigger
 #    fails): flagged with the trigger's message; fo-3 ends CANCELLED both
@@ -76,14 +89,7 @@ expect "a person is asked nothing (alipayplus.attention is empty)" 0 \
 q $DB "UPDATE shop.mode SET slow = false, fail = true" >/dev/null
 q $DB "INSERT INTO shop.orders (req) VALUES ('fo-2'), ('fo-3')" >/dev/null
 q $DB "SELECT count(*) FROM shop.orders, alipayplus_request_cancel(payment_request_id => req) WHERE req <> 'fo-1'" >/dev/null
-$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<'SQL' &
-BEGIN;
-SELECT 1 FROM shop.orders WHERE req = 'fo-1' FOR UPDATE;
-SELECT pg_sleep(4);
-COMMIT;
-SQL
-BG_PIDS+=($!)
-sleep 0.5
+hold_order fo-1 4
 t0=$(now_ms)
 $PGBIN/psql -X -q -d "$DB" >"$TMP/next.out" 2>&1 <<'SQL'
 CALL alipayplus_run_cancellations(10, '1 min');
@@ -137,14 +143,7 @@ to_follow() {
 }
 to_follow fo-5 "now() - interval '11 minutes'"
 since=$(q $DB "SELECT order_follow_at FROM alipayplus.cancellations WHERE sent_id = 'fo-5'")
-$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<'SQL' &
-BEGIN;
-SELECT 1 FROM shop.orders WHERE req = 'fo-5' FOR UPDATE;
-SELECT pg_sleep(3);
-COMMIT;
-SQL
-BG_PIDS+=($!)
-sleep 0.5
+hold_order fo-5 3
 q $DB "CALL alipayplus_run_cancellations(10, '1 min')" >/dev/null 2>&1
 expect "an order locked all the while keeps its time to follow, and is listed after 10 minutes" \
 	"$since|t" \
