@@ -1206,8 +1206,9 @@ run_lock_tag(LOCKTAG *tag, Oid runs_rel, int64 run_id)
 					   (uint32) (run_id & 0xFFFFFFFF), 0);
 }
 
+/* The run is run_id from here on, and holds its lock */
 static void
-hold_run_lock(Run *run, int64 run_id)
+become_run(Run *run, int64 run_id)
 {
 	LOCKTAG		tag;
 	Oid			runs_rel = get_relname_relid("processor_runs",
@@ -1223,6 +1224,7 @@ hold_run_lock(Run *run, int64 run_id)
 				 errmsg("the lock of processor run " INT64_FORMAT " is held by another session", run_id)));
 	run->runs_rel = runs_rel;
 	run->locked_run = run_id;
+	run->counts->run_id = run_id;
 }
 
 static void
@@ -1259,10 +1261,9 @@ worker_run_begin(Run *run)
 	}
 	v[0] = CStringGetTextDatum(run->opts->caller);
 	exec_plan(plan_run_begin, v, " ");
-	run->counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													  SPI_tuptable->tupdesc,
-													  1, &isnull));
-	hold_run_lock(run, run->counts->run_id);
+	become_run(run, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc,
+												1, &isnull)));
 }
 
 /*
@@ -1352,8 +1353,7 @@ run_pipeline(Run *run, int64 continue_run)
 	if (continue_run != 0)
 	{
 		adopt_continue_run(continue_run);
-		counts->run_id = continue_run;
-		hold_run_lock(run, continue_run);
+		become_run(run, continue_run);
 	}
 	else if (opts->mode != APS_TXN_WORKER)
 	{
@@ -1362,10 +1362,9 @@ run_pipeline(Run *run, int64 continue_run)
 
 		v[0] = CStringGetTextDatum(opts->caller);
 		exec_plan(plan_run_begin, v, " ");
-		counts->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1,
-													 &isnull));
-		hold_run_lock(run, counts->run_id);
+		become_run(run, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 1,
+													&isnull)));
 	}
 	reap(run);
 

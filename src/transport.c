@@ -390,6 +390,22 @@ static int	aps_concurrency = 0;
 static bool aps_run_open = false;	/* between aps_http_begin and _end */
 
 /*
+ * Transfer ex is over (answered, failed, or timed out here): its outcome
+ * is recorded, its libcurl resources released, its handle idle again
+ */
+static void
+complete_transfer(CURL *easy, ApsHttpExchange *ex, CURLcode result)
+{
+	finish_transfer(easy, ex, result);
+	release_transfer(easy, ex);
+	for (int h = 0; h < aps_concurrency; h++)
+		if (aps_pool_ex[h] == ex)
+			aps_pool_ex[h] = NULL;
+	ex->easy = NULL;
+	aps_in_flight--;
+}
+
+/*
  * Get ready to keep up to "want" transfers in flight; returns how many
  * can be (fewer when the process may not open that many files).
  */
@@ -505,13 +521,7 @@ aps_http_wait(int timeout_ms)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &ex);
 		if (ex == NULL || ex->done)
 			continue;
-		finish_transfer(msg->easy_handle, ex, msg->data.result);
-		release_transfer(msg->easy_handle, ex);
-		for (int h = 0; h < aps_concurrency; h++)
-			if (aps_pool_ex[h] == ex)
-				aps_pool_ex[h] = NULL;
-		ex->easy = NULL;
-		aps_in_flight--;
+		complete_transfer(msg->easy_handle, ex, msg->data.result);
 		finished++;
 	}
 
@@ -526,19 +536,13 @@ aps_http_wait(int timeout_ms)
 	for (int h = 0; h < aps_concurrency; h++)
 	{
 		ApsHttpExchange *ex = aps_pool_ex[h];
-		CURL	   *easy;
 
 		if (ex == NULL || ex->done || now < ex->timeout_at)
 			continue;
-		easy = (CURL *) ex->easy;
 		snprintf(ex->errbuf, CURL_ERROR_SIZE,
 				 "Operation timed out after %ld milliseconds with %zu bytes received",
 				 (long) ((now - ex->started_at) / 1000), ex->response_len);
-		finish_transfer(easy, ex, CURLE_OPERATION_TIMEDOUT);
-		release_transfer(easy, ex);
-		aps_pool_ex[h] = NULL;
-		ex->easy = NULL;
-		aps_in_flight--;
+		complete_transfer((CURL *) ex->easy, ex, CURLE_OPERATION_TIMEDOUT);
 		finished++;
 	}
 
