@@ -312,6 +312,14 @@ step_end(Run *run)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+
+		/*
+		 * A background worker reports its statistics itself (a backend
+		 * does when idle): without them autovacuum and autoanalyze would
+		 * never learn of the ledger rows it writes.  At most once a
+		 * second; the call returns at once otherwise.
+		 */
+		pgstat_report_stat(false);
 	}
 	MemoryContextSwitchTo(run->step_cxt);
 	MemoryContextReset(run->step_cxt);

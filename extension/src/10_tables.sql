@@ -84,7 +84,13 @@ CREATE TABLE alipayplus.cancellations (
 	CONSTRAINT cancellations_order_follow_check CHECK (
 		order_follow_at IS NULL OR (state = 'CANCELLED' AND NOT needs_attention))
 );
-CREATE INDEX cancellations_due ON alipayplus.cancellations (next_attempt_at)
+/*
+ * The processor's claim reads it in its own order (next_attempt_at, then
+ * id) and stops after the rows it takes: a burst queued in one transaction
+ * shares one next_attempt_at, and an index of that alone had the claim
+ * sort the whole queue each time.
+ */
+CREATE INDEX cancellations_due ON alipayplus.cancellations (next_attempt_at, cancellation_id)
 	WHERE state = 'CANCELLING' AND NOT needs_attention;
 CREATE INDEX cancellations_order_follow ON alipayplus.cancellations (order_follow_at)
 	WHERE order_follow_at IS NOT NULL;
@@ -120,7 +126,8 @@ CREATE TABLE alipayplus.cancel_attempts (
 );
 CREATE INDEX cancel_attempts_cancellation ON alipayplus.cancel_attempts (cancellation_id);
 CREATE INDEX cancel_attempts_attempted_at ON alipayplus.cancel_attempts (attempted_at);
-CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (attempt_id)
+/* the calls in flight, looked up by the row they are for (the claim) */
+CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (cancellation_id)
 	WHERE result_code = 'local.no_answer_yet';
 COMMENT ON TABLE alipayplus.cancel_attempts IS
 	'One row per cancelPayment HTTP attempt; never key material or signatures';

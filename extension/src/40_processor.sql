@@ -147,17 +147,26 @@ DECLARE
 	v_ok bigint[] := '{}';
 	v_err text;
 	v_bound boolean := EXISTS (SELECT 1 FROM alipayplus.order_binding);
+	/* a value, not a call: the due index's scan ends at the first row not due */
+	v_now timestamptz := pg_catalog.clock_timestamp();
 BEGIN
 	v_rows := ARRAY(
 		SELECT x FROM alipayplus.cancellations x
 		WHERE x.state = 'CANCELLING' AND NOT x.needs_attention
-			AND x.next_attempt_at <= pg_catalog.clock_timestamp()
+			AND x.next_attempt_at <= v_now
 			AND x.cancellation_id <> ALL (p_skip)
-			/* a call of a run still working is its own (_stale_attempts) */
+			/*
+			 * A call of a run still working is its own (_stale_attempts).
+			 * OFFSET 0 keeps this a lookup of the row's own attempts, made
+			 * only for the rows read: planned as a join, with the ledger's
+			 * statistics stale (the worker's burst), each row was checked
+			 * against a scan of every call in flight.
+			 */
 			AND NOT EXISTS (SELECT 1 FROM alipayplus.cancel_attempts a
 							WHERE a.cancellation_id = x.cancellation_id
 								AND a.result_code = 'local.no_answer_yet'
-								AND a.completed_at IS NULL)
+								AND a.completed_at IS NULL
+							OFFSET 0)
 		ORDER BY x.next_attempt_at, x.cancellation_id
 		LIMIT p_width
 		FOR UPDATE SKIP LOCKED);

@@ -136,6 +136,20 @@ wait_cancelled("$tag-after-rb", 'a request committed after the rollback is serve
 is(state_of("$tag-rb"), 'PENDING|-|-', 'the rolled-back request left no ledger row, the order PENDING');
 is(sent("$tag-rb"), 0, 'nothing was sent for the rolled-back request');
 
+# --- the worker reports its statistics as it goes, not only when it exits:
+#     autovacuum and autoanalyze of the ledger count on them (before: the
+#     attempts it inserted stayed invisible to pg_stat_user_tables for the
+#     worker's whole life, so the ledger was never vacuumed or analyzed,
+#     its indexes grew and its plans went stale)
+ok( $node->poll_query_until('shopdb',
+		"SELECT n_tup_ins >= 3 FROM pg_stat_user_tables
+		 WHERE relid = 'alipayplus.cancel_attempts'::regclass"),
+	'pg_stat_user_tables counts the attempts the running worker inserted (a, b, after-rb)');
+ok( $node->poll_query_until('shopdb',
+		"SELECT n_tup_upd >= 4 FROM pg_stat_user_tables
+		 WHERE relid = 'alipayplus.cancellations'::regclass"),
+	'and the ledger rows it updated');
+
 # --- pg_terminate_backend while a call is in flight: restarted, nothing lost
 my $pid = worker_pid();
 queue("slow-3000-$tag-term");
