@@ -1198,8 +1198,9 @@ CREATE INDEX cancel_attempts_no_answer_yet ON alipayplus.cancel_attempts (cancel
  * The processor's claim reads the due index in its own order (next_attempt_at,
  * then id) and stops after the rows it takes: a burst queued in one
  * transaction shares one next_attempt_at, and an index of that alone had
- * the claim sort the whole queue each time.  Rebuilt: the update holds off
- * writes to alipayplus.cancellations while it runs.
+ * the claim sort the whole queue each time.  Rebuilt: DROP INDEX locks
+ * alipayplus.cancellations (ACCESS EXCLUSIVE) until the update commits, so
+ * processors, the worker and readers of the ledger wait for the rebuild.
  */
 DROP INDEX alipayplus.cancellations_due;
 CREATE INDEX cancellations_due ON alipayplus.cancellations (next_attempt_at, cancellation_id)

@@ -26,17 +26,27 @@ CREATE FUNCTION slow_trigger() RETURNS trigger LANGUAGE plpgsql AS
 END \$\$;
 CREATE TRIGGER slow BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION slow_trigger();
 SELECT alipayplus_bind_orders('orders', 'req', 'st', 'CANCELLED', 'CANCELLING');
-INSERT INTO orders VALUES ('st-a-$TAG'), ('slow-1000-st-b-$TAG'), ('slow-60000-st-c-$TAG');
-SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req);
+INSERT INTO orders VALUES ('st-a-$TAG'), ('slow-1000-st-b-$TAG'), ('slow-60000-st-c-$TAG'),
+	('slow-200-st-warm-1-$TAG'), ('slow-200-st-warm-2-$TAG'), ('slow-200-st-warm-3-$TAG');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req) WHERE req LIKE '%warm%';
 SQL
 
 # timeout 3 s: a is answered at once and applied for 5 s; b is answered
-# after 1 s, while a's trigger runs; c is never answered in time
-$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<'SQL'
+# after 1 s, while a's trigger runs; c is never answered in time.  The
+# session first makes three calls at once, so that the three connections
+# are open when a, b and c leave: on a loaded machine a new connection's
+# TLS handshake could otherwise still be under way when a's answer came
+# and its apply began, and b's request would leave only after it (then a
+# timeout is the right record: the request was late, not its answer).
+$PGBIN/psql -X -q -d "$DB" >/dev/null 2>&1 <<SQL
 SET alipayplus.timeout_ms = 3000;
 SET alipayplus.max_concurrency = 3;
 CALL alipayplus_run_cancellations(3, '1 min');
+SELECT count(*) FROM orders, alipayplus_request_cancel(payment_request_id => req) WHERE req NOT LIKE '%warm%';
+CALL alipayplus_run_cancellations(3, '1 min');
 SQL
+expect "the three warm-up calls were answered" "3" \
+	"$(q $DB "SELECT count(*) FROM alipayplus.cancel_attempts WHERE sent_id LIKE '%warm%' AND result_status = 'S'")"
 row() {
 	q $DB "SELECT result_status || ' ' || result_code FROM alipayplus.cancel_attempts WHERE sent_id = '$1'"
 }
