@@ -807,10 +807,12 @@ aps_worker_main(Datum main_arg)
 		}
 		if (ShutdownRequestPending || asked_to_leave() || superseded())
 			continue;
-		/* what the run wrote, counted before the worker sleeps (see step_end) */
-		pgstat_report_stat(true);
 		if (sleep_ms > 0)
+		{
+			/* what the run wrote, counted before the worker sleeps (see step_end) */
+			pgstat_report_stat(true);
 			nap(sleep_ms);
+		}
 	}
 	proc_exit(0);
 }
